@@ -1,0 +1,43 @@
+# The project's public interface. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+STACK := deploy/local/stack.sh
+
+.PHONY: help sim test stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+sim: ## the main job (today: start the stack and run the services' checks; the step loop lands next)
+	@scripts/sim.sh
+
+test: ## everything: install what is missing, start the stack if needed, run all tests, stop what it started
+	@scripts/test.sh
+
+build: ## build every crate (debug)
+	cargo build --workspace --all-targets
+
+stack-up: ## start ZooKeeper, 3 Kafka brokers, the schema registry and Cassandra on 127.0.0.1
+	@$(STACK) up
+
+stack-down: ## stop every process of the stack, by pid
+	@$(STACK) down
+
+stack-status: ## one JSON object describing the running stack
+	@$(STACK) status
+
+stack-logs: ## the last lines of every service's log
+	@$(STACK) logs
+
+stack-reset: ## stop the stack and wipe its data
+	@$(STACK) reset
+
+schemas: ## regenerate protocol/schemas/*.json from the Rust message types
+	STREAMREC_BLESS=1 cargo test -p streamrec-tests --test config_sources -- schema_files_match_the_rust_types
+
+lint: ## rustfmt and clippy, warnings are errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+compose-check: ## validate docker-compose.yml without a Docker engine
+	@deploy/tools/compose-check.sh

@@ -1,0 +1,8 @@
+//! Plumbing shared by `env-svc`, `agent-svc` and `archiver`: logging, shutdown, Kafka client
+//! settings and the schema-registry client. No business logic lives here.
+
+pub mod check;
+pub mod kafka;
+pub mod registry;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,24 @@
+#!/bin/sh
+# Creates the project's topics, idempotently. Shared by deploy/local/stack.sh and the
+# `init-topics` service of docker-compose.yml, so both create exactly the same topics.
+#   KAFKA_TOPICS_CMD   the kafka-topics command (default: kafka-topics, as in the Confluent images)
+#   BOOTSTRAP_SERVERS  broker list (default 127.0.0.1:9092)
+#   TOPICS_ENV         path of deploy/topics.env (default: beside this script, ../topics.env)
+#   TOPIC_PARTITIONS   overrides the partition count of topics.env
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+partitions_override=${TOPIC_PARTITIONS:-}
+. "${TOPICS_ENV:-$here/../topics.env}"
+[ -n "$partitions_override" ] && TOPIC_PARTITIONS=$partitions_override
+KAFKA_TOPICS_CMD=${KAFKA_TOPICS_CMD:-kafka-topics}
+BOOTSTRAP_SERVERS=${BOOTSTRAP_SERVERS:-127.0.0.1:9092}
+
+for topic in "$STATE_TOPIC" "$ACTION_TOPIC" "$DEAD_LETTER_TOPIC"; do
+  # shellcheck disable=SC2086 # KAFKA_TOPICS_CMD is a command line on purpose
+  $KAFKA_TOPICS_CMD --bootstrap-server "$BOOTSTRAP_SERVERS" --create --if-not-exists \
+    --topic "$topic" --partitions "$TOPIC_PARTITIONS" \
+    --replication-factor "$TOPIC_REPLICATION_FACTOR" \
+    --config min.insync.replicas="$TOPIC_MIN_ISR" \
+    --config unclean.leader.election.enable=false
+  echo "topic $topic: partitions=$TOPIC_PARTITIONS replication=$TOPIC_REPLICATION_FACTOR min.insync.replicas=$TOPIC_MIN_ISR"
+done

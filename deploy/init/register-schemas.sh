@@ -1,0 +1,29 @@
+#!/bin/sh
+# Registers the JSON Schemas of both value subjects and sets their compatibility level.
+# Shared by deploy/local/stack.sh and the `init-schemas` service of docker-compose.yml.
+# Idempotent: registering an identical schema returns the existing id.
+#   SCHEMA_REGISTRY_URL  base of the Confluent Schema Registry API
+#                        (Confluent: http://host:8081, Apicurio: http://host:8081/apis/ccompat/v7)
+#   SCHEMA_DIR           folder of the generated schemas (default: ../../protocol/schemas)
+#   TOPICS_ENV           path of deploy/topics.env
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+. "${TOPICS_ENV:-$here/../topics.env}"
+SCHEMA_DIR=${SCHEMA_DIR:-$here/../../protocol/schemas}
+url=${SCHEMA_REGISTRY_URL:?set SCHEMA_REGISTRY_URL}
+ct='Content-Type: application/vnd.schemaregistry.v1+json'
+
+# JSON-escape a schema file into a string literal with sh tools only (the Confluent images have no jq).
+# Newlines between JSON tokens are insignificant, and JSON strings cannot hold raw newlines.
+escape() { tr -d '\n\r' < "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
+
+register() { # subject file
+  [ -f "$2" ] || { echo "register-schemas: missing schema file $2 (run 'make schemas')" >&2; exit 1; }
+  body="{\"schemaType\":\"JSON\",\"schema\":\"$(escape "$2")\"}"
+  curl -fsS -X PUT -H "$ct" --data "{\"compatibility\":\"$SCHEMA_COMPATIBILITY\"}" "$url/config/$1" > /dev/null
+  id=$(curl -fsS -X POST -H "$ct" --data "$body" "$url/subjects/$1/versions")
+  echo "subject $1: $id compatibility=$SCHEMA_COMPATIBILITY"
+}
+
+register "$STATE_TOPIC-value" "$SCHEMA_DIR/$STATE_TOPIC-value.json"
+register "$ACTION_TOPIC-value" "$SCHEMA_DIR/$ACTION_TOPIC-value.json"

@@ -1,0 +1,43 @@
+//! Topic names and their layout. `deploy/topics.env` is the source of truth the stack is built
+//! from; `tests/tests/config_sources.rs` fails if these constants drift from it.
+
+/// States published by the environment, keyed by episode id.
+pub const STATE_TOPIC: &str = "fashion_state";
+/// Actions published by the agent, keyed by episode id.
+pub const ACTION_TOPIC: &str = "fashion_action";
+/// Messages that could not be decoded or broke their schema, with the reason in the headers.
+pub const DEAD_LETTER_TOPIC: &str = "fashion_dead_letter";
+/// Default partition count of every topic (caps the number of agent replicas that get work).
+pub const DEFAULT_PARTITIONS: u32 = 6;
+/// Replication factor of every topic.
+pub const REPLICATION_FACTOR: u32 = 3;
+/// `min.insync.replicas` of every topic: with `acks=all`, a write survives one dead broker.
+pub const MIN_INSYNC_REPLICAS: u32 = 2;
+
+/// The schema-registry subject of a topic's values (Confluent's `TopicNameStrategy`).
+pub fn value_subject(topic: &str) -> String {
+    format!("{topic}-value")
+}
+
+/// Header names of a dead-letter record; its value is the original payload, byte for byte.
+pub mod dead_letter {
+    /// Why the message was rejected, in words.
+    pub const REASON: &str = "dlq.reason";
+    /// Topic the message was read from.
+    pub const SOURCE_TOPIC: &str = "dlq.source.topic";
+    /// Partition the message was read from, decimal.
+    pub const SOURCE_PARTITION: &str = "dlq.source.partition";
+    /// Offset of the message in its partition, decimal.
+    pub const SOURCE_OFFSET: &str = "dlq.source.offset";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_follow_topic_name_strategy() {
+        assert_eq!(value_subject(STATE_TOPIC), "fashion_state-value");
+        assert_eq!(value_subject(ACTION_TOPIC), "fashion_action-value");
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `make test`: checks what it needs, starts the local stack unless it is already up, runs the
+# lints, the compose check and every test, and stops the stack again if it started it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo > /dev/null || { echo "test: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+command -v go > /dev/null || { echo "test: go not found; the compose check needs Go 1.23+" >&2; exit 1; }
+
+started=""
+stop_stack() { [[ -n $started ]] && deploy/local/stack.sh down || true; }
+trap stop_stack EXIT
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "build"
+cargo build --workspace --all-targets --locked
+
+step "lint (rustfmt, clippy -D warnings)"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "docker-compose.yml (compose-go, no engine needed)"
+deploy/tools/compose-check.sh
+
+step "local stack"
+if deploy/local/stack.sh is-up; then
+  echo "already up; leaving it running afterwards"
+  deploy/local/stack.sh up # idempotent: makes sure topics, schemas and keyspace exist
+else
+  started=1
+  deploy/local/stack.sh up
+fi
+
+step "tests"
+cargo test --workspace --locked --no-fail-fast
