@@ -33,4 +33,10 @@ else
 fi
 
 step "tests"
-cargo test --workspace --locked --no-fail-fast
+log=$(mktemp)
+status=0
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary (cargo prints one `test result:` line per binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\nall tests: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"
