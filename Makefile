@@ -3,12 +3,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 STACK := deploy/local/stack.sh
 
-.PHONY: help sim test stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build
+.PHONY: help sim test bench stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-sim: ## the main job (today: start the stack and run the services' checks; the step loop lands next)
+sim: ## the main job: a full simulation (DATASET, EPISODES, POLICY, TRANSPORT=kafka|memory)
 	@scripts/sim.sh
 
 test: ## everything: install what is missing, start the stack if needed, run all tests, stop what it started
@@ -41,3 +41,6 @@ lint: ## rustfmt and clippy, warnings are errors
 
 compose-check: ## validate docker-compose.yml without a Docker engine
 	@deploy/tools/compose-check.sh
+
+bench: ## benchmarks with baselines in the same run; writes target/bench/report.json
+	@scripts/bench.sh

@@ -1,19 +1,45 @@
 #!/usr/bin/env bash
-# `make sim`: the main job. Until the step loop lands (issue "The step loop"), it brings the
-# stack up and has each service check, through its own clients, the topics, schemas and
-# keyspace it will use; it says so when it ends.
+# `make sim`: a full simulation. env-svc plays EPISODES episodes of the Amazon Fashion
+# environment against agent-svc, the two talking only through TRANSPORT (kafka: two processes
+# and the local stack; memory: one process, bounded channels). Prints the env's summary and
+# writes it to target/sim/summary.json.
+#   DATASET=data/sample EPISODES=200 POLICY=popularity TRANSPORT=kafka
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-deploy/local/stack.sh up
-cargo build --release -p env-svc -p agent-svc -p archiver
-bin=${CARGO_TARGET_DIR:-target}/release
-echo "==> env-svc check";   "$bin/env-svc" check
-echo "==> agent-svc check"; "$bin/agent-svc" check
-echo "==> archiver check";  "$bin/archiver" check
-cat <<'MSG'
+export DATASET=${DATASET:-data/sample} EPISODES=${EPISODES:-200} POLICY=${POLICY:-popularity}
+TRANSPORT=${TRANSPORT:-kafka}
+out=target/sim
+mkdir -p "$out"
+rm -f "$out/summary.json"
 
-The stack is up and every service sees its topics, schemas and keyspace.
-This is the smoke path: the full simulation (env-svc and agent-svc playing episodes through
-Kafka) arrives with the step-loop issue. Stop the stack with `make stack-down`.
-MSG
+echo "==> building (release)"
+cargo build --release --locked -p env-svc -p agent-svc -p sim
+bin=${CARGO_TARGET_DIR:-target}/release
+
+case $TRANSPORT in
+  kafka)
+    echo "==> stack"
+    deploy/local/stack.sh up
+    echo "==> agent-svc run --policy $POLICY (log: $out/agent.log)"
+    "$bin/agent-svc" run --policy "$POLICY" > "$out/agent.log" 2>&1 &
+    agent=$!
+    trap 'kill -TERM "$agent" 2> /dev/null || true; wait "$agent" 2> /dev/null || true' EXIT
+    echo "==> env-svc run: $EPISODES episodes on $DATASET through Kafka"
+    "$bin/env-svc" run --summary-json "$out/summary.json"
+    kill -TERM "$agent"
+    wait "$agent" || { echo "agent-svc failed, see $out/agent.log" >&2; exit 1; }
+    trap - EXIT
+    echo "agent-svc: $(tail -n 1 "$out/agent.log")"
+    ;;
+  memory)
+    echo "==> streamrec-sim memory: $EPISODES episodes on $DATASET, policy $POLICY, bounded channels"
+    "$bin/streamrec-sim" memory --policy "$POLICY" --summary-json "$out/summary.json"
+    ;;
+  *)
+    echo "sim: TRANSPORT must be kafka or memory, not '$TRANSPORT'" >&2
+    exit 2
+    ;;
+esac
+echo
+echo "summary written to $out/summary.json"

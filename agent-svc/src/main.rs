@@ -1,20 +1,14 @@
-//! `agent-svc`: the agent. It reads states from `fashion_state` and answers with
-//! actions on `fashion_action`. This build carries the service's frame (config, logs,
-//! `check`); policies arrive with the step-loop and DQN issues.
+//! `agent-svc` binary: parses config, starts logging and runs a subcommand from the library.
 
 use clap::{Parser, Subcommand};
 use common::{kafka::KafkaArgs, registry::RegistryArgs, telemetry::LogFormat};
 use protocol::topics::{value_subject, ACTION_TOPIC, DEAD_LETTER_TOPIC, STATE_TOPIC};
 
-/// The recommendation agent: answers states with recommended products and talks to the
-/// environment only through Kafka.
+/// The recommendation agent: answers states with recommended products and learns from the
+/// rewards; talks to the environment only through Kafka.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    registry: RegistryArgs,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
@@ -24,9 +18,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Answer states with actions through Kafka until SIGTERM or SIGINT.
+    Run(Box<agent_svc::RunArgs>),
     /// Print what this service sees of the stack (brokers, topics, schema subjects) as JSON;
     /// exit non-zero when a topic or subject it needs is missing.
-    Check,
+    Check {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
 }
 
 #[tokio::main]
@@ -34,11 +35,14 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     common::telemetry::init(cli.log_format);
     match cli.command {
-        Command::Check => {
+        Command::Run(args) => {
+            let stats = agent_svc::run(*args, common::shutdown::on_signals()).await?;
+            println!("{}", serde_json::to_string(&stats)?);
+        }
+        Command::Check { kafka, registry } => {
             let subjects = [value_subject(STATE_TOPIC), value_subject(ACTION_TOPIC)];
             let topics = [STATE_TOPIC, ACTION_TOPIC, DEAD_LETTER_TOPIC];
-            let report =
-                common::check::report(&cli.kafka, &cli.registry, &topics, &subjects).await?;
+            let report = common::check::report(&kafka, &registry, &topics, &subjects).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
     }

@@ -9,12 +9,7 @@ use scylla::client::{session::Session, session_builder::SessionBuilder};
 #[derive(Debug, Clone, clap::Args)]
 pub struct CassandraArgs {
     /// Comma-separated contact points, host:port.
-    #[arg(
-        long,
-        env = "CASSANDRA_NODES",
-        default_value = "127.0.0.1:9042",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "CASSANDRA_NODES", default_value = "127.0.0.1:9042", value_delimiter = ',')]
     pub cassandra_nodes: Vec<String>,
     /// Keyspace holding the archive tables.
     #[arg(long, env = "CASSANDRA_KEYSPACE", default_value = "streamrec")]
@@ -27,12 +22,7 @@ pub async fn connect(args: &CassandraArgs) -> anyhow::Result<Session> {
         .known_nodes(&args.cassandra_nodes)
         .build()
         .await
-        .with_context(|| {
-            format!(
-                "failed to connect to cassandra at {}",
-                args.cassandra_nodes.join(",")
-            )
-        })
+        .with_context(|| format!("failed to connect to cassandra at {}", args.cassandra_nodes.join(",")))
 }
 
 /// Names of all keyspaces, sorted.
@@ -42,10 +32,7 @@ pub async fn keyspaces(session: &Session) -> anyhow::Result<Vec<String>> {
         .await
         .context("failed to list keyspaces")?
         .into_rows_result()?;
-    let mut names = rows
-        .rows::<(String,)>()?
-        .map(|r| r.map(|(n,)| n))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut names = rows.rows::<(String,)>()?.map(|r| r.map(|(n,)| n)).collect::<Result<Vec<_>, _>>()?;
     names.sort();
     Ok(names)
 }

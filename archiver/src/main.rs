@@ -37,11 +37,7 @@ async fn main() -> anyhow::Result<()> {
                 "{}",
                 serde_json::json!({"keyspaces": keyspaces, "archive_keyspace": cli.cassandra.keyspace, "present": present})
             );
-            anyhow::ensure!(
-                present,
-                "keyspace {} does not exist; run `make stack-up`",
-                cli.cassandra.keyspace
-            );
+            anyhow::ensure!(present, "keyspace {} does not exist; run `make stack-up`", cli.cassandra.keyspace);
         }
     }
     Ok(())

@@ -16,10 +16,7 @@ pub async fn report(
     topics: &[&str],
     subjects: &[String],
 ) -> anyhow::Result<Value> {
-    let (kafka, owned_topics) = (
-        kafka.clone(),
-        topics.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
-    );
+    let (kafka, owned_topics) = (kafka.clone(), topics.iter().map(|t| t.to_string()).collect::<Vec<_>>());
     let (brokers, views) = tokio::task::spawn_blocking(move || {
         let names: Vec<&str> = owned_topics.iter().map(String::as_str).collect();
         describe_topics(&kafka, &names)

@@ -16,11 +16,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Comma-separated bootstrap brokers.
-    #[arg(
-        long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094"
-    )]
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094")]
     pub bootstrap_servers: String,
 }
 
@@ -47,14 +43,8 @@ pub struct TopicView {
 }
 
 /// Broker ids and the named topics as the cluster reports them; absent topics are errors.
-pub fn describe_topics(
-    args: &KafkaArgs,
-    topics: &[&str],
-) -> anyhow::Result<(Vec<i32>, Vec<TopicView>)> {
-    let consumer: BaseConsumer = args
-        .client_config()
-        .create()
-        .context("failed to create a kafka client")?;
+pub fn describe_topics(args: &KafkaArgs, topics: &[&str]) -> anyhow::Result<(Vec<i32>, Vec<TopicView>)> {
+    let consumer: BaseConsumer = args.client_config().create().context("failed to create a kafka client")?;
     let md = consumer
         .fetch_metadata(None, Duration::from_secs(10))
         .with_context(|| format!("failed to fetch metadata from {}", args.bootstrap_servers))?;
@@ -71,10 +61,7 @@ pub fn describe_topics(
             name: (*name).to_string(),
             partitions: parts.len(),
             replication_factor: parts.first().map_or(0, |p| p.replicas().len()),
-            under_replicated: parts
-                .iter()
-                .filter(|p| p.isr().len() < p.replicas().len())
-                .count(),
+            under_replicated: parts.iter().filter(|p| p.isr().len() < p.replicas().len()).count(),
         });
     }
     Ok((brokers, views))
@@ -82,7 +69,70 @@ pub fn describe_topics(
 
 /// An admin client for topic management in tests and tools.
 pub fn admin(args: &KafkaArgs) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-    args.client_config()
-        .create()
-        .context("failed to create a kafka admin client")
+    args.client_config().create().context("failed to create a kafka admin client")
+}
+
+/// Client tuning shared by the services' producers and consumers; flattened into their configs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TuningArgs {
+    /// Producer `linger.ms`: how long a record may wait for others to share its batch. 0 sends
+    /// at once (lowest step latency); a few ms trade latency for fewer requests under load.
+    #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 0)]
+    pub linger_ms: u32,
+    /// Consumer `fetch.wait.max.ms`: how long a broker may park a fetch that has no data yet.
+    /// A parked fetch returns as soon as a record arrives, so this is no latency floor; low
+    /// values only add empty fetch round trips (CPU), which made steps slower when measured.
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 500)]
+    pub fetch_wait_max_ms: u32,
+}
+
+impl KafkaArgs {
+    /// An idempotent `acks=all` producer config: no acknowledged record is lost or duplicated
+    /// by producer retries, and every record is on `min.insync.replicas` brokers when acked.
+    pub fn producer_config(&self, tuning: &TuningArgs) -> ClientConfig {
+        let mut cfg = self.client_config();
+        cfg.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", tuning.linger_ms.to_string())
+            .set("socket.nagle.disable", "true")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", "120000");
+        cfg
+    }
+
+    /// A consumer config tuned for latency; offsets are stored by the caller (never auto-stored).
+    pub fn consumer_config(&self, group: &str, tuning: &TuningArgs) -> ClientConfig {
+        let mut cfg = self.client_config();
+        cfg.set("group.id", group)
+            .set("enable.auto.offset.store", "false")
+            .set("fetch.wait.max.ms", tuning.fetch_wait_max_ms.to_string())
+            .set("fetch.min.bytes", "1")
+            .set("socket.nagle.disable", "true")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("partition.assignment.strategy", "cooperative-sticky");
+        cfg
+    }
+}
+
+/// Milliseconds since the Unix epoch, for message timestamps.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Topic names of one run; defaults from the protocol crate, overridable (tests use their own).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Topics {
+    /// Topic of the states env-svc publishes and agent-svc reads.
+    #[arg(long, env = "STATE_TOPIC", default_value = protocol::topics::STATE_TOPIC)]
+    pub state_topic: String,
+    /// Topic of the actions agent-svc answers with.
+    #[arg(long, env = "ACTION_TOPIC", default_value = protocol::topics::ACTION_TOPIC)]
+    pub action_topic: String,
+    /// Topic of records that can never be used.
+    #[arg(long, env = "DEAD_LETTER_TOPIC", default_value = protocol::topics::DEAD_LETTER_TOPIC)]
+    pub dead_letter_topic: String,
 }

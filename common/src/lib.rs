@@ -3,6 +3,8 @@
 
 pub mod check;
 pub mod kafka;
+pub mod link;
+pub mod offsets;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;

@@ -9,11 +9,7 @@ use serde_json::Value;
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegistryArgs {
     /// Base URL of the Confluent-compatible schema registry API.
-    #[arg(
-        long,
-        env = "SCHEMA_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081/apis/ccompat/v7"
-    )]
+    #[arg(long, env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081/apis/ccompat/v7")]
     pub schema_registry_url: String,
 }
 
@@ -63,33 +59,17 @@ const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 impl Registry {
     /// A client for the registry at `args.schema_registry_url`.
     pub fn new(args: &RegistryArgs) -> Self {
-        Self {
-            base: args.schema_registry_url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
-        }
+        Self { base: args.schema_registry_url.trim_end_matches('/').to_string(), http: reqwest::Client::new() }
     }
 
-    async fn call(
-        &self,
-        req: reqwest::RequestBuilder,
-        url: String,
-    ) -> Result<Value, RegistryError> {
-        let resp = req.send().await.map_err(|source| RegistryError::Http {
-            url: url.clone(),
-            source,
-        })?;
+    async fn call(&self, req: reqwest::RequestBuilder, url: String) -> Result<Value, RegistryError> {
+        let resp = req.send().await.map_err(|source| RegistryError::Http { url: url.clone(), source })?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
-            return Err(RegistryError::Status {
-                url,
-                status: status.as_u16(),
-                body,
-            });
+            return Err(RegistryError::Status { url, status: status.as_u16(), body });
         }
-        resp.json()
-            .await
-            .map_err(|source| RegistryError::Http { url, source })
+        resp.json().await.map_err(|source| RegistryError::Http { url, source })
     }
 
     /// All subjects.
@@ -115,19 +95,12 @@ impl Registry {
     pub async fn register(&self, subject: &str, schema: &Value) -> Result<u32, RegistryError> {
         let url = format!("{}/subjects/{subject}/versions", self.base);
         let body = serde_json::json!({"schemaType": "JSON", "schema": schema.to_string()});
-        let req = self
-            .http
-            .post(&url)
-            .header("Content-Type", CONTENT_TYPE)
-            .json(&body);
+        let req = self.http.post(&url).header("Content-Type", CONTENT_TYPE).json(&body);
         let v = self.call(req, url.clone()).await?;
-        v["id"]
-            .as_u64()
-            .and_then(|id| u32::try_from(id).ok())
-            .ok_or(RegistryError::Status {
-                url,
-                status: 200,
-                body: v.to_string(),
-            })
+        v["id"].as_u64().and_then(|id| u32::try_from(id).ok()).ok_or(RegistryError::Status {
+            url,
+            status: 200,
+            body: v.to_string(),
+        })
     }
 }

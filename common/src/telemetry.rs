@@ -17,9 +17,7 @@ pub enum LogFormat {
 /// Installs the global subscriber; logs go to stderr so stdout stays free for results.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests calling `run` twice) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -26,6 +26,9 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid streamrec --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin streamrec
 COPY --from=builder /out/env-svc /usr/local/bin/env-svc
+# The repo's generated sample (under 1 MB), the default dataset of a container run.
+COPY data/sample /data/sample
+ENV DATASET=/data/sample
 # Fail the build, not the first start, if a shared library is missing.
 RUN if ldd /usr/local/bin/env-svc | grep 'not found'; then exit 1; fi
 USER 10001:10001

@@ -213,7 +213,14 @@ start_zookeeper() {
 }
 
 start_kafka() { # broker index
-  local i=$1 port=${KAFKA_PORTS[$1]}
+  local i=$1 port=${KAFKA_PORTS[$1]} start=$SECONDS
+  # A broker killed with SIGKILL stays registered until its ZooKeeper session expires (18 s);
+  # a new broker with the same id cannot register before that.
+  while broker_ids | grep -qx "$i"; do
+    ((SECONDS - start < 40)) || die "broker $i is still registered in ZooKeeper by a process that is gone"
+    ((SECONDS == start)) && say "waiting for the stale registration of broker $i to expire"
+    sleep 1
+  done
   start_bg "kafka-$i" "$JAVA" -Xms256m -Xmx512m "${KAFKA_JVM[@]}" \
     -Dlog4j.configuration="file:$HERE/kafka/log4j.properties" -Dkafka.logs.dir="$LOGS/kafka-$i" \
     -cp "$CACHE/kafka-libs/*" kafka.Kafka "$HERE/kafka/server.properties" \

@@ -1,20 +1,15 @@
-//! `env-svc`: the environment. It publishes states to `fashion_state` and reads the agent's
-//! actions from `fashion_action`. This build carries the service's frame (config, logs,
-//! `check`); the step loop on the Amazon Fashion data arrives with the step-loop issue.
+//! `env-svc` binary: parses config, starts logging and runs a subcommand from the library.
 
 use clap::{Parser, Subcommand};
 use common::{kafka::KafkaArgs, registry::RegistryArgs, telemetry::LogFormat};
+use env_svc::{config::RunArgs, data::cli};
 use protocol::topics::{value_subject, ACTION_TOPIC, DEAD_LETTER_TOPIC, STATE_TOPIC};
 
-/// The recommendation environment: turns user review sequences into episodes and talks to the
+/// The recommendation environment: turns users' review sequences into episodes and talks to the
 /// agent only through Kafka.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    registry: RegistryArgs,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
@@ -24,9 +19,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Play episodes against agent-svc through Kafka and print the summary.
+    Run(Box<RunArgs>),
+    /// Write a synthetic dataset in the exact 2018 Amazon Fashion format.
+    Generate(cli::GenerateArgs),
+    /// Load and preprocess a dataset, print its statistics (and time and peak memory).
+    Inspect(cli::InspectArgs),
     /// Print what this service sees of the stack (brokers, topics, schema subjects) as JSON;
     /// exit non-zero when a topic or subject it needs is missing.
-    Check,
+    Check {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
 }
 
 #[tokio::main]
@@ -34,11 +40,16 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     common::telemetry::init(cli.log_format);
     match cli.command {
-        Command::Check => {
+        Command::Run(args) => {
+            let summary = env_svc::run(*args, common::shutdown::on_signals()).await?;
+            println!("{summary}");
+        }
+        Command::Generate(args) => cli::run_generate(&args)?,
+        Command::Inspect(args) => cli::run_inspect(&args)?,
+        Command::Check { kafka, registry } => {
             let subjects = [value_subject(STATE_TOPIC), value_subject(ACTION_TOPIC)];
             let topics = [STATE_TOPIC, ACTION_TOPIC, DEAD_LETTER_TOPIC];
-            let report =
-                common::check::report(&cli.kafka, &cli.registry, &topics, &subjects).await?;
+            let report = common::check::report(&kafka, &registry, &topics, &subjects).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
     }

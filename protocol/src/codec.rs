@@ -30,23 +30,16 @@ pub struct Codec<T> {
 
 impl<T> std::fmt::Debug for Codec<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Codec")
-            .field("schema_id", &self.schema_id)
-            .finish_non_exhaustive()
+        f.debug_struct("Codec").field("schema_id", &self.schema_id).finish_non_exhaustive()
     }
 }
 
 impl<T: Serialize + DeserializeOwned + JsonSchema> Codec<T> {
     /// A codec that frames with `schema_id`, the id the registry gave `T`'s schema.
     pub fn new(schema_id: u32) -> Result<Self, ProtocolError> {
-        let validator = jsonschema::options()
-            .build(&schema_of::<T>())
-            .map_err(|e| ProtocolError::InvalidSchema(e.to_string()))?;
-        Ok(Self {
-            schema_id,
-            validator,
-            _msg: PhantomData,
-        })
+        let validator =
+            jsonschema::options().build(&schema_of::<T>()).map_err(|e| ProtocolError::InvalidSchema(e.to_string()))?;
+        Ok(Self { schema_id, validator, _msg: PhantomData })
     }
 
     /// The registry id this codec writes into every frame.
@@ -56,11 +49,8 @@ impl<T: Serialize + DeserializeOwned + JsonSchema> Codec<T> {
 
     /// Checks a JSON value against the schema, listing every violation.
     pub fn validate(&self, value: &Value) -> Result<(), ProtocolError> {
-        let errors: Vec<String> = self
-            .validator
-            .iter_errors(value)
-            .map(|e| format!("{} at '{}'", e, e.instance_path()))
-            .collect();
+        let errors: Vec<String> =
+            self.validator.iter_errors(value).map(|e| format!("{} at '{}'", e, e.instance_path())).collect();
         if errors.is_empty() {
             Ok(())
         } else {
@@ -81,10 +71,7 @@ impl<T: Serialize + DeserializeOwned + JsonSchema> Codec<T> {
         let (schema_id, payload) = wire::unframe(bytes)?;
         let value: Value = serde_json::from_slice(payload)?;
         self.validate(&value)?;
-        Ok(Decoded {
-            schema_id,
-            msg: serde_json::from_value(value)?,
-        })
+        Ok(Decoded { schema_id, msg: serde_json::from_value(value)? })
     }
 }
 
@@ -128,10 +115,7 @@ mod tests {
             Err(ProtocolError::SchemaViolation(errors)) => {
                 assert_eq!(errors.len(), 2, "{errors:?}");
                 assert!(errors.iter().any(|e| e.contains("/ps")), "{errors:?}");
-                assert!(
-                    errors.iter().any(|e| e.contains("/episode_id")),
-                    "{errors:?}"
-                );
+                assert!(errors.iter().any(|e| e.contains("/episode_id")), "{errors:?}");
             }
             other => panic!("expected a schema violation, got {other:?}"),
         }
@@ -143,33 +127,21 @@ mod tests {
         let mut value = serde_json::to_value(examples::action()).unwrap_or_default();
         value["surprise"] = Value::from(1);
         let framed = wire::frame(7, &serde_json::to_vec(&value).unwrap_or_default());
-        assert!(matches!(
-            codec.decode(&framed),
-            Err(ProtocolError::SchemaViolation(_))
-        ));
+        assert!(matches!(codec.decode(&framed), Err(ProtocolError::SchemaViolation(_))));
 
         value = serde_json::to_value(examples::action()).unwrap_or_default();
         value["action"] = Value::from("seven");
         let framed = wire::frame(7, &serde_json::to_vec(&value).unwrap_or_default());
-        assert!(matches!(
-            codec.decode(&framed),
-            Err(ProtocolError::SchemaViolation(_))
-        ));
+        assert!(matches!(codec.decode(&framed), Err(ProtocolError::SchemaViolation(_))));
 
-        assert!(matches!(
-            codec.decode(b"\0\0\0\0\x07{not json"),
-            Err(ProtocolError::Json(_))
-        ));
+        assert!(matches!(codec.decode(b"\0\0\0\0\x07{not json"), Err(ProtocolError::Json(_))));
         assert!(matches!(codec.decode(b"{}"), Err(ProtocolError::Wire(_))));
     }
 
     #[test]
     fn older_writer_schema_id_is_still_readable() {
         let codec = action_codec();
-        let bytes = wire::frame(
-            2,
-            &serde_json::to_vec(&examples::action()).unwrap_or_default(),
-        );
+        let bytes = wire::frame(2, &serde_json::to_vec(&examples::action()).unwrap_or_default());
         assert_eq!(codec.decode(&bytes).map(|d| d.schema_id).ok(), Some(2));
     }
 }

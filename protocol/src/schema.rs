@@ -16,10 +16,7 @@ pub fn schema_of<T: JsonSchema>() -> Value {
 
 /// Every registered subject with its schema: `(subject, schema)`.
 pub fn subjects() -> Vec<(String, Value)> {
-    vec![
-        (value_subject(STATE_TOPIC), schema_of::<StateMsg>()),
-        (value_subject(ACTION_TOPIC), schema_of::<ActionMsg>()),
-    ]
+    vec![(value_subject(STATE_TOPIC), schema_of::<StateMsg>()), (value_subject(ACTION_TOPIC), schema_of::<ActionMsg>())]
 }
 
 #[cfg(test)]
@@ -29,15 +26,9 @@ mod tests {
     #[test]
     fn schemas_are_closed_and_require_the_envelope() {
         for (subject, schema) in subjects() {
-            assert_eq!(
-                schema["additionalProperties"],
-                Value::Bool(false),
-                "{subject}"
-            );
-            let required: Vec<&str> = schema["required"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
+            assert_eq!(schema["additionalProperties"], Value::Bool(false), "{subject}");
+            let required: Vec<&str> =
+                schema["required"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
             for field in ["schema_version", "env_id", "episode_id", "step"] {
                 assert!(required.contains(&field), "{subject} must require {field}");
             }

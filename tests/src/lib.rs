@@ -10,14 +10,12 @@ pub fn repo_root() -> PathBuf {
 
 /// Bootstrap brokers of the running stack (`KAFKA_BOOTSTRAP_SERVERS`, else the local defaults).
 pub fn bootstrap() -> String {
-    std::env::var("KAFKA_BOOTSTRAP_SERVERS")
-        .unwrap_or_else(|_| "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094".into())
+    std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094".into())
 }
 
 /// Base URL of the Confluent-compatible registry API of the running stack.
 pub fn registry_url() -> String {
-    std::env::var("SCHEMA_REGISTRY_URL")
-        .unwrap_or_else(|_| "http://127.0.0.1:8081/apis/ccompat/v7".into())
+    std::env::var("SCHEMA_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081/apis/ccompat/v7".into())
 }
 
 /// Cassandra contact point of the running stack.
@@ -29,8 +27,7 @@ pub fn cassandra_node() -> String {
 pub fn stack_cache() -> PathBuf {
     match std::env::var("STREAMREC_CACHE") {
         Ok(dir) => PathBuf::from(dir),
-        Err(_) => PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-            .join(".cache/streamrec"),
+        Err(_) => PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/streamrec"),
     }
 }
 
@@ -41,8 +38,143 @@ pub fn cqlsh() -> PathBuf {
 
 /// `prefix` plus a random suffix; valid as a topic, group or keyspace name.
 pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
+    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+use std::time::Duration;
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    ClientConfig, Message, Offset, TopicPartitionList,
+};
+
+/// A client config pointing at the stack.
+pub fn kafka_config() -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap());
+    cfg
+}
+
+/// Topics of one test: state, action and dead-letter, with a shared random suffix.
+#[derive(Debug, Clone)]
+pub struct TestTopics {
+    /// States.
+    pub state: String,
+    /// Actions.
+    pub action: String,
+    /// Dead letters.
+    pub dead_letter: String,
+}
+
+impl TestTopics {
+    /// Creates the three topics (6 partitions, RF 3, min ISR 2) and returns their names.
+    pub async fn create(prefix: &str) -> anyhow::Result<Self> {
+        let base = unique(prefix);
+        let topics = Self {
+            state: format!("{base}_state"),
+            action: format!("{base}_action"),
+            dead_letter: format!("{base}_dlq"),
+        };
+        let admin: AdminClient<DefaultClientContext> = kafka_config().create()?;
+        let new: Vec<NewTopic<'_>> = [&topics.state, &topics.action, &topics.dead_letter]
+            .into_iter()
+            .map(|t| NewTopic::new(t, 6, TopicReplication::Fixed(3)).set("min.insync.replicas", "2"))
+            .collect();
+        for result in
+            admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await?
+        {
+            result.map_err(|(t, e)| anyhow::anyhow!("cannot create {t}: {e}"))?;
+        }
+        Ok(topics)
+    }
+
+    /// The flags that point a service at these topics.
+    pub fn flags(&self) -> Vec<String> {
+        vec![
+            "--state-topic".into(),
+            self.state.clone(),
+            "--action-topic".into(),
+            self.action.clone(),
+            "--dead-letter-topic".into(),
+            self.dead_letter.clone(),
+        ]
+    }
+
+    /// Deletes the topics (best effort).
+    pub async fn delete(&self) {
+        if let Ok(admin) = kafka_config().create::<AdminClient<DefaultClientContext>>() {
+            let _ = admin.delete_topics(&[&self.state, &self.action, &self.dead_letter], &AdminOptions::new()).await;
+        }
+    }
+}
+
+/// A record read back from a topic: key, value and headers.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub payload: Vec<u8>,
+    /// Headers as (name, UTF-8 value).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Every record of `topic`, read from the beginning of each partition to its current end.
+pub fn read_topic(topic: &str) -> anyhow::Result<Vec<Record>> {
+    use rdkafka::message::Headers;
+    let consumer: BaseConsumer =
+        kafka_config().set("group.id", unique("reader")).set("enable.auto.commit", "false").create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(30))?;
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+            remaining += high - low;
+        }
+    }
+    let mut out = Vec::new();
+    if remaining == 0 {
+        return Ok(out);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while (out.len() as i64) < remaining {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "read {} of {remaining} records of {topic}", out.len());
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            // A dead broker shows up as transient transport errors; librdkafka fails over.
+            let Ok(m) = m else { continue };
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Record {
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Records currently in `topic` (sum over partitions of high minus low watermark).
+pub fn topic_size(topic: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = kafka_config().create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
+    let mut total = 0;
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(30))?;
+        total += high - low;
+    }
+    Ok(total)
 }

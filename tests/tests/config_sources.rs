@@ -11,8 +11,7 @@ use serde_norway::Value as Yaml;
 use streamrec_tests::repo_root;
 
 fn read(rel: &str) -> String {
-    std::fs::read_to_string(repo_root().join(rel))
-        .unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+    std::fs::read_to_string(repo_root().join(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
 }
 
 fn topics_env() -> BTreeMap<String, String> {
@@ -29,13 +28,9 @@ fn topics_env() -> BTreeMap<String, String> {
 fn schema_files_match_the_rust_types() {
     for (subject, schema) in protocol::schema::subjects() {
         let rel = format!("protocol/schemas/{subject}.json");
-        let generated = format!(
-            "{}\n",
-            serde_json::to_string_pretty(&schema).unwrap_or_default()
-        );
+        let generated = format!("{}\n", serde_json::to_string_pretty(&schema).unwrap_or_default());
         if std::env::var_os("STREAMREC_BLESS").is_some() {
-            std::fs::write(repo_root().join(&rel), &generated)
-                .unwrap_or_else(|e| panic!("write {rel}: {e}"));
+            std::fs::write(repo_root().join(&rel), &generated).unwrap_or_else(|e| panic!("write {rel}: {e}"));
         }
         let on_disk = read(&rel);
         assert_eq!(on_disk, generated, "{rel} is stale: run `make schemas`");
@@ -50,24 +45,16 @@ fn protocol_constants_match_topics_env() {
         ("ACTION_TOPIC", topics::ACTION_TOPIC.to_string()),
         ("DEAD_LETTER_TOPIC", topics::DEAD_LETTER_TOPIC.to_string()),
         ("TOPIC_PARTITIONS", topics::DEFAULT_PARTITIONS.to_string()),
-        (
-            "TOPIC_REPLICATION_FACTOR",
-            topics::REPLICATION_FACTOR.to_string(),
-        ),
+        ("TOPIC_REPLICATION_FACTOR", topics::REPLICATION_FACTOR.to_string()),
         ("TOPIC_MIN_ISR", topics::MIN_INSYNC_REPLICAS.to_string()),
     ];
     for (key, value) in expect {
-        assert_eq!(
-            env.get(key),
-            Some(&value),
-            "deploy/topics.env {key} differs from the protocol crate"
-        );
+        assert_eq!(env.get(key), Some(&value), "deploy/topics.env {key} differs from the protocol crate");
     }
 }
 
 fn compose() -> Yaml {
-    serde_norway::from_str(&read("docker-compose.yml"))
-        .unwrap_or_else(|e| panic!("docker-compose.yml: {e}"))
+    serde_norway::from_str(&read("docker-compose.yml")).unwrap_or_else(|e| panic!("docker-compose.yml: {e}"))
 }
 
 fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
@@ -98,45 +85,25 @@ fn compose_init_jobs_use_the_shared_scripts_and_sources() {
     assert!(text_of(&cql["volumes"]).contains("./archiver/schema.cql"));
 
     for svc in ["env-svc", "agent-svc", "archiver"] {
-        assert_eq!(
-            service(&compose, svc)["env_file"].as_str(),
-            Some("./deploy/topics.env"),
-            "{svc}"
-        );
+        assert_eq!(service(&compose, svc)["env_file"].as_str(), Some("./deploy/topics.env"), "{svc}");
     }
 }
 
 #[test]
 fn neither_compose_nor_the_local_stack_hard_codes_topics() {
     let env = topics_env();
-    for rel in [
-        "docker-compose.yml",
-        "deploy/local/stack.sh",
-        ".env.example",
-    ] {
+    for rel in ["docker-compose.yml", "deploy/local/stack.sh", ".env.example"] {
         let text = read(rel);
         for key in ["STATE_TOPIC", "ACTION_TOPIC", "DEAD_LETTER_TOPIC"] {
             let name = &env[key];
-            assert!(
-                !text.contains(name.as_str()),
-                "{rel} names topic {name}; take it from deploy/topics.env"
-            );
+            assert!(!text.contains(name.as_str()), "{rel} names topic {name}; take it from deploy/topics.env");
         }
-        assert!(
-            !text.contains("partitions 6") && !text.contains("PARTITIONS=6"),
-            "{rel} hard-codes a partition count"
-        );
+        assert!(!text.contains("partitions 6") && !text.contains("PARTITIONS=6"), "{rel} hard-codes a partition count");
     }
     let stack = read("deploy/local/stack.sh");
-    for shared in [
-        "deploy/init/create-topics.sh",
-        "deploy/init/register-schemas.sh",
-        "archiver/schema.cql",
-        "deploy/topics.env",
-    ] {
-        assert!(
-            stack.contains(shared),
-            "deploy/local/stack.sh does not use {shared}"
-        );
+    for shared in
+        ["deploy/init/create-topics.sh", "deploy/init/register-schemas.sh", "archiver/schema.cql", "deploy/topics.env"]
+    {
+        assert!(stack.contains(shared), "deploy/local/stack.sh does not use {shared}");
     }
 }

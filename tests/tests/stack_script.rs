@@ -12,19 +12,13 @@ fn stack() -> Command {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
 fn up_fails_clearly_when_a_port_is_taken_and_starts_nothing() {
     let squatter = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let taken = squatter
-        .local_addr()
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let taken = squatter.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"));
     let run = std::env::temp_dir().join(streamrec_tests::unique("stack_run"));
     let kafka_ports = format!("{} {} {}", free_port(), free_port(), free_port());
     let out = stack()
@@ -40,90 +34,37 @@ fn up_fails_clearly_when_a_port_is_taken_and_starts_nothing() {
         .output()
         .unwrap_or_else(|e| panic!("cannot run stack.sh: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "up must fail while port {taken} is held"
-    );
+    assert!(!out.status.success(), "up must fail while port {taken} is held");
     let expected = format!("port {taken} (zookeeper) is already in use");
-    assert!(
-        stderr.contains(&expected),
-        "stderr should say '{expected}', got:\n{stderr}"
-    );
+    assert!(stderr.contains(&expected), "stderr should say '{expected}', got:\n{stderr}");
     let pids: Vec<_> = std::fs::read_dir(&run)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
-                .collect()
-        })
+        .map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "pid")).collect())
         .unwrap_or_default();
-    assert!(
-        pids.is_empty(),
-        "up started something despite the taken port: {pids:?}"
-    );
+    assert!(pids.is_empty(), "up started something despite the taken port: {pids:?}");
     drop(squatter);
     let _ = std::fs::remove_dir_all(&run);
 }
 
 #[test]
 fn status_reports_brokers_topics_subjects_keyspace_and_processes() {
-    let out = stack()
-        .arg("status")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run stack.sh: {e}"));
-    assert!(
-        out.status.success(),
-        "status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("status is not one JSON object: {e}"));
+    let out = stack().arg("status").output().unwrap_or_else(|e| panic!("cannot run stack.sh: {e}"));
+    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status is not one JSON object: {e}"));
     assert_eq!(report["brokers"], serde_json::json!([0, 1, 2]), "{report}");
-    for topic in [
-        protocol::topics::STATE_TOPIC,
-        protocol::topics::ACTION_TOPIC,
-        protocol::topics::DEAD_LETTER_TOPIC,
-    ] {
+    for topic in [protocol::topics::STATE_TOPIC, protocol::topics::ACTION_TOPIC, protocol::topics::DEAD_LETTER_TOPIC] {
         let t = &report["topics"][topic];
-        assert_eq!(
-            t["partitions"],
-            protocol::topics::DEFAULT_PARTITIONS,
-            "{topic}: {t}"
-        );
+        assert_eq!(t["partitions"], protocol::topics::DEFAULT_PARTITIONS, "{topic}: {t}");
         assert_eq!(t["replication_factor"], 3, "{topic}: {t}");
         assert_eq!(t["min_isr"], 2, "{topic}: {t}");
         assert_eq!(t["under_replicated_partitions"], 0, "{topic}: {t}");
         assert_eq!(t["min_in_sync_replicas_seen"], 3, "{topic}: {t}");
     }
-    let subjects: Vec<&str> = report["subjects"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str())
-        .collect();
-    assert!(
-        subjects.contains(&"fashion_state-value") && subjects.contains(&"fashion_action-value"),
-        "{subjects:?}"
-    );
-    assert!(
-        report["keyspaces"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|k| k == "streamrec"),
-        "{report}"
-    );
-    for svc in [
-        "zookeeper",
-        "kafka-0",
-        "kafka-1",
-        "kafka-2",
-        "registry",
-        "cassandra",
-    ] {
+    let subjects: Vec<&str> = report["subjects"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
+    assert!(subjects.contains(&"fashion_state-value") && subjects.contains(&"fashion_action-value"), "{subjects:?}");
+    assert!(report["keyspaces"].as_array().into_iter().flatten().any(|k| k == "streamrec"), "{report}");
+    for svc in ["zookeeper", "kafka-0", "kafka-1", "kafka-2", "registry", "cassandra"] {
         assert_eq!(report["services"][svc]["running"], true, "{svc}: {report}");
-        assert!(
-            report["services"][svc]["rss_mib"].as_f64().unwrap_or(0.0) > 0.0,
-            "{svc}"
-        );
+        assert!(report["services"][svc]["rss_mib"].as_f64().unwrap_or(0.0) > 0.0, "{svc}");
     }
 }

@@ -1,0 +1,128 @@
+//! The most-rewarded product so far, epsilon-greedy. Before any reward it recommends the product
+//! seen most often in states, which on review data is already a strong guess.
+//!
+//! Invariant: `best` is always an argmax of (rewards, sightings) over the products seen so far,
+//! maintained in O(1) per update because both counts only grow.
+
+use protocol::StateMsg;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::{Feedback, Policy};
+
+/// Counts rewards and sightings per product.
+#[derive(Debug, Clone)]
+pub struct Popularity {
+    epsilon: f64,
+    rewards: Vec<f64>,
+    seen: Vec<u64>,
+    best: Option<u32>,
+}
+
+impl Popularity {
+    /// A policy that explores uniformly with probability `epsilon`.
+    pub fn new(epsilon: f64) -> Self {
+        Self { epsilon: epsilon.clamp(0.0, 1.0), rewards: Vec::new(), seen: Vec::new(), best: None }
+    }
+
+    fn grow(&mut self, index: usize) {
+        if index >= self.rewards.len() {
+            self.rewards.resize(index + 1, 0.0);
+            self.seen.resize(index + 1, 0);
+        }
+    }
+
+    fn key(&self, i: u32) -> (f64, u64) {
+        (self.rewards[i as usize], self.seen[i as usize])
+    }
+
+    fn promote(&mut self, i: u32) {
+        let better = match self.best {
+            None => true,
+            Some(b) => self.key(i).partial_cmp(&self.key(b)).is_some_and(|o| o.is_gt()),
+        };
+        if better {
+            self.best = Some(i);
+        }
+    }
+}
+
+impl Policy for Popularity {
+    fn name(&self) -> &'static str {
+        "popularity"
+    }
+
+    fn observe(&mut self, state: &StateMsg) {
+        let i = state.observation.index;
+        self.grow(i as usize);
+        self.seen[i as usize] += 1;
+        self.promote(i);
+    }
+
+    fn act(&mut self, states: &[&StateMsg], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)> {
+        states
+            .iter()
+            .map(|s| {
+                let n = s.n_actions.max(1);
+                let explore = self.epsilon / f64::from(n);
+                match self.best.filter(|b| *b < n) {
+                    Some(best) if !rng.random_bool(self.epsilon) => (best, 1.0 - self.epsilon + explore),
+                    Some(best) => {
+                        let a = rng.random_range(0..n);
+                        (a, if a == best { 1.0 - self.epsilon + explore } else { explore })
+                    }
+                    None => (rng.random_range(0..n), 1.0 / f64::from(n)),
+                }
+            })
+            .collect()
+    }
+
+    fn learn(&mut self, feedback: &Feedback<'_>) {
+        self.grow(feedback.action as usize);
+        self.rewards[feedback.action as usize] += feedback.reward;
+        self.promote(feedback.action);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::messages::examples;
+    use rand_chacha::rand_core::SeedableRng;
+
+    fn state(index: u32) -> StateMsg {
+        let mut s = examples::state();
+        s.n_actions = 10;
+        s.observation.index = index;
+        s
+    }
+
+    #[test]
+    fn greedy_choice_follows_rewards_over_sightings() {
+        let mut p = Popularity::new(0.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        for _ in 0..3 {
+            p.observe(&state(2));
+        }
+        p.observe(&state(5));
+        assert_eq!(p.act(&[&state(0)], &mut rng), vec![(2, 1.0)], "most seen before any reward");
+        let next = state(1);
+        p.learn(&Feedback { prev_index: 0, action: 5, reward: 1.0, next: &next });
+        assert_eq!(p.act(&[&state(0)], &mut rng)[0].0, 5, "a rewarded product beats a merely seen one");
+    }
+
+    #[test]
+    fn propensities_match_epsilon_greedy() {
+        let mut p = Popularity::new(0.2);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        p.observe(&state(3));
+        let s0 = state(0);
+        let picks = p.act(&vec![&s0; 2000], &mut rng);
+        let greedy = picks.iter().filter(|(a, _)| *a == 3).count() as f64 / 2000.0;
+        assert!((greedy - 0.82).abs() < 0.04, "greedy share {greedy}");
+        for (a, ps) in picks {
+            let expected = if a == 3 { 0.82 } else { 0.02 };
+            assert!((ps - expected).abs() < 1e-12);
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! `env-svc`: the environment service. It turns users' review sequences into episodes, publishes
+//! every state, waits for the agent's action, and pays the reward; it talks to the agent only
+//! through a transport (Kafka, or bounded in-process channels for experiments).
+//!
+//! Invariant: the run loop never crashes on input. A record that cannot be decoded or applied
+//! is dead-lettered with its reason and counted; the run goes on.
+
+pub mod checker;
+pub mod config;
+pub mod data;
+pub mod engine;
+pub mod envs;
+pub mod link;
+pub mod metrics;
+#[doc(hidden)]
+pub mod testing;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use futures::{stream::FuturesUnordered, StreamExt};
+use protocol::{ActionMsg, Codec, StateMsg};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    engine::{Engine, EngineConfig, Verdict},
+    link::EnvLink,
+    metrics::{Summary, SummaryHead},
+};
+
+/// Plays every episode of `engine` over `link` until done or `shutdown`; returns the summary.
+pub async fn drive<L: EnvLink>(
+    engine: &mut Engine,
+    link: &mut L,
+    state_codec: &Codec<StateMsg>,
+    action_codec: &Codec<ActionMsg>,
+    split: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let mut deliveries = FuturesUnordered::new();
+    fn publish<L: EnvLink>(
+        link: &L,
+        codec: &Codec<StateMsg>,
+        states: Vec<StateMsg>,
+        deliveries: &mut FuturesUnordered<common::link::Delivery>,
+    ) -> anyhow::Result<()> {
+        for state in states {
+            let payload = codec.encode(&state).context("env produced a state that breaks its schema")?;
+            deliveries.push(link.publish(state.episode_id, payload));
+        }
+        Ok(())
+    }
+    publish(link, state_codec, engine.fill(Instant::now()), &mut deliveries)?;
+    let tick_every = (engine_timeout(engine) / 4).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut interrupted = false;
+    let mut progress = Progress::new();
+
+    while !engine.is_done() {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => { interrupted = true; break; }
+            Some(result) = deliveries.next(), if !deliveries.is_empty() => {
+                if let Err(e) = result {
+                    engine.metrics.publish_errors += 1;
+                    tracing::warn!(error = %e, "state publication failed; the step will be re-sent");
+                }
+            }
+            raw = link.next_action() => {
+                let raw = raw?;
+                let now = Instant::now();
+                let reason = match action_codec.decode(&raw.payload) {
+                    Err(e) => { engine.metrics.decode_errors += 1; Some(e.to_string()) }
+                    Ok(decoded) => match engine.on_action(&decoded.msg, now) {
+                        (Verdict::Invalid(reason), _) => Some(reason),
+                        (_, next) => { publish(link, state_codec, next, &mut deliveries)?; None }
+                    },
+                };
+                if let Some(reason) = reason {
+                    tracing::warn!(partition = raw.partition, offset = raw.offset, %reason, "action dead-lettered");
+                    engine.metrics.dead_letters += 1;
+                    deliveries.push(link.dead_letter(&raw, &reason));
+                }
+                progress.update(engine);
+            }
+            _ = tick.tick() => {
+                let again = engine.resends(Instant::now());
+                if !again.is_empty() {
+                    tracing::debug!(count = again.len(), "re-sending overdue steps");
+                }
+                publish(link, state_codec, again, &mut deliveries)?;
+            }
+        }
+    }
+    // Every publication must be durable before the summary claims it.
+    let drain = async {
+        while let Some(result) = deliveries.next().await {
+            if result.is_err() {
+                engine.metrics.publish_errors += 1;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+        tracing::warn!("some publications were still unacknowledged after 30 s");
+    }
+    let head = SummaryHead {
+        env_id: engine.env_id().to_string(),
+        transport: link.name().into(),
+        split: split.into(),
+        interrupted,
+    };
+    Ok(engine.metrics.summary(head, started.elapsed()))
+}
+
+fn engine_timeout(engine: &Engine) -> Duration {
+    engine.config().action_timeout
+}
+
+/// Logs progress every few seconds (a log line, not a bar: the service runs in containers).
+struct Progress {
+    last: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self { last: Instant::now() }
+    }
+
+    fn update(&mut self, engine: &Engine) {
+        if self.last.elapsed() >= Duration::from_secs(5) {
+            self.last = Instant::now();
+            let m = &engine.metrics;
+            tracing::info!(
+                episodes = m.episodes,
+                steps = m.steps,
+                active = engine.active(),
+                resends = m.resends,
+                "progress"
+            );
+        }
+    }
+}
+
+/// Builds the engine for a run from its episode settings and the loaded dataset.
+pub fn engine_for(cfg: &config::EpisodeArgs, dataset: Arc<data::Dataset>, env_id: String) -> Engine {
+    let users: Vec<usize> = {
+        let wanted: std::collections::HashSet<&str> =
+            dataset.users_in(cfg.split).into_iter().map(|u| u.user_id.as_str()).collect();
+        dataset.users.iter().enumerate().filter(|(_, u)| wanted.contains(u.user_id.as_str())).map(|(i, _)| i).collect()
+    };
+    let engine_cfg = EngineConfig {
+        env_id,
+        episodes: cfg.episodes,
+        concurrency: cfg.concurrency.max(1),
+        max_steps: cfg.max_steps,
+        action_timeout: cfg.action_timeout,
+        seed: cfg.seed,
+    };
+    Engine::new(engine_cfg, dataset, users)
+}
+
+/// `env-svc run`: loads the data, registers the schemas, plays every episode through Kafka and
+/// returns the summary (also written to `--summary-json`).
+pub async fn run(cfg: config::RunArgs, shutdown: CancellationToken) -> anyhow::Result<Summary> {
+    use common::registry::Registry;
+    use protocol::{schema::schema_of, topics::value_subject};
+
+    let (dataset_args, quiet) = (cfg.dataset.clone(), cfg.quiet);
+    let dataset = tokio::task::spawn_blocking(move || dataset_args.load(quiet)).await.context("loader panicked")??;
+    tracing::info!(products = dataset.products.len(), users = dataset.users.len(), "dataset loaded");
+    let registry = Registry::new(&cfg.registry);
+    let state_id = registry
+        .register(&value_subject(&cfg.topics.state_topic), &schema_of::<StateMsg>())
+        .await
+        .context("failed to register the state schema")?;
+    let action_id = registry
+        .register(&value_subject(&cfg.topics.action_topic), &schema_of::<ActionMsg>())
+        .await
+        .context("failed to register the action schema")?;
+    let (state_codec, action_codec) = (Codec::new(state_id)?, Codec::new(action_id)?);
+
+    let mut link = link::KafkaEnvLink::connect(&cfg.kafka, &cfg.tuning, cfg.topics.clone()).await?;
+    let run_id = cfg.run_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_string());
+    let mut engine = engine_for(&cfg.episodes, Arc::new(dataset), format!("fashion-v1/{run_id}"));
+    tracing::info!(
+        env_id = engine.env_id(),
+        episodes = cfg.episodes.episodes,
+        concurrency = cfg.episodes.concurrency,
+        "run starts"
+    );
+    let summary =
+        drive(&mut engine, &mut link, &state_codec, &action_codec, cfg.episodes.split_name(), shutdown).await?;
+    link.flush(Duration::from_secs(10));
+    if let Some(path) = &cfg.summary_json {
+        write_json(path, &summary)?;
+    }
+    Ok(summary)
+}
+
+/// Writes `value` as pretty JSON, creating parent folders.
+pub fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("failed to write {}", path.display()))
+}

@@ -1,0 +1,233 @@
+//! The run's counters and the summary env-svc prints at the end (text and JSON).
+//!
+//! Invariant: `steps` counts accepted actions only, so `steps` equals the sum of episode lengths
+//! whatever the transport re-delivered.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::envs::fashion::Transition;
+
+/// Counters of one run.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Episodes played to their end.
+    pub episodes: u64,
+    /// Actions accepted (one per step).
+    pub steps: u64,
+    /// Sum of rewards.
+    pub reward_sum: f64,
+    /// Next-item hits.
+    pub hits: u64,
+    /// Sum of episode returns, and their count, for the mean.
+    pub return_sum: f64,
+    /// States published again after an action timeout.
+    pub resends: u64,
+    /// Actions for a step already answered.
+    pub duplicates: u64,
+    /// Actions for an episode already finished.
+    pub stale: u64,
+    /// Actions of another env or run.
+    pub foreign: u64,
+    /// Actions that can never apply (also dead-lettered).
+    pub invalid: u64,
+    /// Records written to the dead-letter topic (invalid actions and undecodable records).
+    pub dead_letters: u64,
+    /// Records that could not be decoded (bad framing, JSON or schema).
+    pub decode_errors: u64,
+    /// Publications that failed for good.
+    pub publish_errors: u64,
+    /// Returns per finished episode, in finishing order.
+    pub returns: Vec<f64>,
+    rtt_us: Histogram<u64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            episodes: 0,
+            steps: 0,
+            reward_sum: 0.0,
+            hits: 0,
+            return_sum: 0.0,
+            resends: 0,
+            duplicates: 0,
+            stale: 0,
+            foreign: 0,
+            invalid: 0,
+            dead_letters: 0,
+            decode_errors: 0,
+            publish_errors: 0,
+            returns: Vec::new(),
+            rtt_us: rtt_histogram(),
+        }
+    }
+}
+
+/// 1 µs .. 1 h with 3 significant digits.
+#[allow(clippy::expect_used)] // constant, valid bounds: this cannot fail
+fn rtt_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+impl Metrics {
+    /// Records the time from (re-)publishing a step to accepting its action.
+    pub fn record_rtt(&mut self, rtt: Duration) {
+        let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self.rtt_us.record(us.min(self.rtt_us.high()));
+    }
+
+    /// Records an accepted step.
+    pub fn record_step(&mut self, t: &Transition) {
+        self.steps += 1;
+        self.reward_sum += t.reward;
+        self.hits += u64::from(t.next_item_hit);
+    }
+
+    /// Records a finished episode.
+    pub fn record_episode(&mut self, ret: f64, _steps: u32) {
+        self.episodes += 1;
+        self.return_sum += ret;
+        self.returns.push(ret);
+    }
+
+    /// The summary of the run so far.
+    pub fn summary(&self, head: SummaryHead, elapsed: Duration) -> Summary {
+        let steps = self.steps.max(1) as f64;
+        let ms = |q: f64| {
+            if self.steps == 0 {
+                0.0
+            } else {
+                self.rtt_us.value_at_quantile(q) as f64 / 1000.0
+            }
+        };
+        Summary {
+            head,
+            episodes: self.episodes,
+            steps: self.steps,
+            mean_return: if self.episodes == 0 { 0.0 } else { self.return_sum / self.episodes as f64 },
+            reward_rate: self.reward_sum / steps,
+            next_item_hit_rate: self.hits as f64 / steps,
+            rtt_ms: Rtt { p50: ms(0.5), p99: ms(0.99), max: ms(1.0), mean: self.rtt_us.mean() / 1000.0 },
+            resends: self.resends,
+            duplicates: self.duplicates,
+            stale: self.stale,
+            foreign: self.foreign,
+            invalid: self.invalid,
+            dead_letters: self.dead_letters,
+            decode_errors: self.decode_errors,
+            publish_errors: self.publish_errors,
+            elapsed_s: elapsed.as_secs_f64(),
+            steps_per_s: self.steps as f64 / elapsed.as_secs_f64().max(1e-9),
+            returns: self.returns.clone(),
+        }
+    }
+}
+
+/// What identifies a run in its summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct SummaryHead {
+    /// Environment and run id.
+    pub env_id: String,
+    /// `kafka` or `memory`.
+    pub transport: String,
+    /// Users the episodes were drawn from: `train`, `test` or `all`.
+    pub split: String,
+    /// The run stopped on a signal before every episode finished.
+    pub interrupted: bool,
+}
+
+/// Step round trip, publication to accepted action, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rtt {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Slowest.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// The end-of-run summary, written by `--summary-json` and printed as text.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Run identity.
+    #[serde(flatten)]
+    pub head: SummaryHead,
+    /// Episodes finished.
+    pub episodes: u64,
+    /// Steps, i.e. actions accepted.
+    pub steps: u64,
+    /// Mean return per finished episode.
+    pub mean_return: f64,
+    /// Rewards per step (the paper's reward).
+    pub reward_rate: f64,
+    /// Actions that were exactly the user's next product, per step.
+    pub next_item_hit_rate: f64,
+    /// Step round trip.
+    pub rtt_ms: Rtt,
+    /// States re-published after an action timeout.
+    pub resends: u64,
+    /// Duplicate actions ignored.
+    pub duplicates: u64,
+    /// Actions for finished episodes ignored.
+    pub stale: u64,
+    /// Actions of other runs ignored.
+    pub foreign: u64,
+    /// Actions that could never apply.
+    pub invalid: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_letters: u64,
+    /// Records that failed decoding.
+    pub decode_errors: u64,
+    /// Publications that failed for good.
+    pub publish_errors: u64,
+    /// Wall time of the run.
+    pub elapsed_s: f64,
+    /// Steps per second of wall time.
+    pub steps_per_s: f64,
+    /// Return of every finished episode, in finishing order.
+    pub returns: Vec<f64>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "run {} over {} ({} users){}",
+            self.head.env_id,
+            self.head.transport,
+            self.head.split,
+            if self.head.interrupted { ", interrupted" } else { "" }
+        )?;
+        writeln!(f, "  episodes          {:>10}", self.episodes)?;
+        writeln!(
+            f,
+            "  steps             {:>10}   {:.0} steps/s over {:.2} s",
+            self.steps, self.steps_per_s, self.elapsed_s
+        )?;
+        writeln!(f, "  mean return       {:>10.3}", self.mean_return)?;
+        writeln!(f, "  reward rate       {:>10.4}", self.reward_rate)?;
+        writeln!(f, "  next-item hits    {:>10.4}", self.next_item_hit_rate)?;
+        writeln!(
+            f,
+            "  step round trip   p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+            self.rtt_ms.p50, self.rtt_ms.p99, self.rtt_ms.max
+        )?;
+        write!(
+            f,
+            "  re-sends {}   duplicates {}   stale {}   foreign {}   invalid {}   dead letters {}   decode errors {}",
+            self.resends,
+            self.duplicates,
+            self.stale,
+            self.foreign,
+            self.invalid,
+            self.dead_letters,
+            self.decode_errors
+        )
+    }
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `make bench`: benchmarks that print numbers and a ratio against a baseline run in the same
+# script; writes target/bench/report.json. Nothing here asserts a threshold.
+#   (a) load + preprocess a full-size synthetic 2018 file (883,636 reviews): seconds, peak RSS
+#   (b) step round trip with one episode in flight vs Kafka's own EndToEndLatency tool
+#   (c) steps per second with 256 concurrent episodes, through Kafka vs in memory
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE=${STREAMREC_CACHE:-$HOME/.cache/streamrec}
+out=target/bench
+mkdir -p "$out"
+BENCH_EPISODES=${BENCH_EPISODES:-2000}
+RTT_EPISODES=${RTT_EPISODES:-100}
+E2E_MESSAGES=${E2E_MESSAGES:-3000}
+
+cargo build --release --locked -p env-svc -p agent-svc -p sim
+bin=${CARGO_TARGET_DIR:-target}/release
+deploy/local/stack.sh up
+
+echo "==> (a) load and preprocess a full-size synthetic dataset"
+full="$CACHE/fullsize-seed42"
+if [[ ! -f $full/.complete ]]; then
+  "$bin/env-svc" generate --out "$full" --reviews 883636 --products 186637 --seed 42
+  touch "$full/.complete"
+fi
+"$bin/env-svc" inspect --dataset "$full" --quiet --json "$out/load.json" > /dev/null
+
+# Creates a topic (RF 3, min ISR 2) through the stack's kafka-topics wrapper.
+topic() { # name partitions
+  JAVA17=${JAVA17:-$(ls -d /usr/lib/jvm/java-17-openjdk-*/bin/java | head -n 1)} STREAMREC_CACHE=$CACHE \
+    deploy/local/bin/kafka-topics --bootstrap-server 127.0.0.1:9092 --create --if-not-exists --topic "$1" \
+    --partitions "$2" --replication-factor 3 --config min.insync.replicas=2 > /dev/null
+}
+
+# One env run through Kafka against an agent-svc process, on fresh topics.
+kafka_run() { # name summary-json env-flags...
+  local name=$1 summary=$2; shift 2
+  local base="bench_${name}_$(date +%s%N)"
+  topic "${base}_state" 6; topic "${base}_action" 6; topic "${base}_dlq" 1
+  local flags=(--state-topic "${base}_state" --action-topic "${base}_action" --dead-letter-topic "${base}_dlq")
+  "$bin/agent-svc" run --policy random --group-id "$base" --offset-reset earliest "${flags[@]}" > "$out/agent-$name.log" 2>&1 &
+  local agent=$!
+  "$bin/env-svc" run --quiet "${flags[@]}" --summary-json "$summary" "$@" > "$out/env-$name.log" 2>&1
+  kill -TERM "$agent"; wait "$agent" || true
+}
+
+echo "==> (b) step round trip, one episode in flight, vs EndToEndLatency"
+kafka_run rtt "$out/rtt.json" --episodes "$RTT_EPISODES" --concurrency 1
+e2e_topic="bench_e2e_$(date +%s%N)"
+topic "$e2e_topic" 1
+JAVA=${JAVA17:-$(ls -d /usr/lib/jvm/java-17-openjdk-*/bin/java | head -n 1)}
+# Same cluster, acks=all, a message the size of a state (about 600 bytes).
+"$JAVA" -Xmx512m -Dlog4j.configuration="file:$PWD/deploy/local/kafka/tools-log4j.properties" -cp "$CACHE/kafka-libs/*" \
+  org.apache.kafka.tools.EndToEndLatency 127.0.0.1:9092 "$e2e_topic" "$E2E_MESSAGES" all 600 > "$out/e2e.txt" 2>&1
+
+echo "==> (c) steps per second with 256 concurrent episodes: Kafka vs memory"
+kafka_run throughput "$out/throughput-kafka.json" --episodes "$BENCH_EPISODES" --concurrency 256
+"$bin/streamrec-sim" memory --quiet --policy random --episodes "$BENCH_EPISODES" --concurrency 256 \
+  --summary-json "$out/throughput-memory.json" > "$out/memory.log" 2>&1
+
+python3 scripts/bench_report.py "$out"

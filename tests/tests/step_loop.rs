@@ -1,0 +1,227 @@
+//! The step loop end to end: env-svc and agent-svc exchange states and actions only through a
+//! transport. Over Kafka, the records are read back from the topics and put through the env
+//! checker; in memory, the same checker runs on what crossed the channels.
+
+use std::{sync::Arc, time::Duration};
+
+use clap::Parser;
+use env_svc::{checker::check_run, data::Dataset};
+use protocol::{wire, ActionMsg, Codec, StateMsg};
+use streamrec_tests::{read_topic, repo_root, TestTopics};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+struct EnvCli {
+    #[command(flatten)]
+    run: env_svc::config::RunArgs,
+}
+
+#[derive(Debug, Parser)]
+struct AgentCli {
+    #[command(flatten)]
+    run: agent_svc::RunArgs,
+}
+
+#[derive(Debug, Parser)]
+struct SimCli {
+    #[command(flatten)]
+    dataset: env_svc::data::DatasetArgs,
+    #[command(flatten)]
+    episodes: env_svc::config::EpisodeArgs,
+    #[command(flatten)]
+    agent: agent_svc::AgentArgs,
+}
+
+fn sample() -> String {
+    repo_root().join("data/sample").display().to_string()
+}
+
+fn load_sample() -> Dataset {
+    let cli = SimCli::parse_from(["sim", "--dataset", &sample()]);
+    cli.dataset.load(true).unwrap_or_else(|e| panic!("sample dataset: {e}"))
+}
+
+fn decode_all<T: serde::de::DeserializeOwned + schemars::JsonSchema + serde::Serialize>(
+    records: impl IntoIterator<Item = (Option<Vec<u8>>, Vec<u8>)>,
+) -> Vec<(Option<Vec<u8>>, T)> {
+    let codec: Codec<T> = Codec::new(0).unwrap_or_else(|e| panic!("{e}"));
+    records
+        .into_iter()
+        .map(|(k, p)| (k, codec.decode(&p).unwrap_or_else(|e| panic!("a record on the topic is invalid: {e}")).msg))
+        .collect()
+}
+
+/// Runs env-svc (`episodes` episodes) and agent-svc in this process over `topics`; returns the
+/// env summary. `extra` flags go to the env.
+async fn run_over_kafka(
+    topics: &TestTopics,
+    episodes: usize,
+    policy: &str,
+    extra: &[&str],
+) -> env_svc::metrics::Summary {
+    let mut env_args = vec![
+        "env-svc".to_string(),
+        "--dataset".into(),
+        sample(),
+        "--episodes".into(),
+        episodes.to_string(),
+        "--quiet".into(),
+    ];
+    env_args.extend(topics.flags());
+    env_args.extend(extra.iter().map(|s| s.to_string()));
+    let env = EnvCli::parse_from(env_args).run;
+    let mut agent_args = vec![
+        "agent-svc".to_string(),
+        "--policy".into(),
+        policy.into(),
+        "--group-id".into(),
+        streamrec_tests::unique("agents"),
+    ];
+    agent_args.extend(["--offset-reset".into(), "earliest".into()]);
+    agent_args.extend(topics.flags());
+    let agent = AgentCli::parse_from(agent_args).run;
+
+    let stop_agent = CancellationToken::new();
+    let agent_task = tokio::spawn(agent_svc::run(agent, stop_agent.clone()));
+    let summary = tokio::time::timeout(Duration::from_secs(300), env_svc::run(env, CancellationToken::new()))
+        .await
+        .unwrap_or_else(|_| panic!("the run did not finish within 300 s"))
+        .unwrap_or_else(|e| panic!("env run failed: {e:#}"));
+    stop_agent.cancel();
+    agent_task.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("agent failed: {e:#}"));
+    summary
+}
+
+fn check_topics(dataset: &Dataset, topics: &TestTopics, summary: &env_svc::metrics::Summary) -> (usize, usize) {
+    let states: Vec<(Option<Vec<u8>>, StateMsg)> =
+        decode_all(read_topic(&topics.state).unwrap_or_else(|e| panic!("{e}")).into_iter().map(|r| (r.key, r.payload)));
+    // The action topic may hold injected poison; the checker judges the decodable actions.
+    let action_codec: Codec<ActionMsg> = Codec::new(0).unwrap_or_else(|e| panic!("{e}"));
+    let actions: Vec<ActionMsg> = read_topic(&topics.action)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .filter_map(|r| action_codec.decode(&r.payload).ok().map(|d| d.msg))
+        .collect();
+    let violations = check_run(dataset, 50, &states, &actions, summary);
+    assert!(
+        violations.is_empty(),
+        "{} violations, first: {:?}",
+        violations.len(),
+        &violations[..violations.len().min(5)]
+    );
+    (states.len(), actions.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_episodes_through_kafka_each_step_answered_once() {
+    let dataset = load_sample();
+    let topics = TestTopics::create("steploop").await.unwrap_or_else(|e| panic!("{e}"));
+    let summary = run_over_kafka(&topics, 200, "random", &[]).await;
+    assert_eq!(summary.episodes, 200, "{summary}");
+    assert!(summary.steps > 200, "{summary}");
+    assert_eq!((summary.invalid, summary.decode_errors, summary.publish_errors), (0, 0, 0), "{summary}");
+    let (states, actions) = check_topics(&dataset, &topics, &summary);
+    // One state per step plus the first of each episode; re-sends add copies, never steps.
+    assert_eq!(states as u64, summary.steps + summary.episodes + summary.resends, "{summary}");
+    assert!(actions as u64 >= summary.steps);
+    topics.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_schema_violating_actions_are_dead_lettered_while_the_run_goes_on() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dataset = load_sample();
+    let topics = TestTopics::create("dlq").await.unwrap_or_else(|e| panic!("{e}"));
+    let producer: FutureProducer = streamrec_tests::kafka_config().create().unwrap_or_else(|e| panic!("{e}"));
+    let mut bad_schema = protocol::messages::examples::action();
+    bad_schema.ps = 2.0;
+    let bad_schema = wire::frame(1, &serde_json::to_vec(&bad_schema).unwrap_or_default());
+    let poison: Vec<(&str, Vec<u8>)> = vec![("ep-junk", b"this is not json".to_vec()), ("ep-schema", bad_schema)];
+
+    // Inject once the env has started publishing (its action consumer is positioned by then).
+    let state_topic = topics.state.clone();
+    let action_topic = topics.action.clone();
+    let inject = tokio::spawn(async move {
+        for _ in 0..600 {
+            if streamrec_tests::topic_size(&state_topic).unwrap_or(0) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for (key, payload) in &poison {
+            producer
+                .send(FutureRecord::to(&action_topic).key(*key).payload(payload), Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|(e, _)| panic!("inject: {e}"));
+        }
+    });
+    let summary = run_over_kafka(&topics, 60, "popularity", &["--concurrency", "4"]).await;
+    inject.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(summary.episodes, 60, "the run goes on: {summary}");
+    assert_eq!((summary.decode_errors, summary.dead_letters), (2, 2), "{summary}");
+    let dead = read_topic(&topics.dead_letter).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(dead.len(), 2);
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|r| r.headers.iter().find(|(k, _)| k == "dlq.reason").map(|(_, v)| v.clone()).unwrap_or_default())
+        .collect();
+    assert!(reasons.iter().any(|r| r.contains("wire format") || r.contains("magic")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("schema violation") && r.contains("/ps")), "{reasons:?}");
+    assert!(dead.iter().any(|r| r.payload == b"this is not json"), "the original bytes are kept");
+    check_topics(&dataset, &topics, &summary);
+    topics.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_transport_passes_the_same_checker() {
+    let dataset = Arc::new(load_sample());
+    for policy in ["random", "popularity"] {
+        let cli = SimCli::parse_from(["sim", "--episodes", "200", "--concurrency", "64", "--policy", policy]);
+        let outcome = sim::run_memory(dataset.clone(), &cli.episodes, &cli.agent, 256, CancellationToken::new())
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(outcome.summary.episodes, 200);
+        let states =
+            decode_all::<StateMsg>(outcome.recording.states.iter().map(|r| (r.key.clone(), r.payload.clone())));
+        let actions: Vec<ActionMsg> = decode_all::<ActionMsg>(
+            outcome.recording.actions.iter().map(|(k, p)| (Some(k.clone().into_bytes()), p.clone())),
+        )
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+        let violations = check_run(&dataset, 50, &states, &actions, &outcome.summary);
+        assert!(violations.is_empty(), "{policy}: {:?}", &violations[..violations.len().min(5)]);
+        assert_eq!(outcome.summary.resends, 0, "nothing is lost in memory");
+    }
+}
+
+#[test]
+fn checker_catches_a_wrong_reward() {
+    // The checker itself must fail on a broken run, or its silence proves nothing.
+    let dataset = env_svc::testing::dataset_with_users(10, &[&[1, 2, 3]]);
+    let mut s0 = protocol::messages::examples::state();
+    (s0.env_id, s0.episode_id, s0.user_id, s0.n_actions, s0.observation.index) =
+        ("e".into(), "ep".into(), "user-0".into(), 10, 1);
+    let mut s1 = s0.clone();
+    (s1.step, s1.observation.index, s1.reward) = (1, 2, 1.0);
+    let mut s2 = s1.clone();
+    (s2.step, s2.observation.index, s2.reward, s2.terminated) = (2, 3, 0.0, true);
+    let mut a0 = protocol::messages::examples::action();
+    (a0.episode_id, a0.step, a0.action) = ("ep".into(), 0, 9); // 9 is not a later product: reward must be 0
+    let mut a1 = a0.clone();
+    (a1.step, a1.action) = (1, 7);
+    let key = Some(b"ep".to_vec());
+    let states = vec![(key.clone(), s0), (key.clone(), s1), (key, s2)];
+    let summary = env_svc::metrics::Metrics::default().summary(
+        env_svc::metrics::SummaryHead {
+            env_id: "e".into(),
+            transport: "t".into(),
+            split: "all".into(),
+            interrupted: true,
+        },
+        Duration::from_secs(1),
+    );
+    let violations = check_run(&dataset, 50, &states, &[a0, a1], &summary);
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].contains("ep/1: reward 1"), "{violations:?}");
+}
