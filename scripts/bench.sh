@@ -23,7 +23,7 @@ if [[ ! -f $full/.complete ]]; then
   "$bin/env-svc" generate --out "$full" --reviews 883636 --products 186637 --seed 42
   touch "$full/.complete"
 fi
-"$bin/env-svc" inspect --dataset "$full" --quiet --json "$out/load.json" > /dev/null
+"$bin/env-svc" inspect --dataset "$full" --json "$out/load.json" 2> /dev/null | tail -n 3
 
 # Creates a topic (RF 3, min ISR 2) through the stack's kafka-topics wrapper.
 topic() { # name partitions
