@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 STACK := deploy/local/stack.sh
 
-.PHONY: help sim test bench stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build
+.PHONY: help sim test bench eval libtorch stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -14,7 +14,10 @@ sim: ## the main job: a full simulation (DATASET, EPISODES, POLICY, TRANSPORT=ka
 test: ## everything: install what is missing, start the stack if needed, run all tests, stop what it started
 	@scripts/test.sh
 
-build: ## build every crate (debug)
+libtorch: ## libtorch for tch (the PyPI torch wheel, cached under ~/.cache/streamrec)
+	@scripts/libtorch.sh
+
+build: libtorch ## build every crate (debug)
 	cargo build --workspace --all-targets
 
 stack-up: ## start ZooKeeper, 3 Kafka brokers, the schema registry and Cassandra on 127.0.0.1
@@ -32,15 +35,18 @@ stack-logs: ## the last lines of every service's log
 stack-reset: ## stop the stack and wipe its data
 	@$(STACK) reset
 
-schemas: ## regenerate protocol/schemas/*.json from the Rust message types
+schemas: libtorch ## regenerate protocol/schemas/*.json from the Rust message types
 	STREAMREC_BLESS=1 cargo test -p streamrec-tests --test config_sources -- schema_files_match_the_rust_types
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: libtorch ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
 compose-check: ## validate docker-compose.yml without a Docker engine
 	@deploy/tools/compose-check.sh
+
+eval: ## train each policy on train users, evaluate on test users: target/eval/report.json + PNG
+	@scripts/eval.sh
 
 bench: ## benchmarks with baselines in the same run; writes target/bench/report.json
 	@scripts/bench.sh

@@ -13,6 +13,7 @@ BENCH_EPISODES=${BENCH_EPISODES:-2000}
 RTT_EPISODES=${RTT_EPISODES:-100}
 E2E_MESSAGES=${E2E_MESSAGES:-3000}
 
+scripts/libtorch.sh
 cargo build --release --locked -p env-svc -p agent-svc -p sim
 bin=${CARGO_TARGET_DIR:-target}/release
 deploy/local/stack.sh up
@@ -59,3 +60,9 @@ kafka_run throughput "$out/throughput-kafka.json" --episodes "$BENCH_EPISODES" -
   --summary-json "$out/throughput-memory.json" > "$out/memory.log" 2>&1
 
 python3 scripts/bench_report.py "$out"
+
+echo "==> DQN learner and inference, Rust (tch) vs PyTorch"
+scripts/bench_dqn.sh
+
+echo "==> archiver vs a plain loop of prepared inserts"
+scripts/bench_archiver.sh

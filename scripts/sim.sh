@@ -13,8 +13,9 @@ out=target/sim
 mkdir -p "$out"
 rm -f "$out/summary.json"
 
+scripts/libtorch.sh
 echo "==> building (release)"
-cargo build --release --locked -p env-svc -p agent-svc -p sim
+cargo build --release --locked -p env-svc -p agent-svc -p sim -p archiver
 bin=${CARGO_TARGET_DIR:-target}/release
 
 case $TRANSPORT in
@@ -22,7 +23,7 @@ case $TRANSPORT in
     echo "==> stack"
     deploy/local/stack.sh up
     echo "==> agent-svc run --policy $POLICY (log: $out/agent.log)"
-    "$bin/agent-svc" run --policy "$POLICY" > "$out/agent.log" 2>&1 &
+    "$bin/agent-svc" run --policy "$POLICY" --checkpoint-dir "$out/checkpoints" > "$out/agent.log" 2>&1 &
     agent=$!
     trap 'kill -TERM "$agent" 2> /dev/null || true; wait "$agent" 2> /dev/null || true' EXIT
     echo "==> env-svc run: $EPISODES episodes on $DATASET through Kafka"
@@ -31,6 +32,9 @@ case $TRANSPORT in
     wait "$agent" || { echo "agent-svc failed, see $out/agent.log" >&2; exit 1; }
     trap - EXIT
     echo "agent-svc: $(tail -n 1 "$out/agent.log")"
+    echo
+    echo "==> archiving the run into Cassandra"
+    scripts/archive_demo.sh
     ;;
   memory)
     echo "==> streamrec-sim memory: $EPISODES episodes on $DATASET, policy $POLICY, bounded channels"

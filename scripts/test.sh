@@ -13,6 +13,9 @@ trap stop_stack EXIT
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "libtorch (PyPI torch 2.13.0, cached)"
+scripts/libtorch.sh
+
 step "build"
 cargo build --workspace --all-targets --locked
 

@@ -33,11 +33,11 @@ pub struct AgentStats {
     pub dead_letters: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Last {
     step: u32,
     action: u32,
-    prev_index: u32,
+    prev: StateMsg,
     at_ms: i64,
 }
 
@@ -75,6 +75,16 @@ impl AgentCore {
         }
     }
 
+    /// The policy, e.g. to evaluate or checkpoint it after a run.
+    pub fn policy_mut(&mut self) -> &mut dyn Policy {
+        self.policy.as_mut()
+    }
+
+    /// Gives up the agent and keeps its policy (e.g. to evaluate it after training).
+    pub fn into_policy(self) -> Box<dyn Policy> {
+        self.policy
+    }
+
     /// Name of the policy.
     pub fn policy_name(&self) -> &'static str {
         self.policy.name()
@@ -101,18 +111,21 @@ impl AgentCore {
                 }
                 continue;
             }
-            let last = self.last.get(&state.episode_id).copied();
-            if let Some(l) = last.filter(|l| l.step == state.step) {
+            let last = self.last.get(&state.episode_id);
+            if let Some(action) = last.filter(|l| l.step == state.step).map(|l| l.action) {
                 if !terminal {
                     self.stats.reanswered += 1;
-                    out[i] = Some(self.action_msg(state, l.action, 1.0));
+                    out[i] = Some(self.action_msg(state, action, 1.0));
                 }
                 continue;
             }
+            let last = last.filter(|l| l.step + 1 == state.step).cloned();
             self.policy.observe(state);
-            if let Some(l) = last.filter(|l| l.step + 1 == state.step) {
+            if let Some(l) = last {
+                let prev_index = l.prev.observation.index;
                 self.policy.learn(&Feedback {
-                    prev_index: l.prev_index,
+                    prev: &l.prev,
+                    prev_index,
                     action: l.action,
                     reward: state.reward,
                     next: state,
@@ -132,7 +145,7 @@ impl AgentCore {
         let choices = self.policy.act(&refs, &mut self.rng);
         for (&i, (action, ps)) in to_act.iter().zip(choices) {
             let state = &states[i];
-            let last = Last { step: state.step, action, prev_index: state.observation.index, at_ms: now_ms };
+            let last = Last { step: state.step, action, prev: state.clone(), at_ms: now_ms };
             self.last.insert(state.episode_id.clone(), last);
             out[i] = Some(self.action_msg(state, action, ps));
         }

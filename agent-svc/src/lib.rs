@@ -73,14 +73,24 @@ pub struct AgentArgs {
     /// States older than this are skipped unanswered (a backlog left by a dead env run).
     #[arg(long, env = "AGENT_MAX_STATE_AGE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub max_state_age: Duration,
+    /// Hyperparameters of `--policy dqn` (all `--dqn-*` flags and `--checkpoint-dir`).
+    #[command(flatten)]
+    pub dqn: policies::DqnArgs,
 }
 
 impl AgentArgs {
-    /// The agent these settings describe.
-    pub fn build(&self) -> AgentCore {
+    /// The agent these settings describe, or why it cannot be built (only `dqn` can fail: a
+    /// bad flag, a checkpoint of another network).
+    pub fn try_build(&self) -> anyhow::Result<AgentCore> {
         let replica = self.replica_id.clone().unwrap_or_else(default_replica_id);
         let age_ms = i64::try_from(self.max_state_age.as_millis()).unwrap_or(i64::MAX);
-        AgentCore::new(policies::build(self.policy, self.epsilon), self.agent_seed, replica, age_ms)
+        let policy = policies::build(self.policy, self.epsilon, &self.dqn, self.agent_seed)?;
+        Ok(AgentCore::new(policy, self.agent_seed, replica, age_ms))
+    }
+
+    /// The agent these settings describe; panics where [`AgentArgs::try_build`] fails.
+    pub fn build(&self) -> AgentCore {
+        self.try_build().unwrap_or_else(|e| panic!("cannot build the agent: {e:#}"))
     }
 }
 
@@ -130,7 +140,8 @@ pub async fn drive<L: AgentLink>(
                         }
                     }
                 }
-                let answers = core.handle(&states, common::kafka::now_ms());
+                // Policies may run a network forward pass: keep it off the async workers.
+                let answers = tokio::task::block_in_place(|| core.handle(&states, common::kafka::now_ms()));
                 for (raw, answer) in sources.into_iter().zip(answers) {
                     match answer {
                         None => link.done(&raw),
@@ -158,6 +169,10 @@ pub async fn drive<L: AgentLink>(
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+    // A learned policy writes its checkpoint, so a restarted agent resumes where it stopped.
+    if let Err(e) = tokio::task::block_in_place(|| core.policy_mut().save()) {
+        tracing::error!(error = %e, "checkpoint on shutdown failed");
+    }
     Ok(core.stats.clone())
 }
 
@@ -178,7 +193,7 @@ pub async fn run(cfg: RunArgs, shutdown: CancellationToken) -> anyhow::Result<Ag
     let (state_codec, action_codec) = (Codec::new(state_id)?, Codec::new(action_id)?);
     let mut link =
         link::KafkaAgentLink::connect(&cfg.kafka, &cfg.tuning, cfg.topics.clone(), &cfg.group_id, &cfg.offset_reset)?;
-    let mut core = cfg.agent.build();
+    let mut core = cfg.agent.try_build()?;
     tracing::info!(policy = core.policy_name(), group = %cfg.group_id, ?cfg.agent, "agent starts");
     let stats = drive(&mut core, &mut link, &state_codec, &action_codec, cfg.agent.max_batch, shutdown).await?;
     link.close();

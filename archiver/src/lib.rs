@@ -1,26 +1,33 @@
-//! The archiver: copies `fashion_state` and `fashion_action` into Cassandra for good. This build
-//! carries the Cassandra connection and the `check` subcommand; the daily copy arrives with the
-//! archiver issue.
+//! The archiver: copies `fashion_state`, `fashion_action` and `fashion_dead_letter` into
+//! Cassandra tables people query in cqlsh, once (`run-once`) or every day (`daily`), and draws a
+//! report of the archived episodes (`report`).
+//!
+//! Invariant: offsets are committed only after the rows of their messages are written, and every
+//! row's primary key holds its message's Kafka identity, so a run killed at any point followed
+//! by another run leaves exactly one row per message and table.
+
+pub mod config;
+pub mod daily;
+pub mod dates;
+pub mod metrics;
+pub mod report;
+pub mod rows;
+pub mod run;
+pub mod schema;
+pub mod sink;
+pub mod source;
+
+use std::path::Path;
 
 use anyhow::Context;
-use scylla::client::{session::Session, session_builder::SessionBuilder};
+pub use config::{CassandraArgs, DailyArgs, InitArgs, ReportArgs, RunArgs};
+pub use metrics::{Outcome, Summary};
+pub use run::run_once;
+use scylla::client::session::Session;
 
-/// Where Cassandra is; flattened into the archiver's config.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CassandraArgs {
-    /// Comma-separated contact points, host:port.
-    #[arg(long, env = "CASSANDRA_NODES", default_value = "127.0.0.1:9042", value_delimiter = ',')]
-    pub cassandra_nodes: Vec<String>,
-    /// Keyspace holding the archive tables.
-    #[arg(long, env = "CASSANDRA_KEYSPACE", default_value = "streamrec")]
-    pub keyspace: String,
-}
-
-/// Opens a session to the cluster.
+/// Opens a session to the cluster (one attempt; `run-once` retries through [`sink::connect`]).
 pub async fn connect(args: &CassandraArgs) -> anyhow::Result<Session> {
-    SessionBuilder::new()
-        .known_nodes(&args.cassandra_nodes)
-        .build()
+    sink::connect(args, &sink::Retry::new(std::time::Duration::ZERO))
         .await
         .with_context(|| format!("failed to connect to cassandra at {}", args.cassandra_nodes.join(",")))
 }
@@ -35,4 +42,25 @@ pub async fn keyspaces(session: &Session) -> anyhow::Result<Vec<String>> {
     let mut names = rows.rows::<(String,)>()?.map(|r| r.map(|(n,)| n)).collect::<Result<Vec<_>, _>>()?;
     names.sort();
     Ok(names)
+}
+
+/// Names of the tables of `keyspace`, sorted.
+pub async fn tables(session: &Session, keyspace: &str) -> anyhow::Result<Vec<String>> {
+    let rows = session
+        .query_unpaged("SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?", (keyspace,))
+        .await
+        .context("failed to list tables")?
+        .into_rows_result()?;
+    let mut names = rows.rows::<(String,)>()?.map(|r| r.map(|(n,)| n)).collect::<Result<Vec<_>, _>>()?;
+    names.sort();
+    Ok(names)
+}
+
+/// Writes `summary` as pretty JSON to `path`, creating its folder.
+pub fn write_summary_json(summary: &Summary, path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(summary).context("failed to serialise the summary")?;
+    std::fs::write(path, json + "\n").with_context(|| format!("failed to write {}", path.display()))
 }

@@ -5,7 +5,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use agent_svc::{core::AgentStats, link::AgentLink, AgentArgs};
+pub mod eval;
+pub mod plot;
+
+use agent_svc::{
+    core::{AgentCore, AgentStats},
+    link::AgentLink,
+    AgentArgs,
+};
 use anyhow::Context;
 use common::link::{Delivery, Raw};
 use env_svc::{config::EpisodeArgs, data::Dataset, link::EnvLink, metrics::Summary};
@@ -72,6 +79,8 @@ pub struct Outcome {
     pub summary: Summary,
     /// The agent's counters.
     pub agent: AgentStats,
+    /// The agent itself after the run (its policy trained by the run).
+    pub core: AgentCore,
     /// What crossed the agent's link.
     pub recording: Recording,
 }
@@ -89,11 +98,12 @@ pub struct Wiring<E, A> {
     pub action_codec: Codec<ActionMsg>,
 }
 
-/// Runs env and agent over `wiring` until every episode ended.
+/// Runs env and `core` (answering batches of at most `max_batch` states) over `wiring` until
+/// every episode ended; returns the agent with the rest of the outcome.
 pub async fn run_linked<E: EnvLink, A: AgentLink + 'static>(
     dataset: Arc<Dataset>,
     episodes: &EpisodeArgs,
-    agent: &AgentArgs,
+    (mut core, max_batch): (AgentCore, usize),
     env_id: String,
     wiring: Wiring<E, A>,
     shutdown: CancellationToken,
@@ -102,13 +112,13 @@ pub async fn run_linked<E: EnvLink, A: AgentLink + 'static>(
     let (state_codec, action_codec) = (Arc::new(state_codec), Arc::new(action_codec));
     let mut tap = Tap::new(agent_link);
     let recording = tap.recording.clone();
-    let mut core = agent.build();
     let stop_agent = shutdown.child_token();
     let agent_stop = stop_agent.clone();
-    let max_batch = agent.max_batch;
     let (agent_state_codec, agent_action_codec) = (Arc::clone(&state_codec), Arc::clone(&action_codec));
     let agent_task = tokio::spawn(async move {
-        agent_svc::drive(&mut core, &mut tap, &agent_state_codec, &agent_action_codec, max_batch, agent_stop).await
+        let stats =
+            agent_svc::drive(&mut core, &mut tap, &agent_state_codec, &agent_action_codec, max_batch, agent_stop).await;
+        stats.map(|s| (s, core))
     });
     let mut engine = env_svc::engine_for(episodes, dataset, env_id);
     let summary =
@@ -117,7 +127,7 @@ pub async fn run_linked<E: EnvLink, A: AgentLink + 'static>(
     // states) and stop on its own; a transport that does not close is stopped after a grace.
     drop(env_link);
     let mut agent_task = agent_task;
-    let agent = match tokio::time::timeout(std::time::Duration::from_secs(5), &mut agent_task).await {
+    let (agent, core) = match tokio::time::timeout(std::time::Duration::from_secs(5), &mut agent_task).await {
         Ok(joined) => joined,
         Err(_) => {
             stop_agent.cancel();
@@ -126,14 +136,25 @@ pub async fn run_linked<E: EnvLink, A: AgentLink + 'static>(
     }
     .context("agent task panicked")??;
     let recording = std::mem::take(&mut *recording.lock().map_err(|_| anyhow::anyhow!("tap poisoned"))?);
-    Ok(Outcome { summary: summary?, agent, recording })
+    Ok(Outcome { summary: summary?, agent, core, recording })
 }
 
-/// Runs env and agent joined by bounded channels of `capacity` records each.
+/// Runs env and the agent `agent` describes, joined by bounded channels of `capacity` records.
 pub async fn run_memory(
     dataset: Arc<Dataset>,
     episodes: &EpisodeArgs,
     agent: &AgentArgs,
+    capacity: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Outcome> {
+    run_memory_with(dataset, episodes, (agent.try_build()?, agent.max_batch), capacity, shutdown).await
+}
+
+/// Runs env and a given agent, joined by bounded channels of `capacity` records each.
+pub async fn run_memory_with(
+    dataset: Arc<Dataset>,
+    episodes: &EpisodeArgs,
+    agent: (AgentCore, usize),
     capacity: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Outcome> {

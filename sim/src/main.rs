@@ -40,6 +40,37 @@ enum Command {
         #[arg(long, env = "QUIET")]
         quiet: bool,
     },
+    /// Train every policy on the train users for a fixed budget, evaluate each greedily on the
+    /// test users, write `report.json` and a PNG of training returns.
+    Eval {
+        #[command(flatten)]
+        dataset: DatasetArgs,
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Policies to train and evaluate.
+        #[arg(
+            long,
+            env = "EVAL_POLICIES",
+            value_delimiter = ',',
+            default_value = "random,popularity,cooccurrence,dqn"
+        )]
+        policies: Vec<agent_svc::policies::PolicyKind>,
+        /// Training episodes per policy (the budget).
+        #[arg(long, env = "TRAIN_EPISODES", default_value_t = 3000)]
+        train_episodes: usize,
+        /// Episodes in flight.
+        #[arg(long, env = "CONCURRENCY", default_value_t = 64)]
+        concurrency: usize,
+        /// Seed of the user order and the policies.
+        #[arg(long, env = "SEED", default_value_t = 0)]
+        seed: u64,
+        /// Folder of report.json and training_returns.png.
+        #[arg(long, env = "EVAL_OUT", default_value = "target/eval")]
+        out: PathBuf,
+        /// No progress bars while loading the data.
+        #[arg(long, env = "QUIET")]
+        quiet: bool,
+    },
 }
 
 #[tokio::main]
@@ -60,6 +91,68 @@ async fn main() -> anyhow::Result<()> {
                 env_svc::write_json(&path, &outcome.summary)?;
             }
         }
+        Command::Eval { dataset, agent, policies, train_episodes, concurrency, seed, out, quiet } => {
+            let ds =
+                Arc::new(tokio::task::spawn_blocking(move || dataset.load(quiet)).await.context("loader panicked")??);
+            let cfg = sim::eval::EvalConfig { train_episodes, concurrency, max_steps: 50, seed };
+            println!(
+                "evaluating {} policies: {train_episodes} training episodes each on {} train users, then {} test users",
+                policies.len(),
+                ds.users_in(env_svc::data::Split::Train).len(),
+                ds.users_in(env_svc::data::Split::Test).len()
+            );
+            let mut report = sim::eval::Report::new();
+            let mut curves = Vec::new();
+            for kind in policies {
+                let mut args = agent.clone();
+                args.policy = kind;
+                args.agent_seed = seed;
+                let started = std::time::Instant::now();
+                let (r, returns) = sim::eval::evaluate(ds.clone(), args.try_build()?, &cfg).await?;
+                let name = format!("{kind:?}").to_lowercase();
+                println!(
+                    "  {name:<13} reward rate {:.4} [{:.4}, {:.4}]  HR@10 {:.4}  NDCG@10 {:.4}  ({:.1} s)",
+                    r.reward_rate.mean,
+                    r.reward_rate.lo,
+                    r.reward_rate.hi,
+                    r.hr10.mean,
+                    r.ndcg10.mean,
+                    started.elapsed().as_secs_f64()
+                );
+                curves.push((name.clone(), returns));
+                report.insert(name, r);
+            }
+            print_table(&report);
+            env_svc::write_json(&out.join("report.json"), &report)?;
+            let png = out.join("training_returns.png");
+            sim::plot::training_returns(&png, &curves, 100)?;
+            println!("\nwrote {} and {}", out.join("report.json").display(), png.display());
+        }
     }
     Ok(())
+}
+
+fn print_table(report: &sim::eval::Report) {
+    println!(
+        "\npolicy         reward rate [95% CI]        HR@10 [95% CI]              NDCG@10 [95% CI]            episodes"
+    );
+    for (name, r) in report {
+        let cell = |i: &sim::eval::Interval| format!("{:.4} [{:.4}, {:.4}]", i.mean, i.lo, i.hi);
+        println!(
+            "{name:<14} {:<27} {:<27} {:<27} {}",
+            cell(&r.reward_rate),
+            cell(&r.hr10),
+            cell(&r.ndcg10),
+            r.episodes
+        );
+    }
+    let beats = |a: &str, b: &str| match (report.get(a), report.get(b)) {
+        (Some(x), Some(y)) => Some(x.reward_rate.beats(&y.reward_rate)),
+        _ => None,
+    };
+    for (a, b) in [("dqn", "random"), ("dqn", "popularity"), ("dqn", "cooccurrence")] {
+        if let Some(v) = beats(a, b) {
+            println!("{a} beats {b} on reward rate with non-overlapping intervals: {}", if v { "yes" } else { "no" });
+        }
+    }
 }

@@ -178,3 +178,42 @@ pub fn topic_size(topic: &str) -> anyhow::Result<i64> {
     }
     Ok(total)
 }
+
+/// The `archiver` binary next to this test binary (`target/debug/archiver`), built first with
+/// `cargo build -p archiver` (a no-op when up to date) so that tests never run a stale one.
+pub fn archiver_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "--quiet", "-p", "archiver", "--bin", "archiver"])
+                .current_dir(repo_root())
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "cargo build -p archiver failed");
+            let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current exe: {e}"));
+            // target/<profile>/deps/<test binary> -> target/<profile>/archiver
+            let bin = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join("archiver"));
+            bin.filter(|b| b.exists()).unwrap_or_else(|| repo_root().join("target/debug/archiver"))
+        })
+        .clone()
+}
+
+/// The offsets `group` has committed on `topic`, per partition (partitions without one left out).
+pub fn committed_offsets(group: &str, topic: &str) -> anyhow::Result<std::collections::BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = kafka_config().set("group.id", group).create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics().first().map(|t| t.partitions()).unwrap_or_default() {
+        tpl.add_partition(topic, p.id());
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(30))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}

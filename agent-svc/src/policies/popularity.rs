@@ -17,12 +17,13 @@ pub struct Popularity {
     rewards: Vec<f64>,
     seen: Vec<u64>,
     best: Option<u32>,
+    frozen: bool,
 }
 
 impl Popularity {
     /// A policy that explores uniformly with probability `epsilon`.
     pub fn new(epsilon: f64) -> Self {
-        Self { epsilon: epsilon.clamp(0.0, 1.0), rewards: Vec::new(), seen: Vec::new(), best: None }
+        Self { epsilon: epsilon.clamp(0.0, 1.0), rewards: Vec::new(), seen: Vec::new(), best: None, frozen: false }
     }
 
     fn grow(&mut self, index: usize) {
@@ -53,6 +54,9 @@ impl Policy for Popularity {
     }
 
     fn observe(&mut self, state: &StateMsg) {
+        if self.frozen {
+            return;
+        }
         let i = state.observation.index;
         self.grow(i as usize);
         self.seen[i as usize] += 1;
@@ -64,12 +68,13 @@ impl Policy for Popularity {
             .iter()
             .map(|s| {
                 let n = s.n_actions.max(1);
-                let explore = self.epsilon / f64::from(n);
+                let epsilon = if self.frozen { 0.0 } else { self.epsilon };
+                let explore = epsilon / f64::from(n);
                 match self.best.filter(|b| *b < n) {
-                    Some(best) if !rng.random_bool(self.epsilon) => (best, 1.0 - self.epsilon + explore),
+                    Some(best) if !rng.random_bool(epsilon) => (best, 1.0 - epsilon + explore),
                     Some(best) => {
                         let a = rng.random_range(0..n);
-                        (a, if a == best { 1.0 - self.epsilon + explore } else { explore })
+                        (a, if a == best { 1.0 - epsilon + explore } else { explore })
                     }
                     None => (rng.random_range(0..n), 1.0 / f64::from(n)),
                 }
@@ -77,7 +82,31 @@ impl Policy for Popularity {
             .collect()
     }
 
+    fn top_k(&mut self, states: &[&StateMsg], k: usize) -> Vec<Vec<u32>> {
+        // Rank once per batch: the order does not depend on the state.
+        let mut order: Vec<u32> = (0..self.rewards.len() as u32).collect();
+        order.sort_by(|&a, &b| {
+            self.key(b).partial_cmp(&self.key(a)).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
+        });
+        states
+            .iter()
+            .map(|s| {
+                let mut top: Vec<u32> = order.iter().copied().filter(|&i| i < s.n_actions).take(k).collect();
+                // Fill with unseen products when fewer than k were ever seen.
+                top.extend((0..s.n_actions).filter(|i| *i as usize >= self.rewards.len()).take(k - top.len()));
+                top
+            })
+            .collect()
+    }
+
+    fn set_eval(&mut self, eval: bool) {
+        self.frozen = eval;
+    }
+
     fn learn(&mut self, feedback: &Feedback<'_>) {
+        if self.frozen {
+            return;
+        }
         self.grow(feedback.action as usize);
         self.rewards[feedback.action as usize] += feedback.reward;
         self.promote(feedback.action);
@@ -107,7 +136,7 @@ mod tests {
         p.observe(&state(5));
         assert_eq!(p.act(&[&state(0)], &mut rng), vec![(2, 1.0)], "most seen before any reward");
         let next = state(1);
-        p.learn(&Feedback { prev_index: 0, action: 5, reward: 1.0, next: &next });
+        p.learn(&Feedback { prev: &next, prev_index: 0, action: 5, reward: 1.0, next: &next });
         assert_eq!(p.act(&[&state(0)], &mut rng)[0].0, 5, "a rewarded product beats a merely seen one");
     }
 

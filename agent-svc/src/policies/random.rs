@@ -26,4 +26,19 @@ impl Policy for Random {
     }
 
     fn learn(&mut self, _feedback: &Feedback<'_>) {}
+
+    /// `k` distinct products drawn uniformly, seeded by the episode and step so that an
+    /// evaluation is reproducible.
+    fn top_k(&mut self, states: &[&StateMsg], k: usize) -> Vec<Vec<u32>> {
+        use rand_chacha::rand_core::SeedableRng;
+        states
+            .iter()
+            .map(|s| {
+                let seed = s.episode_id.bytes().fold(u64::from(s.step), |h, b| h.rotate_left(5) ^ u64::from(b));
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let n = s.n_actions.max(1) as usize;
+                rand::seq::index::sample(&mut rng, n, k.min(n)).into_iter().map(|i| i as u32).collect()
+            })
+            .collect()
+    }
 }

@@ -1,0 +1,633 @@
+//! `--policy dqn`: a Deep Q-Network over the text of the state (the reference paper's agent),
+//! on libtorch through `tch`.
+//!
+//! Two sides, two threads. The policy side (this module, called from the agent loop) owns an
+//! inference copy of the network and the vocabulary: it tokenizes states, answers a whole poll
+//! with one forward pass, explores epsilon-greedily and hands transitions to the learner. The
+//! learner thread ([`learner`]) owns the trainable network, the target network, Adam and the
+//! replay buffer; every `--dqn-sync-every` updates it sends a weight snapshot back, which the
+//! policy side applies at its next `act`. Both channels are bounded; the agent loop never waits
+//! on the learner (a transition that finds the channel full is dropped and counted).
+//!
+//! Invariant: `model_version()` is the number of learner updates reflected in the weights that
+//! chose the action, and `ps` is the exact probability of the action under the epsilon-greedy
+//! policy that chose it.
+
+pub mod adam;
+pub mod checkpoint;
+pub mod learner;
+pub mod net;
+pub mod replay;
+pub mod vocab;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, Receiver, SyncSender, TrySendError},
+        Arc, Mutex, MutexGuard,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context};
+use protocol::StateMsg;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use tch::{nn, Device, Tensor};
+
+use self::{
+    learner::{Hyper, Learner, Shared, Snapshot, ToLearner},
+    net::{Net, NetConfig, NetKind},
+    replay::Transition,
+    vocab::Vocab,
+};
+use super::{Feedback, Policy};
+
+/// DQN hyperparameters and settings; every one is a flag with an environment fallback, and the
+/// whole set is logged when the policy starts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DqnArgs {
+    /// Q-network: `lstm` (embedding, bidirectional LSTMs, dense layers, as in the paper) or `mlp`
+    /// (embedding averaged over the tokens, dense layers).
+    #[arg(long, env = "DQN_NET", value_enum, default_value_t = NetKind::Lstm)]
+    pub dqn_net: NetKind,
+    /// Width of the token embedding.
+    #[arg(long, env = "DQN_EMBEDDING_DIM", default_value_t = 64)]
+    pub dqn_embedding_dim: i64,
+    /// Units of each bidirectional LSTM layer, comma-separated (`lstm` only).
+    #[arg(long, env = "DQN_LSTM_UNITS", value_delimiter = ',', default_value = "64,64,32")]
+    pub dqn_lstm_units: Vec<i64>,
+    /// Widths of the dense ReLU layers before the Q-value output, comma-separated.
+    #[arg(long, env = "DQN_HIDDEN", value_delimiter = ',', default_value = "64,32")]
+    pub dqn_hidden: Vec<i64>,
+    /// Words the vocabulary holds; later new words share one out-of-vocabulary id.
+    #[arg(long, env = "DQN_VOCAB_SIZE", default_value_t = 20_000)]
+    pub dqn_vocab_size: usize,
+    /// Tokens of a state's text the network reads at most (longer texts are cut).
+    #[arg(long, env = "DQN_MAX_TOKENS", default_value_t = 32)]
+    pub dqn_max_tokens: usize,
+    /// Discount of future rewards.
+    #[arg(long, env = "DQN_GAMMA", default_value_t = 0.9)]
+    pub dqn_gamma: f64,
+    /// Adam's learning rate.
+    #[arg(long, env = "DQN_LR", default_value_t = 1e-3)]
+    pub dqn_lr: f64,
+    /// Transitions per gradient step.
+    #[arg(long, env = "DQN_BATCH_SIZE", default_value_t = 64)]
+    pub dqn_batch_size: usize,
+    /// Transitions the replay buffer keeps (the oldest are overwritten).
+    #[arg(long, env = "DQN_REPLAY_CAPACITY", default_value_t = 50_000)]
+    pub dqn_replay_capacity: usize,
+    /// Transitions stored before the first gradient step.
+    #[arg(long, env = "DQN_LEARNING_STARTS", default_value_t = 500)]
+    pub dqn_learning_starts: usize,
+    /// Gradient steps per transition received (fractions accumulate).
+    #[arg(long, env = "DQN_TRAIN_RATIO", default_value_t = 1.0)]
+    pub dqn_train_ratio: f64,
+    /// Gradient steps between target-network updates.
+    #[arg(long, env = "DQN_TARGET_EVERY", default_value_t = 200)]
+    pub dqn_target_every: u64,
+    /// Target update `target = tau * online + (1 - tau) * target`: 1 copies (periodic hard
+    /// update), e.g. 0.005 with `--dqn-target-every 1` is a soft update.
+    #[arg(long, env = "DQN_TAU", default_value_t = 1.0)]
+    pub dqn_tau: f64,
+    /// Make the agent wait for the learner when its queue is full instead of dropping
+    /// transitions: for offline training and evaluation (`make eval`), where the stream is
+    /// faster than the learner; a live service should keep answering and drop.
+    #[arg(long, env = "DQN_BACKPRESSURE")]
+    pub dqn_backpressure: bool,
+    /// Hindsight relabelling: the next state shows the user's next product, which is always among
+    /// the later ones, so recommending it would have earned reward 1; also learn from that
+    /// counterfactual transition. It uses only what the state stream shows.
+    #[arg(long, env = "DQN_HINDSIGHT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dqn_hindsight: bool,
+    /// Double DQN: the online network picks the next action, the target network values it.
+    #[arg(long, env = "DQN_DOUBLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dqn_double: bool,
+    /// Huber loss threshold (delta).
+    #[arg(long, env = "DQN_HUBER_DELTA", default_value_t = 1.0)]
+    pub dqn_huber_delta: f64,
+    /// Largest global gradient norm; 0 disables clipping.
+    #[arg(long, env = "DQN_GRAD_CLIP", default_value_t = 10.0)]
+    pub dqn_grad_clip: f64,
+    /// Exploration rate at the start of the schedule.
+    #[arg(long, env = "DQN_EPS_START", default_value_t = 1.0)]
+    pub dqn_eps_start: f64,
+    /// Exploration rate at the end of the schedule (and after).
+    #[arg(long, env = "DQN_EPS_END", default_value_t = 0.05)]
+    pub dqn_eps_end: f64,
+    /// States acted on over which epsilon falls linearly from start to end.
+    #[arg(long, env = "DQN_EPS_DECAY_STEPS", default_value_t = 5_000)]
+    pub dqn_eps_decay_steps: u64,
+    /// Gradient steps between weight snapshots sent to the inference copy.
+    #[arg(long, env = "DQN_SYNC_EVERY", default_value_t = 50)]
+    pub dqn_sync_every: u64,
+    /// Updates the learner may owe before it skips them (when it is slower than the stream of
+    /// transitions times the train ratio); also bounds how long evaluation waits for it.
+    #[arg(long, env = "DQN_MAX_OWED", default_value_t = 1_000)]
+    pub dqn_max_owed: u64,
+    /// Capacity of the channel of transitions to the learner; a full channel drops them.
+    #[arg(long, env = "DQN_QUEUE", default_value_t = 4_096)]
+    pub dqn_queue: usize,
+    /// Gradient steps between checkpoints (0: only on shutdown).
+    #[arg(long, env = "DQN_CHECKPOINT_EVERY", default_value_t = 2_000)]
+    pub dqn_checkpoint_every: u64,
+    /// Folder of the DQN checkpoint (`dqn.ckpt`), loaded at start when present, written every
+    /// `--dqn-checkpoint-every` updates and on shutdown; none when unset. One folder per replica.
+    #[arg(long, env = "CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// libtorch device: `cpu`, `cuda` or `cuda:N` (CUDA needs the full torch install).
+    #[arg(long, env = "DQN_DEVICE", default_value = "cpu")]
+    pub dqn_device: String,
+    /// libtorch intra-op threads, used by each of the two threads that run the network
+    /// (inference and learner); 0 leaves libtorch's default (one per core).
+    #[arg(long, env = "DQN_THREADS", default_value_t = 1)]
+    pub dqn_threads: i32,
+}
+
+impl Default for DqnArgs {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            dqn: DqnArgs,
+        }
+        // The defaults live in the attributes above; parsing no arguments yields them.
+        Wrap::try_parse_from(["dqn"]).map(|w| w.dqn).unwrap_or_else(|e| panic!("dqn defaults do not parse: {e}"))
+    }
+}
+
+impl DqnArgs {
+    /// The network these flags describe.
+    pub fn net_config(&self) -> NetConfig {
+        NetConfig {
+            kind: self.dqn_net,
+            vocab_size: self.dqn_vocab_size,
+            max_tokens: self.dqn_max_tokens,
+            embedding_dim: self.dqn_embedding_dim,
+            // The MLP has no LSTM layers: keep its shape free of the unused flag.
+            lstm_units: if self.dqn_net == NetKind::Lstm { self.dqn_lstm_units.clone() } else { Vec::new() },
+            hidden: self.dqn_hidden.clone(),
+        }
+    }
+
+    /// The learner's hyperparameters these flags describe.
+    pub fn hyper(&self, seed: u64) -> Hyper {
+        Hyper {
+            gamma: self.dqn_gamma,
+            lr: self.dqn_lr,
+            batch_size: self.dqn_batch_size.max(1),
+            replay_capacity: self.dqn_replay_capacity.max(1),
+            learning_starts: self.dqn_learning_starts,
+            train_ratio: self.dqn_train_ratio,
+            target_every: self.dqn_target_every.max(1),
+            tau: self.dqn_tau,
+            double: self.dqn_double,
+            huber_delta: self.dqn_huber_delta,
+            grad_clip: self.dqn_grad_clip,
+            sync_every: self.dqn_sync_every.max(1),
+            checkpoint_every: self.dqn_checkpoint_every,
+            seed,
+            max_owed: self.dqn_max_owed as f64,
+            backpressure: self.dqn_backpressure,
+        }
+    }
+
+    /// The libtorch device named by `--dqn-device`, if it is usable.
+    pub fn device(&self) -> anyhow::Result<Device> {
+        let name = self.dqn_device.trim().to_ascii_lowercase();
+        let device = match name.as_str() {
+            "cpu" => Device::Cpu,
+            "cuda" => Device::Cuda(0),
+            other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+                Some(i) => Device::Cuda(i),
+                None => anyhow::bail!("--dqn-device {other}: expected cpu, cuda or cuda:N"),
+            },
+        };
+        if let Device::Cuda(i) = device {
+            let count = tch::Cuda::device_count();
+            anyhow::ensure!(
+                i64::try_from(i).unwrap_or(i64::MAX) < count,
+                "--dqn-device {name}: libtorch sees {count} CUDA device(s); the minimal libtorch install is CPU-only \
+                 (see docs/DQN.md for the CUDA build)"
+            );
+        }
+        Ok(device)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.net_config().validate().map_err(|e| anyhow!("dqn network: {e}"))?;
+        let unit = |v: f64| (0.0..=1.0).contains(&v);
+        anyhow::ensure!(unit(self.dqn_gamma), "--dqn-gamma must be in [0, 1]");
+        anyhow::ensure!(unit(self.dqn_eps_start) && unit(self.dqn_eps_end), "--dqn-eps-start/end must be in [0, 1]");
+        anyhow::ensure!(self.dqn_tau > 0.0 && self.dqn_tau <= 1.0, "--dqn-tau must be in (0, 1]");
+        anyhow::ensure!(
+            self.dqn_lr > 0.0 && self.dqn_huber_delta > 0.0,
+            "--dqn-lr and --dqn-huber-delta must be positive"
+        );
+        anyhow::ensure!(
+            self.dqn_train_ratio >= 0.0 && self.dqn_grad_clip >= 0.0,
+            "--dqn-train-ratio and --dqn-grad-clip must be >= 0"
+        );
+        anyhow::ensure!(self.dqn_queue > 0, "--dqn-queue must be positive");
+        Ok(())
+    }
+
+    /// Epsilon after `step` states acted on: linear from start to end over the decay steps.
+    pub fn epsilon(&self, step: u64) -> f64 {
+        if step >= self.dqn_eps_decay_steps {
+            return self.dqn_eps_end;
+        }
+        let frac = step as f64 / self.dqn_eps_decay_steps as f64;
+        self.dqn_eps_start + (self.dqn_eps_end - self.dqn_eps_start) * frac
+    }
+}
+
+/// Sets libtorch's intra-op thread count (process-wide); 0 leaves libtorch's default.
+pub fn pin_threads(n: i32) {
+    if n > 0 && tch::get_num_threads() != n {
+        tch::set_num_threads(n);
+    }
+}
+
+/// Picks the action for one state epsilon-greedily: explore uniformly with probability `eps`,
+/// else take `greedy`; returns the action and its probability under that policy.
+pub fn epsilon_greedy<R: Rng>(greedy: u32, n: u32, eps: f64, rng: &mut R) -> (u32, f64) {
+    let n = n.max(1);
+    let explore = eps / f64::from(n);
+    let action = if eps > 0.0 && rng.random::<f64>() < eps { rng.random_range(0..n) } else { greedy.min(n - 1) };
+    (action, if action == greedy { 1.0 - eps + explore } else { explore })
+}
+
+/// The network that chooses actions, and the learner behind it.
+struct Live {
+    n_actions: u32,
+    /// Owns the inference copy's variables (`net` and `vars` share them).
+    _vs: nn::VarStore,
+    net: Net,
+    vars: Vec<Tensor>,
+    version: u64,
+    inbox_tx: Option<SyncSender<ToLearner>>,
+    snapshot_rx: Receiver<Snapshot>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // Hanging up stops the learner; wait for it so libtorch is idle when the process exits.
+        self.inbox_tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The DQN policy (see the module documentation).
+pub struct Dqn {
+    args: DqnArgs,
+    net_cfg: NetConfig,
+    device: Device,
+    seed: u64,
+    checkpoint: Option<PathBuf>,
+    resume: Option<checkpoint::Checkpoint>,
+    shared: Arc<Shared>,
+    live: Option<Live>,
+    /// Why the policy cannot serve (e.g. a checkpoint for another action space): it then
+    /// answers uniformly at random and never overwrites the checkpoint.
+    broken: Option<String>,
+    eval: bool,
+    mismatched: u64,
+}
+
+impl std::fmt::Debug for Dqn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dqn")
+            .field("net", &self.net_cfg)
+            .field("device", &self.device)
+            .field("version", &self.model_version())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dqn {
+    /// A DQN policy; loads the checkpoint in `--checkpoint-dir` when there is one (and refuses
+    /// one written for another network). The networks are built on the first state, which
+    /// gives the size of the action space.
+    pub fn new(args: &DqnArgs, seed: u64) -> anyhow::Result<Self> {
+        args.validate()?;
+        let device = args.device()?;
+        pin_threads(args.dqn_threads);
+        let net_cfg = args.net_config();
+        let checkpoint = args.checkpoint_dir.as_deref().map(checkpoint::file_in);
+        let resume = match &checkpoint {
+            Some(path) => checkpoint::load(path)?,
+            None => None,
+        };
+        let mut vocab = Vocab::new(args.dqn_vocab_size);
+        let mut eps_step = 0;
+        if let Some(ckpt) = &resume {
+            ckpt.check(&net_cfg, None)?;
+            vocab = Vocab::from_words(args.dqn_vocab_size, ckpt.meta.vocab.clone());
+            eps_step = ckpt.meta.eps_step;
+            tracing::info!(
+                path = %ckpt.path.display(), updates = ckpt.meta.updates, eps_step, words = vocab.len(),
+                n_actions = ckpt.meta.n_actions, "dqn resumes from its checkpoint"
+            );
+        }
+        tracing::info!(?args, threads = tch::get_num_threads(), "dqn hyperparameters");
+        let shared = Arc::new(Shared {
+            vocab: Mutex::new(vocab),
+            eps_step: AtomicU64::new(eps_step),
+            dropped: AtomicU64::new(0),
+            updates: AtomicU64::new(0),
+        });
+        Ok(Self {
+            args: args.clone(),
+            net_cfg,
+            device,
+            seed,
+            checkpoint,
+            resume,
+            shared,
+            live: None,
+            broken: None,
+            eval: false,
+            mismatched: 0,
+        })
+    }
+
+    fn vocab(&self) -> MutexGuard<'_, Vocab> {
+        // A panic while holding the lock cannot leave the vocabulary half-updated in a way that
+        // matters (ids are appended one at a time), so a poisoned lock is used as is.
+        self.shared.vocab.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Builds the inference copy and starts the learner for an action space of `n` actions.
+    fn start(&mut self, n: u32) -> anyhow::Result<()> {
+        let n_actions = i64::from(n);
+        tch::manual_seed(i64::from_le_bytes(self.seed.to_le_bytes()));
+        let mut learner = Learner::new(&self.net_cfg, n_actions, &self.args.hyper(self.seed), self.device)?;
+        if let Some(ckpt) = self.resume.take() {
+            ckpt.check(&self.net_cfg, Some(n_actions))?;
+            learner.restore(&ckpt)?;
+        }
+        let vs = nn::VarStore::new(self.device);
+        let net = Net::new(&vs.root(), &self.net_cfg, n_actions);
+        let vars = net::vars(&vs);
+        let first = learner.snapshot();
+        net::assign(&vars, &first.weights).context("failed to copy the learner's weights")?;
+        self.shared.updates.store(first.version, Ordering::Relaxed);
+        let (inbox_tx, inbox_rx) = mpsc::sync_channel(self.args.dqn_queue.max(1));
+        let (snapshot_tx, snapshot_rx) = mpsc::sync_channel(1);
+        let (shared, path) = (Arc::clone(&self.shared), self.checkpoint.clone());
+        let thread = std::thread::Builder::new()
+            .name("dqn-learner".into())
+            .spawn(move || learner::run(learner, inbox_rx, snapshot_tx, shared, path))
+            .context("failed to start the learner thread")?;
+        tracing::info!(n_actions, version = first.version, "dqn network built");
+        self.live = Some(Live {
+            n_actions: n,
+            _vs: vs,
+            net,
+            vars,
+            version: first.version,
+            inbox_tx: Some(inbox_tx),
+            snapshot_rx,
+            thread: Some(thread),
+        });
+        Ok(())
+    }
+
+    /// The live network for states of `n` actions, built on first use; `None` when broken.
+    fn ensure_live(&mut self, n: u32) -> Option<&mut Live> {
+        if self.live.is_none() && self.broken.is_none() {
+            if let Err(e) = self.start(n) {
+                tracing::error!(error = format!("{e:#}"), "dqn cannot start; answering uniformly at random");
+                self.broken = Some(format!("{e:#}"));
+            }
+        }
+        let live = self.live.as_mut()?;
+        // Apply the newest snapshot the learner sent, if any (and newer than what is served:
+        // `refresh` may have gone ahead of the periodic snapshots).
+        if let Some(s) = live.snapshot_rx.try_iter().last().filter(|s| s.version > live.version) {
+            match net::assign(&live.vars, &s.weights) {
+                Ok(()) => live.version = s.version,
+                Err(e) => tracing::error!(error = %e, "dqn snapshot not applied"),
+            }
+        }
+        Some(live)
+    }
+
+    /// Q-values `[states, n_actions]` of the inference copy; the live net must exist.
+    fn q_values(&mut self, states: &[&StateMsg]) -> Option<Tensor> {
+        let (max_tokens, grow) = (self.args.dqn_max_tokens, !self.eval);
+        let rows: Vec<Vec<i64>> = {
+            let mut vocab = self.vocab();
+            states.iter().map(|s| vocab.encode(&s.observation.text, max_tokens, grow)).collect()
+        };
+        let live = self.live.as_ref()?;
+        let refs: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
+        let ids = net::batch_ids(&refs, self.device);
+        Some(tch::no_grad(|| live.net.forward(&ids)))
+    }
+
+    /// Waits until the learner owes no update (or `timeout` passes); returns its update count.
+    /// For tests and offline runs: the agent loop never calls it.
+    pub fn flush(&mut self, timeout: Duration) -> anyhow::Result<u64> {
+        let Some(tx) = self.live.as_ref().and_then(|l| l.inbox_tx.clone()) else { return Ok(0) };
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        tx.send(ToLearner::Flush(reply_tx)).map_err(|_| anyhow!("the dqn learner stopped"))?;
+        reply_rx.recv_timeout(timeout).context("the dqn learner did not catch up in time")
+    }
+
+    /// Makes the inference copy current with the learner now (instead of at the next sync).
+    pub fn refresh(&mut self) -> anyhow::Result<()> {
+        let Some(live) = self.live.as_mut() else { return Ok(()) };
+        let Some(tx) = live.inbox_tx.clone() else { return Ok(()) };
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        tx.send(ToLearner::Snapshot(reply_tx)).map_err(|_| anyhow!("the dqn learner stopped"))?;
+        let s = reply_rx.recv_timeout(Duration::from_secs(60)).context("the dqn learner did not answer")?;
+        net::assign(&live.vars, &s.weights)?;
+        live.version = s.version;
+        Ok(())
+    }
+
+    /// Transitions dropped because the learner's channel was full.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Current exploration rate (0 in evaluation mode).
+    pub fn epsilon(&self) -> f64 {
+        if self.eval {
+            0.0
+        } else {
+            self.args.epsilon(self.shared.eps_step.load(Ordering::Relaxed))
+        }
+    }
+
+    /// What the learner stores for `fb`.
+    fn transition(&self, fb: &Feedback<'_>) -> Transition {
+        let max_tokens = self.args.dqn_max_tokens;
+        let mut vocab = self.vocab();
+        Transition {
+            obs: vocab.encode(&fb.prev.observation.text, max_tokens, true),
+            action: i64::from(fb.action),
+            reward: fb.reward as f32,
+            next_obs: vocab.encode(&fb.next.observation.text, max_tokens, true),
+            // Truncation (the step limit) is no end of the episode: keep bootstrapping.
+            terminated: fb.next.terminated,
+        }
+    }
+
+    fn uniform(n: u32, rng: &mut ChaCha8Rng) -> (u32, f64) {
+        let n = n.max(1);
+        (rng.random_range(0..n), 1.0 / f64::from(n))
+    }
+}
+
+impl Policy for Dqn {
+    fn name(&self) -> &'static str {
+        "dqn"
+    }
+
+    fn act(&mut self, states: &[&StateMsg], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)> {
+        let Some(first) = states.first() else { return Vec::new() };
+        let Some(live_n) = self.ensure_live(first.n_actions).map(|l| l.n_actions) else {
+            return states.iter().map(|s| Self::uniform(s.n_actions, rng)).collect();
+        };
+        let eps = self.epsilon();
+        if !self.eval {
+            self.shared.eps_step.fetch_add(states.len() as u64, Ordering::Relaxed);
+        }
+        // One forward pass for the whole poll, unless every action is drawn uniformly anyway.
+        let greedy: Vec<i64> = if eps < 1.0 {
+            self.q_values(states)
+                .and_then(|q| Vec::<i64>::try_from(q.argmax(1, false)).ok())
+                .unwrap_or_else(|| vec![0; states.len()])
+        } else {
+            vec![0; states.len()]
+        };
+        states
+            .iter()
+            .zip(greedy)
+            .map(|(s, g)| {
+                if s.n_actions != live_n {
+                    self.mismatched += 1;
+                    if self.mismatched == 1 {
+                        tracing::error!(
+                            state = s.n_actions,
+                            net = live_n,
+                            "state of another action space; answered at random"
+                        );
+                    }
+                    return Self::uniform(s.n_actions, rng);
+                }
+                epsilon_greedy(u32::try_from(g).unwrap_or(0), live_n, eps, rng)
+            })
+            .collect()
+    }
+
+    fn learn(&mut self, fb: &Feedback<'_>) {
+        if self.eval {
+            return;
+        }
+        let Some(live) = self.live.as_ref() else { return };
+        if fb.prev.n_actions != live.n_actions || fb.action >= live.n_actions {
+            return;
+        }
+        let Some(tx) = live.inbox_tx.clone() else { return };
+        let t = self.transition(fb);
+        let next = fb.next.observation.index;
+        let hindsight = (self.args.dqn_hindsight && next != fb.action && next < live.n_actions).then(|| Transition {
+            action: i64::from(next),
+            reward: 1.0,
+            ..t.clone()
+        });
+        for t in std::iter::once(t).chain(hindsight) {
+            if self.args.dqn_backpressure {
+                if tx.send(ToLearner::Transition(t)).is_err() {
+                    tracing::error!("dqn learner stopped; transition lost");
+                }
+                continue;
+            }
+            match tx.try_send(ToLearner::Transition(t)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    if dropped.is_power_of_two() {
+                        tracing::warn!(dropped, "dqn learner busy: transitions dropped");
+                    }
+                }
+                Err(TrySendError::Disconnected(_)) => tracing::error!("dqn learner stopped; transition lost"),
+            }
+        }
+    }
+
+    fn top_k(&mut self, states: &[&StateMsg], k: usize) -> Vec<Vec<u32>> {
+        let Some(first) = states.first() else { return Vec::new() };
+        let live_n = self.ensure_live(first.n_actions).map(|l| l.n_actions);
+        let ranked = match live_n {
+            Some(n) if k > 0 => self.q_values(states).and_then(|q| {
+                let (_, idx) = q.topk(i64::from(n).min(k as i64), 1, true, true);
+                Vec::<Vec<i64>>::try_from(idx).ok()
+            }),
+            _ => None,
+        };
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match (&ranked, live_n) {
+                (Some(r), Some(n)) if s.n_actions == n => r[i].iter().map(|&a| a as u32).collect(),
+                _ => (0..s.n_actions.min(k as u32)).collect(),
+            })
+            .collect()
+    }
+
+    fn set_eval(&mut self, eval: bool) {
+        self.eval = eval;
+        if eval {
+            // Evaluate what the training budget paid for: let the learner finish the updates it
+            // owes (at most --dqn-max-owed), then take its newest weights, not the last periodic
+            // snapshot.
+            let owed_from = self.shared.updates.load(Ordering::Relaxed);
+            match self.flush(Duration::from_secs(600)) {
+                Ok(updates) => {
+                    tracing::info!(updates, caught_up = updates - owed_from.min(updates), "dqn learner caught up")
+                }
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "dqn learner still behind"),
+            }
+            if let Err(e) = self.refresh() {
+                tracing::warn!(error = format!("{e:#}"), "dqn evaluates a stale copy");
+            }
+        }
+    }
+
+    fn save(&mut self) -> anyhow::Result<()> {
+        if let Some(why) = &self.broken {
+            anyhow::bail!("dqn did not run, checkpoint left as it was: {why}");
+        }
+        let (Some(_), Some(live)) = (&self.checkpoint, &self.live) else { return Ok(()) };
+        let Some(tx) = live.inbox_tx.clone() else { return Ok(()) };
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        tx.send(ToLearner::Checkpoint(reply_tx)).map_err(|_| anyhow!("the dqn learner stopped"))?;
+        let updates = reply_rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("the dqn learner did not write its checkpoint in time")?
+            .map_err(|e| anyhow!(e))?;
+        tracing::info!(updates, dropped = self.dropped(), "dqn checkpoint saved");
+        Ok(())
+    }
+
+    fn model_version(&self) -> Option<u64> {
+        Some(
+            self.live.as_ref().map(|l| l.version).unwrap_or_else(|| self.resume.as_ref().map_or(0, |c| c.meta.updates)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

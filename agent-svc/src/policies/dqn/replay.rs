@@ -1,0 +1,208 @@
+//! The replay buffer: the last `capacity` transitions, sampled uniformly into training batches.
+//!
+//! Invariant: storage is allocated once (fixed-width token rows), so pushing never allocates and
+//! a full buffer overwrites its oldest transition.
+
+use rand::Rng;
+use tch::{Device, Kind, Tensor};
+
+use super::vocab::PAD;
+
+/// One step of experience, as the learner stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// Token ids of the state acted on (at most `max_tokens`, unpadded).
+    pub obs: Vec<i64>,
+    /// The action taken.
+    pub action: i64,
+    /// The reward it earned.
+    pub reward: f32,
+    /// Token ids of the state it led to.
+    pub next_obs: Vec<i64>,
+    /// The next state ended the episode: no bootstrapping from it (truncation does not count).
+    pub terminated: bool,
+}
+
+/// A training batch, as tensors on the learner's device.
+#[derive(Debug)]
+pub struct Batch {
+    /// `[batch, tokens]` int64 token ids of the states acted on.
+    pub obs: Tensor,
+    /// `[batch]` int64 actions.
+    pub actions: Tensor,
+    /// `[batch]` float rewards.
+    pub rewards: Tensor,
+    /// `[batch, tokens]` int64 token ids of the next states.
+    pub next_obs: Tensor,
+    /// `[batch]` float, 1 where the next state terminated the episode.
+    pub terminated: Tensor,
+}
+
+/// A ring buffer of transitions with fixed-width token rows.
+#[derive(Debug)]
+pub struct Replay {
+    capacity: usize,
+    width: usize,
+    obs: Vec<i64>,
+    obs_len: Vec<u16>,
+    next_obs: Vec<i64>,
+    next_len: Vec<u16>,
+    actions: Vec<i64>,
+    rewards: Vec<f32>,
+    terminated: Vec<f32>,
+    len: usize,
+    pos: usize,
+}
+
+impl Replay {
+    /// An empty buffer of `capacity` transitions whose states have at most `width` tokens.
+    pub fn new(capacity: usize, width: usize) -> Self {
+        let (capacity, width) = (capacity.max(1), width.clamp(1, usize::from(u16::MAX)));
+        Self {
+            capacity,
+            width,
+            obs: vec![PAD; capacity * width],
+            obs_len: vec![0; capacity],
+            next_obs: vec![PAD; capacity * width],
+            next_len: vec![0; capacity],
+            actions: vec![0; capacity],
+            rewards: vec![0.0; capacity],
+            terminated: vec![0.0; capacity],
+            len: 0,
+            pos: 0,
+        }
+    }
+
+    /// Transitions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no transition is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Most transitions held.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Stores `t`, overwriting the oldest transition when full; tokens beyond the width are cut.
+    pub fn push(&mut self, t: &Transition) {
+        let (i, w) = (self.pos, self.width);
+        let put = |rows: &mut Vec<i64>, lens: &mut Vec<u16>, src: &[i64]| {
+            let n = src.len().min(w);
+            rows[i * w..i * w + n].copy_from_slice(&src[..n]);
+            rows[i * w + n..(i + 1) * w].fill(PAD);
+            lens[i] = n as u16;
+        };
+        put(&mut self.obs, &mut self.obs_len, &t.obs);
+        put(&mut self.next_obs, &mut self.next_len, &t.next_obs);
+        self.actions[i] = t.action;
+        self.rewards[i] = t.reward;
+        self.terminated[i] = if t.terminated { 1.0 } else { 0.0 };
+        self.pos = (self.pos + 1) % self.capacity;
+        self.len = (self.len + 1).min(self.capacity);
+    }
+
+    /// `size` slots drawn uniformly with replacement (empty when the buffer is).
+    pub fn sample_indices<R: Rng>(&self, size: usize, rng: &mut R) -> Vec<usize> {
+        if self.len == 0 {
+            return Vec::new();
+        }
+        (0..size).map(|_| rng.random_range(0..self.len)).collect()
+    }
+
+    /// The transition in slot `i` (for tests and checks).
+    pub fn get(&self, i: usize) -> Transition {
+        let w = self.width;
+        Transition {
+            obs: self.obs[i * w..i * w + usize::from(self.obs_len[i])].to_vec(),
+            action: self.actions[i],
+            reward: self.rewards[i],
+            next_obs: self.next_obs[i * w..i * w + usize::from(self.next_len[i])].to_vec(),
+            terminated: self.terminated[i] > 0.5,
+        }
+    }
+
+    /// The transitions in `slots` as tensors; token columns cut to the longest state drawn.
+    pub fn batch(&self, slots: &[usize], device: Device) -> Batch {
+        let tokens = |rows: &[i64], lens: &[u16]| {
+            let width = slots.iter().map(|&i| usize::from(lens[i])).max().unwrap_or(0).max(1);
+            let mut flat = Vec::with_capacity(slots.len() * width);
+            for &i in slots {
+                flat.extend_from_slice(&rows[i * self.width..i * self.width + width]);
+            }
+            Tensor::from_slice(&flat).view([slots.len() as i64, width as i64]).to_device(device)
+        };
+        let pick_f = |v: &[f32]| {
+            let picked: Vec<f32> = slots.iter().map(|&i| v[i]).collect();
+            Tensor::from_slice(&picked).to_kind(Kind::Float).to_device(device)
+        };
+        let actions: Vec<i64> = slots.iter().map(|&i| self.actions[i]).collect();
+        Batch {
+            obs: tokens(&self.obs, &self.obs_len),
+            actions: Tensor::from_slice(&actions).to_device(device),
+            rewards: pick_f(&self.rewards),
+            next_obs: tokens(&self.next_obs, &self.next_len),
+            terminated: pick_f(&self.terminated),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
+
+    fn t(i: i64) -> Transition {
+        Transition {
+            obs: vec![i + 2; (i as usize % 3) + 1],
+            action: i,
+            reward: i as f32,
+            next_obs: vec![i + 3],
+            terminated: i % 2 == 0,
+        }
+    }
+
+    #[test]
+    fn keeps_the_last_capacity_transitions() {
+        let mut r = Replay::new(4, 3);
+        assert!(r.is_empty() && r.sample_indices(8, &mut ChaCha8Rng::seed_from_u64(0)).is_empty());
+        for i in 0..6 {
+            r.push(&t(i));
+        }
+        assert_eq!((r.len(), r.capacity()), (4, 4));
+        let mut held: Vec<i64> = (0..4).map(|i| r.get(i).action).collect();
+        held.sort();
+        assert_eq!(held, [2, 3, 4, 5], "the two oldest were overwritten");
+        assert_eq!(r.get(0), t(4), "slot reuse clears the old tokens");
+        let mut long = t(1);
+        long.obs = vec![9; 10];
+        r.push(&long);
+        assert_eq!(r.get(2).obs, [9, 9, 9], "cut to the width");
+    }
+
+    #[test]
+    fn samples_uniformly_and_batches_as_tensors() {
+        let mut r = Replay::new(100, 4);
+        for i in 0..10 {
+            r.push(&t(i));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let slots = r.sample_indices(20_000, &mut rng);
+        let mut counts = [0usize; 10];
+        slots.iter().for_each(|&s| counts[s] += 1);
+        assert!(counts.iter().all(|&c| (1_700..2_300).contains(&c)), "{counts:?}");
+        let b = r.batch(&[0, 1, 2], Device::Cpu);
+        assert_eq!(b.obs.size(), [3, 3], "cut to the longest state drawn");
+        assert_eq!(b.next_obs.size(), [3, 1]);
+        assert_eq!(Vec::<i64>::try_from(&b.actions).unwrap_or_else(|e| panic!("{e}")), [0, 1, 2]);
+        assert_eq!(Vec::<f32>::try_from(&b.terminated).unwrap_or_else(|e| panic!("{e}")), [1.0, 0.0, 1.0]);
+        assert_eq!(
+            Vec::<i64>::try_from(b.obs.view([-1])).unwrap_or_else(|e| panic!("{e}")),
+            [2, 0, 0, 3, 3, 0, 4, 4, 4]
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Tests of the DQN policy as the agent loop drives it: propensities, the epsilon schedule,
+//! checkpoints and resume, and a small learning smoke test.
+
+use std::time::Duration;
+
+use protocol::{messages::examples, StateMsg};
+use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
+
+use super::*;
+
+fn state(text: &str, n_actions: u32, step: u32) -> StateMsg {
+    let mut s = examples::state();
+    s.observation.text = text.into();
+    s.n_actions = n_actions;
+    s.step = step;
+    s
+}
+
+/// A small, fast configuration (MLP net).
+fn small(dir: Option<&std::path::Path>) -> DqnArgs {
+    DqnArgs {
+        dqn_net: NetKind::Mlp,
+        dqn_embedding_dim: 16,
+        dqn_hidden: vec![32],
+        dqn_vocab_size: 50,
+        dqn_max_tokens: 8,
+        dqn_gamma: 0.5,
+        dqn_lr: 1e-2,
+        dqn_batch_size: 32,
+        dqn_learning_starts: 64,
+        dqn_target_every: 50,
+        dqn_eps_decay_steps: 800,
+        dqn_sync_every: 10,
+        dqn_checkpoint_every: 0,
+        checkpoint_dir: dir.map(Into::into),
+        ..DqnArgs::default()
+    }
+}
+
+#[test]
+fn defaults_are_the_papers_network_and_parse() {
+    let a = DqnArgs::default();
+    assert_eq!(a.net_config(), NetConfig::paper(20_000, 32));
+    assert_eq!((a.dqn_batch_size, a.dqn_double, a.dqn_tau), (64, true, 1.0));
+    assert!(a.validate().is_ok());
+    assert!(matches!(a.device(), Ok(Device::Cpu)));
+    let bad = DqnArgs { dqn_device: "tpu".into(), ..DqnArgs::default() };
+    assert!(bad.device().is_err());
+}
+
+#[test]
+fn epsilon_falls_linearly_and_propensities_match() {
+    let a = DqnArgs { dqn_eps_start: 1.0, dqn_eps_end: 0.1, dqn_eps_decay_steps: 100, ..DqnArgs::default() };
+    assert_eq!(a.epsilon(0), 1.0);
+    assert!((a.epsilon(50) - 0.55).abs() < 1e-12);
+    assert_eq!(a.epsilon(100), 0.1);
+    assert_eq!(a.epsilon(10_000), 0.1);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let picks: Vec<(u32, f64)> = (0..20_000).map(|_| epsilon_greedy(3, 10, 0.2, &mut rng)).collect();
+    let greedy = picks.iter().filter(|(a, _)| *a == 3).count() as f64 / picks.len() as f64;
+    assert!((greedy - 0.82).abs() < 0.02, "greedy share {greedy}");
+    for (a, ps) in picks {
+        assert!((ps - if a == 3 { 0.82 } else { 0.02 }).abs() < 1e-12);
+    }
+    assert_eq!(epsilon_greedy(4, 10, 0.0, &mut rng), (4, 1.0));
+}
+
+#[test]
+fn transitions_end_bootstrapping_on_termination_not_truncation() {
+    let dqn = Dqn::new(&small(None), 0).unwrap_or_else(|e| panic!("{e:#}"));
+    let prev = state("red dress", 10, 0);
+    let mut next = state("blue shirt", 10, 1);
+    next.truncated = true;
+    let fb = Feedback { prev: &prev, prev_index: 0, action: 3, reward: 1.0, next: &next };
+    let t = dqn.transition(&fb);
+    assert_eq!(
+        (t.obs.clone(), t.action, t.reward, t.next_obs.clone(), t.terminated),
+        (vec![2, 3], 3, 1.0, vec![4, 5], false)
+    );
+    let mut ended = next.clone();
+    (ended.truncated, ended.terminated) = (false, true);
+    assert!(dqn.transition(&Feedback { next: &ended, ..fb }).terminated);
+}
+
+/// Plays `steps` transitions of the toy problem: the text is "red" or "blue"; "red" pays for
+/// action 3, "blue" for action 7; episodes of 5 steps, 8 in parallel (one batch per poll), the
+/// learner kept up with every 10 polls.
+/// Returns the reward rate over the last quarter.
+fn play(dqn: &mut Dqn, steps: usize, rng: &mut ChaCha8Rng) -> f64 {
+    let color = |rng: &mut ChaCha8Rng| if rng.random_bool(0.5) { "red" } else { "blue" };
+    let mut states: Vec<StateMsg> = (0..8).map(|_| state(color(rng), 10, 0)).collect();
+    let (mut done, mut late_reward, mut late_n) = (0, 0.0, 0);
+    while done < steps {
+        let refs: Vec<&StateMsg> = states.iter().collect();
+        let actions = dqn.act(&refs, rng);
+        let mut next_states = Vec::with_capacity(states.len());
+        for (s, (a, ps)) in states.iter().zip(actions) {
+            assert!(a < 10 && ps > 0.0 && ps <= 1.0);
+            let right = if s.observation.text == "red" { 3 } else { 7 };
+            let mut next = state(color(rng), 10, s.step + 1);
+            next.reward = if a == right { 1.0 } else { 0.0 };
+            next.terminated = next.step == 5;
+            dqn.learn(&Feedback { prev: s, prev_index: 0, action: a, reward: next.reward, next: &next });
+            if done >= steps * 3 / 4 {
+                late_reward += next.reward;
+                late_n += 1;
+            }
+            done += 1;
+            next_states.push(if next.terminated { state(color(rng), 10, 0) } else { next });
+        }
+        states = next_states;
+        // Pace the stream to the learner (a real env is far slower than this loop), so the
+        // result does not depend on how the two threads happen to interleave.
+        if done % 80 == 0 {
+            dqn.flush(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e:#}"));
+        }
+    }
+    late_reward / f64::from(late_n.max(1))
+}
+
+fn greedy_accuracy(dqn: &mut Dqn) -> f64 {
+    let (red, blue) = (state("red", 10, 0), state("blue", 10, 0));
+    let ranked = dqn.top_k(&[&red, &blue], 3);
+    let acts = dqn.act(&[&red, &blue], &mut ChaCha8Rng::seed_from_u64(0));
+    assert_eq!(acts.iter().map(|a| a.1).collect::<Vec<_>>(), [1.0, 1.0], "no exploration in eval mode");
+    assert_eq!((ranked[0][0], ranked[1][0]), (acts[0].0, acts[1].0), "top_k is best first");
+    f64::from(u8::from(acts[0].0 == 3) + u8::from(acts[1].0 == 7)) / 2.0
+}
+
+#[test]
+fn learns_a_two_context_problem_well_beyond_random() {
+    let mut dqn = Dqn::new(&small(None), 1).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let late_rate = play(&mut dqn, 1_600, &mut rng);
+    let updates = dqn.flush(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+    dqn.set_eval(true);
+    let accuracy = greedy_accuracy(&mut dqn);
+    eprintln!("dqn smoke: {updates} updates, reward rate over the last quarter {late_rate:.2} (random 0.10), greedy accuracy {accuracy}");
+    assert_eq!(accuracy, 1.0);
+    assert!(late_rate > 0.5, "reward rate {late_rate} (random: 0.1)");
+    assert!(dqn.model_version().unwrap_or(0) > 0);
+}
+
+#[test]
+fn resumes_from_its_checkpoint_and_refuses_another_action_space() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let args = small(Some(dir.path()));
+    let mut dqn = Dqn::new(&args, 2).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(dqn.save().is_ok(), "nothing to save before the first state");
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    play(&mut dqn, 300, &mut rng);
+    dqn.flush(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+    dqn.set_eval(true);
+    dqn.save().unwrap_or_else(|e| panic!("{e:#}"));
+    let probe = [state("red", 10, 0), state("blue dress", 10, 0), state("unknown words", 10, 0)];
+    let refs: Vec<&StateMsg> = probe.iter().collect();
+    let before = dqn.top_k(&refs, 10);
+    let (version, eps) = (dqn.model_version(), dqn.args.epsilon(dqn.shared.eps_step.load(Ordering::Relaxed)));
+    let words = dqn.vocab().words().to_vec();
+    drop(dqn);
+
+    let mut resumed = Dqn::new(&args, 3).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(resumed.model_version(), version);
+    assert_eq!(resumed.vocab().words(), words.as_slice());
+    assert_eq!(resumed.epsilon(), eps);
+    resumed.set_eval(true);
+    assert_eq!(resumed.top_k(&refs, 10), before, "same ranking from the same weights");
+
+    let file = checkpoint::file_in(dir.path());
+    let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
+    let mut other = Dqn::new(&args, 4).unwrap_or_else(|e| panic!("{e:#}"));
+    let wider = state("red", 12, 0);
+    let answers = other.act(&[&wider], &mut rng);
+    assert!((answers[0].1 - 1.0 / 12.0).abs() < 1e-12, "answers at random");
+    let e = other.save().err().unwrap_or_else(|| panic!("saved over a checkpoint it refused"));
+    assert!(format!("{e:#}").contains("trained for 10 actions but the states announce 12"), "{e:#}");
+    assert_eq!(std::fs::read(&file).unwrap_or_else(|e| panic!("{e}")), bytes, "checkpoint untouched");
+
+    let wrong_net = DqnArgs { dqn_hidden: vec![8], ..args };
+    let e = Dqn::new(&wrong_net, 5).err().unwrap_or_else(|| panic!("loaded a checkpoint of another network"));
+    assert!(e.to_string().contains("another network"), "{e}");
+}

@@ -1,0 +1,742 @@
+//! From Kafka records to archive rows: decoding (schema-validated), the rows each message becomes
+//! and the summary of a finished episode. Pure: no I/O, so all of it is unit-tested here.
+//!
+//! Invariant: every row of a message carries the message's Kafka identity (topic, partition,
+//! offset) in its primary key and is a function of the message alone, so copying a message twice
+//! writes the same rows with the same values.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    sync::Arc,
+};
+
+use protocol::{topics::dead_letter as dlq, ActionMsg, Codec, StateMsg};
+use scylla::{
+    value::{CqlDate, CqlTimestamp, MaybeUnset},
+    SerializeRow,
+};
+
+use crate::dates::{cql_date, cql_ts};
+
+/// What a topic carries, which decides how its records are decoded and where they go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// `StateMsg` values.
+    State,
+    /// `ActionMsg` values.
+    Action,
+    /// Records the services refused, with `dlq.*` headers.
+    DeadLetter,
+}
+
+/// A record as read from Kafka, owned.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Topic it was read from.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// Record key (the episode id for step messages).
+    pub key: Option<Vec<u8>>,
+    /// Record value; `None` for a null value.
+    pub payload: Option<Vec<u8>>,
+    /// The record's Kafka timestamp, Unix milliseconds.
+    pub timestamp_ms: Option<i64>,
+    /// Headers with UTF-8 values (only read on the dead-letter topic).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Where a message lives in Kafka: its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// A record turned into what the archive stores.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A decoded state.
+    State {
+        /// Kafka identity.
+        pos: Position,
+        /// Registry id of the writer's schema.
+        schema_id: u32,
+        /// The message.
+        msg: Box<StateMsg>,
+    },
+    /// A decoded action.
+    Action {
+        /// Kafka identity.
+        pos: Position,
+        /// Registry id of the writer's schema.
+        schema_id: u32,
+        /// The message.
+        msg: ActionMsg,
+    },
+    /// A record of the state or action topic that could not be decoded.
+    Rejected {
+        /// Kafka identity.
+        pos: Position,
+        /// Why, in words.
+        reason: String,
+        /// Original key.
+        key: Option<Vec<u8>>,
+        /// Original value bytes.
+        payload: Vec<u8>,
+        /// Kafka timestamp.
+        kafka_ts: Option<i64>,
+    },
+    /// A record of the dead-letter topic.
+    DeadLetter {
+        /// Kafka identity (in the dead-letter topic).
+        pos: Position,
+        /// Kafka timestamp (or 0 when the broker gave none).
+        ts: i64,
+        /// Original key.
+        key: Option<Vec<u8>>,
+        /// Original value bytes.
+        payload: Vec<u8>,
+        /// `dlq.reason`.
+        reason: Option<String>,
+        /// `dlq.source.topic`.
+        source_topic: Option<String>,
+        /// `dlq.source.partition`.
+        source_partition: Option<i32>,
+        /// `dlq.source.offset`.
+        source_offset: Option<i64>,
+    },
+}
+
+impl Item {
+    /// The Kafka identity of the record.
+    pub fn pos(&self) -> &Position {
+        match self {
+            Item::State { pos, .. }
+            | Item::Action { pos, .. }
+            | Item::Rejected { pos, .. }
+            | Item::DeadLetter { pos, .. } => pos,
+        }
+    }
+
+    /// The tables this record is written to, one row each.
+    pub fn tables(&self) -> &'static [Table] {
+        match self {
+            Item::State { .. } => &[Table::Steps, Table::StatesByDay],
+            Item::Action { .. } => &[Table::Steps, Table::ActionsByDay],
+            Item::Rejected { .. } => &[Table::Rejected],
+            Item::DeadLetter { .. } => &[Table::DeadLetters],
+        }
+    }
+
+    /// The state, when this is a terminal state (its episode is finished).
+    pub fn terminal_state(&self) -> Option<&StateMsg> {
+        match self {
+            Item::State { msg, .. } if msg.terminated || msg.truncated => Some(msg),
+            _ => None,
+        }
+    }
+}
+
+/// The archive tables the copy writes (the audit table `archive_runs` aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// Every message of an episode, in step order.
+    Steps,
+    /// States by UTC day.
+    StatesByDay,
+    /// Actions by UTC day.
+    ActionsByDay,
+    /// One row per finished episode, by user.
+    EpisodesByUser,
+    /// Undecodable messages.
+    Rejected,
+    /// The dead-letter topic.
+    DeadLetters,
+}
+
+impl Table {
+    /// Every table, in summary order.
+    pub const ALL: [Table; 6] = [
+        Table::Steps,
+        Table::StatesByDay,
+        Table::ActionsByDay,
+        Table::EpisodesByUser,
+        Table::Rejected,
+        Table::DeadLetters,
+    ];
+
+    /// The CQL table name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Steps => "steps",
+            Table::StatesByDay => "states_by_day",
+            Table::ActionsByDay => "actions_by_day",
+            Table::EpisodesByUser => "episodes_by_user",
+            Table::Rejected => "rejected",
+            Table::DeadLetters => "dead_letters",
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Decodes records of the state and action topics with the protocol's codecs.
+#[derive(Debug)]
+pub struct Decoder {
+    states: Codec<StateMsg>,
+    actions: Codec<ActionMsg>,
+}
+
+impl Decoder {
+    /// Compiles both schemas.
+    pub fn new() -> Result<Self, protocol::ProtocolError> {
+        // The id only matters for encoding; decoding reads the writer's id from each frame.
+        Ok(Self { states: Codec::new(0)?, actions: Codec::new(0)? })
+    }
+
+    /// Turns a record into an item; a record that cannot be decoded becomes `Item::Rejected`.
+    pub fn decode(&self, role: Role, raw: RawRecord) -> Item {
+        let pos = Position { topic: raw.topic, partition: raw.partition, offset: raw.offset };
+        if role == Role::DeadLetter {
+            let header = |name: &str| raw.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            return Item::DeadLetter {
+                pos,
+                ts: raw.timestamp_ms.unwrap_or(0),
+                key: raw.key,
+                payload: raw.payload.unwrap_or_default(),
+                reason: header(dlq::REASON),
+                source_topic: header(dlq::SOURCE_TOPIC),
+                source_partition: header(dlq::SOURCE_PARTITION).and_then(|v| v.parse().ok()),
+                source_offset: header(dlq::SOURCE_OFFSET).and_then(|v| v.parse().ok()),
+            };
+        }
+        let Some(payload) = raw.payload else {
+            let reason = "null value (a tombstone), not a message".to_string();
+            return Item::Rejected { pos, reason, key: raw.key, payload: Vec::new(), kafka_ts: raw.timestamp_ms };
+        };
+        let decoded = match role {
+            Role::State => self.states.decode(&payload).map(|d| Item::State {
+                pos: pos.clone(),
+                schema_id: d.schema_id,
+                msg: Box::new(d.msg),
+            }),
+            _ => self.actions.decode(&payload).map(|d| Item::Action {
+                pos: pos.clone(),
+                schema_id: d.schema_id,
+                msg: d.msg,
+            }),
+        };
+        decoded.unwrap_or_else(|e| Item::Rejected {
+            pos,
+            reason: e.to_string(),
+            key: raw.key,
+            payload,
+            kafka_ts: raw.timestamp_ms,
+        })
+    }
+}
+
+fn int(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// The state columns shared by `steps` and `states_by_day`.
+#[derive(Debug, SerializeRow)]
+pub struct StateCols<'a> {
+    kafka_topic: &'a str,
+    kafka_partition: i32,
+    kafka_offset: i64,
+    day: CqlDate,
+    ts: CqlTimestamp,
+    episode_id: &'a str,
+    step: i32,
+    env_id: &'a str,
+    schema_id: i64,
+    schema_version: i32,
+    user_id: &'a str,
+    attempt: i32,
+    n_actions: i32,
+    product_asin: &'a str,
+    product_index: i32,
+    product_text: &'a str,
+    sizes: &'a [String],
+    colors: &'a [String],
+    keywords: &'a [String],
+    reward: f64,
+    next_item_hit: bool,
+    terminated: bool,
+    truncated: bool,
+}
+
+impl<'a> StateCols<'a> {
+    /// The columns of a state message.
+    pub fn new(pos: &'a Position, schema_id: u32, m: &'a StateMsg) -> Self {
+        Self {
+            kafka_topic: &pos.topic,
+            kafka_partition: pos.partition,
+            kafka_offset: pos.offset,
+            day: cql_date(m.ts_ms),
+            ts: cql_ts(m.ts_ms),
+            episode_id: &m.episode_id,
+            step: int(m.step),
+            env_id: &m.env_id,
+            schema_id: i64::from(schema_id),
+            schema_version: int(m.schema_version),
+            user_id: &m.user_id,
+            attempt: int(m.attempt),
+            n_actions: int(m.n_actions),
+            product_asin: &m.observation.asin,
+            product_index: int(m.observation.index),
+            product_text: &m.observation.text,
+            sizes: &m.observation.sizes,
+            colors: &m.observation.colors,
+            keywords: &m.observation.keywords,
+            reward: m.reward,
+            next_item_hit: m.next_item_hit,
+            terminated: m.terminated,
+            truncated: m.truncated,
+        }
+    }
+}
+
+/// A state's row in `steps`: its columns plus `kind = 'state'`.
+#[derive(Debug, SerializeRow)]
+pub struct StepStateRow<'a> {
+    kind: &'static str,
+    #[scylla(flatten)]
+    cols: StateCols<'a>,
+}
+
+impl<'a> StepStateRow<'a> {
+    /// Wraps a state's columns.
+    pub fn new(cols: StateCols<'a>) -> Self {
+        Self { kind: KIND_STATE, cols }
+    }
+}
+
+/// `kind` of a state row in `steps`; sorts after `action`, hence `kind DESC` in the table.
+pub const KIND_STATE: &str = "state";
+/// `kind` of an action row in `steps`.
+pub const KIND_ACTION: &str = "action";
+
+/// The action columns shared by `steps` and `actions_by_day`.
+#[derive(Debug, SerializeRow)]
+pub struct ActionCols<'a> {
+    kafka_topic: &'a str,
+    kafka_partition: i32,
+    kafka_offset: i64,
+    day: CqlDate,
+    ts: CqlTimestamp,
+    episode_id: &'a str,
+    step: i32,
+    env_id: &'a str,
+    schema_id: i64,
+    schema_version: i32,
+    action: i32,
+    ps: f64,
+    policy: &'a str,
+    replica_id: &'a str,
+    // Unset (not null) when absent: a null would write a tombstone.
+    model_version: MaybeUnset<i64>,
+}
+
+impl<'a> ActionCols<'a> {
+    /// The columns of an action message.
+    pub fn new(pos: &'a Position, schema_id: u32, m: &'a ActionMsg) -> Self {
+        Self {
+            kafka_topic: &pos.topic,
+            kafka_partition: pos.partition,
+            kafka_offset: pos.offset,
+            day: cql_date(m.ts_ms),
+            ts: cql_ts(m.ts_ms),
+            episode_id: &m.episode_id,
+            step: int(m.step),
+            env_id: &m.env_id,
+            schema_id: i64::from(schema_id),
+            schema_version: int(m.schema_version),
+            action: int(m.action),
+            ps: m.ps,
+            policy: &m.policy,
+            replica_id: &m.replica_id,
+            model_version: match m.model_version {
+                Some(v) => MaybeUnset::Set(i64::try_from(v).unwrap_or(i64::MAX)),
+                None => MaybeUnset::Unset,
+            },
+        }
+    }
+}
+
+/// An action's row in `steps`: its columns plus `kind = 'action'`.
+#[derive(Debug, SerializeRow)]
+pub struct StepActionRow<'a> {
+    kind: &'static str,
+    #[scylla(flatten)]
+    cols: ActionCols<'a>,
+}
+
+impl<'a> StepActionRow<'a> {
+    /// Wraps an action's columns.
+    pub fn new(cols: ActionCols<'a>) -> Self {
+        Self { kind: KIND_ACTION, cols }
+    }
+}
+
+/// A row of `rejected`.
+#[derive(Debug, SerializeRow)]
+pub struct RejectedRow<'a> {
+    kafka_topic: &'a str,
+    kafka_partition: i32,
+    kafka_offset: i64,
+    reason: &'a str,
+    kafka_key: MaybeUnset<&'a [u8]>,
+    payload: &'a [u8],
+    kafka_ts: MaybeUnset<CqlTimestamp>,
+    run_id: uuid::Uuid,
+}
+
+/// A row of `dead_letters`.
+#[derive(Debug, SerializeRow)]
+pub struct DeadLetterRow<'a> {
+    day: CqlDate,
+    ts: CqlTimestamp,
+    kafka_topic: &'a str,
+    kafka_partition: i32,
+    kafka_offset: i64,
+    reason: MaybeUnset<&'a str>,
+    source_topic: MaybeUnset<&'a str>,
+    source_partition: MaybeUnset<i32>,
+    source_offset: MaybeUnset<i64>,
+    kafka_key: MaybeUnset<&'a [u8]>,
+    payload: &'a [u8],
+}
+
+fn unset_if_none<T>(v: Option<T>) -> MaybeUnset<T> {
+    v.map_or(MaybeUnset::Unset, MaybeUnset::Set)
+}
+
+/// One row to write, borrowing from its item.
+#[derive(Debug)]
+pub enum Row<'a> {
+    /// `steps`, a state.
+    StepState(StepStateRow<'a>),
+    /// `steps`, an action.
+    StepAction(StepActionRow<'a>),
+    /// `states_by_day`.
+    StateByDay(StateCols<'a>),
+    /// `actions_by_day`.
+    ActionByDay(ActionCols<'a>),
+    /// `rejected`.
+    Rejected(RejectedRow<'a>),
+    /// `dead_letters`.
+    DeadLetter(DeadLetterRow<'a>),
+}
+
+/// The row of `item` in `table` (one of `item.tables()`); `run_id` marks rejected rows.
+pub fn row(item: &Item, table: Table, run_id: uuid::Uuid) -> Option<Row<'_>> {
+    Some(match (item, table) {
+        (Item::State { pos, schema_id, msg }, Table::Steps) => {
+            Row::StepState(StepStateRow::new(StateCols::new(pos, *schema_id, msg)))
+        }
+        (Item::State { pos, schema_id, msg }, Table::StatesByDay) => {
+            Row::StateByDay(StateCols::new(pos, *schema_id, msg))
+        }
+        (Item::Action { pos, schema_id, msg }, Table::Steps) => {
+            Row::StepAction(StepActionRow::new(ActionCols::new(pos, *schema_id, msg)))
+        }
+        (Item::Action { pos, schema_id, msg }, Table::ActionsByDay) => {
+            Row::ActionByDay(ActionCols::new(pos, *schema_id, msg))
+        }
+        (Item::Rejected { pos, reason, key, payload, kafka_ts }, Table::Rejected) => Row::Rejected(RejectedRow {
+            kafka_topic: &pos.topic,
+            kafka_partition: pos.partition,
+            kafka_offset: pos.offset,
+            reason,
+            kafka_key: unset_if_none(key.as_deref()),
+            payload,
+            kafka_ts: unset_if_none(kafka_ts.map(cql_ts)),
+            run_id,
+        }),
+        (
+            Item::DeadLetter { pos, ts, key, payload, reason, source_topic, source_partition, source_offset },
+            Table::DeadLetters,
+        ) => Row::DeadLetter(DeadLetterRow {
+            day: cql_date(*ts),
+            ts: cql_ts(*ts),
+            kafka_topic: &pos.topic,
+            kafka_partition: pos.partition,
+            kafka_offset: pos.offset,
+            reason: unset_if_none(reason.as_deref()),
+            source_topic: unset_if_none(source_topic.as_deref()),
+            source_partition: unset_if_none(*source_partition),
+            source_offset: unset_if_none(*source_offset),
+            kafka_key: unset_if_none(key.as_deref()),
+            payload,
+        }),
+        _ => return None,
+    })
+}
+
+/// A row of `steps` as read back to summarise an episode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReadBack {
+    /// Step.
+    pub step: i32,
+    /// `state` or `action`.
+    pub kind: String,
+    /// Re-send count (states).
+    pub attempt: Option<i32>,
+    /// Reward of the previous step's action (states).
+    pub reward: Option<f64>,
+    /// Production time, Unix milliseconds.
+    pub ts_ms: i64,
+}
+
+/// The row of `episodes_by_user` of a finished episode.
+#[derive(Debug, Clone, PartialEq, SerializeRow)]
+pub struct EpisodeRow {
+    /// User.
+    pub user_id: String,
+    /// Episode.
+    pub episode_id: String,
+    /// Environment and run.
+    pub env_id: String,
+    /// UTC day of `started_at`.
+    pub start_day: CqlDate,
+    /// Production time of the first state.
+    pub started_at: CqlTimestamp,
+    /// Production time of the terminal state.
+    pub ended_at: CqlTimestamp,
+    /// Actions answered: the step number of the terminal state.
+    pub steps: i32,
+    /// Sum of the rewards, one per step.
+    pub episode_return: f64,
+    /// The episode reached its natural end.
+    pub terminated: bool,
+    /// The step limit cut the episode.
+    pub truncated: bool,
+}
+
+/// Summarises a finished episode from its terminal state and its rows in `steps` (read back
+/// after they were written). A step's reward is counted once however often the state was sent.
+pub fn summarize_episode(terminal: &StateMsg, rows: &[StepReadBack]) -> EpisodeRow {
+    let mut reward_of_step: BTreeMap<i32, f64> = BTreeMap::new();
+    let mut started_at: Option<(i32, i64)> = None; // (attempt, ts) of the earliest step-0 state
+    for r in rows.iter().filter(|r| r.kind == KIND_STATE) {
+        if r.step >= 1 {
+            reward_of_step.entry(r.step).or_insert(r.reward.unwrap_or(0.0));
+        }
+        if r.step == 0 {
+            let candidate = (r.attempt.unwrap_or(0), r.ts_ms);
+            started_at = Some(started_at.map_or(candidate, |c| c.min(candidate)));
+        }
+    }
+    // The terminal state's own reward counts even if the read-back missed it.
+    reward_of_step.entry(int(terminal.step)).or_insert(terminal.reward);
+    reward_of_step.remove(&0);
+    let started = started_at
+        .map_or_else(|| rows.iter().map(|r| r.ts_ms).min().unwrap_or(terminal.ts_ms).min(terminal.ts_ms), |(_, ts)| ts);
+    EpisodeRow {
+        user_id: terminal.user_id.clone(),
+        episode_id: terminal.episode_id.clone(),
+        env_id: terminal.env_id.clone(),
+        start_day: cql_date(started),
+        started_at: cql_ts(started),
+        ended_at: cql_ts(terminal.ts_ms),
+        steps: int(terminal.step),
+        episode_return: reward_of_step.values().sum(),
+        terminated: terminal.terminated,
+        truncated: terminal.truncated,
+    }
+}
+
+/// The states of the episodes a run saw start, so that their summaries need no read-back.
+///
+/// Invariant: an episode is tracked only from its first state (step 0, attempt 0). All its later
+/// states are on the same partition at higher offsets, up to its terminal state, so a run that
+/// read its first state and its terminal state read every state in between.
+#[derive(Debug, Default)]
+pub struct EpisodeTracker {
+    open: HashMap<String, Vec<StepReadBack>>,
+}
+
+impl EpisodeTracker {
+    /// Feeds the states of the next batch, in batch order. Returns each episode that ended in
+    /// the batch with its summary when this run saw all of it, or `None` when it started before
+    /// this run (read it back from `steps`).
+    pub fn observe<'a>(&mut self, items: &'a [Item]) -> Vec<(&'a StateMsg, Option<EpisodeRow>)> {
+        let mut ended: BTreeMap<&str, (&StateMsg, Option<EpisodeRow>)> = BTreeMap::new();
+        for item in items {
+            let Item::State { msg, .. } = item else { continue };
+            if msg.step == 0 && msg.attempt == 0 {
+                self.open.insert(msg.episode_id.clone(), Vec::new());
+            }
+            if let Some(states) = self.open.get_mut(&msg.episode_id) {
+                states.push(StepReadBack {
+                    step: int(msg.step),
+                    kind: KIND_STATE.into(),
+                    attempt: Some(int(msg.attempt)),
+                    reward: Some(msg.reward),
+                    ts_ms: msg.ts_ms,
+                });
+            }
+            if msg.terminated || msg.truncated {
+                let seen = self.open.remove(&msg.episode_id).map(|states| summarize_episode(msg, &states));
+                ended.insert(&msg.episode_id, (msg, seen));
+            }
+        }
+        ended.into_values().collect()
+    }
+
+    /// Episodes started and not yet ended.
+    pub fn open(&self) -> usize {
+        self.open.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{messages::examples, wire};
+
+    use super::*;
+
+    fn raw(topic: &str, offset: i64, payload: Option<Vec<u8>>) -> RawRecord {
+        RawRecord {
+            topic: topic.into(),
+            partition: 2,
+            offset,
+            key: Some(b"ep-0001".to_vec()),
+            payload,
+            timestamp_ms: Some(1_700_000_000_000),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn states_and_actions_decode_and_go_to_their_tables() {
+        let d = Decoder::new().unwrap_or_else(|e| panic!("{e}"));
+        let codec: Codec<StateMsg> = Codec::new(9).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = codec.encode(&examples::state()).unwrap_or_else(|e| panic!("{e}"));
+        let item = d.decode(Role::State, raw("s", 7, Some(bytes)));
+        assert!(matches!(&item, Item::State { schema_id: 9, msg, .. } if msg.step == 0), "{item:?}");
+        assert_eq!(item.tables(), &[Table::Steps, Table::StatesByDay]);
+        assert_eq!(item.pos(), &Position { topic: "s".into(), partition: 2, offset: 7 });
+        assert!(row(&item, Table::Steps, uuid::Uuid::nil()).is_some());
+        assert!(row(&item, Table::ActionsByDay, uuid::Uuid::nil()).is_none());
+
+        let action = wire::frame(3, &serde_json::to_vec(&examples::action()).unwrap_or_default());
+        let item = d.decode(Role::Action, raw("a", 8, Some(action)));
+        assert!(matches!(&item, Item::Action { schema_id: 3, .. }), "{item:?}");
+        assert_eq!(item.tables(), &[Table::Steps, Table::ActionsByDay]);
+    }
+
+    #[test]
+    fn undecodable_records_are_rejected_with_their_reason_and_bytes() {
+        let d = Decoder::new().unwrap_or_else(|e| panic!("{e}"));
+        let mut bad = examples::action();
+        bad.ps = 3.0;
+        let cases: Vec<(Option<Vec<u8>>, &str)> = vec![
+            (Some(b"not json at all".to_vec()), "wire format"),
+            (Some(wire::frame(1, b"{oops")), "invalid json"),
+            (Some(wire::frame(1, &serde_json::to_vec(&bad).unwrap_or_default())), "/ps"),
+            (Some(wire::frame(1, &serde_json::to_vec(&examples::state()).unwrap_or_default())), "schema violation"),
+            (None, "null value"),
+        ];
+        for (payload, why) in cases {
+            let item = d.decode(Role::Action, raw("a", 1, payload.clone()));
+            match &item {
+                Item::Rejected { reason, payload: kept, .. } => {
+                    assert!(reason.contains(why), "{reason} should say {why}");
+                    assert_eq!(kept, &payload.unwrap_or_default());
+                }
+                other => panic!("expected a rejection, got {other:?}"),
+            }
+            assert_eq!(item.tables(), &[Table::Rejected]);
+        }
+    }
+
+    #[test]
+    fn dead_letters_keep_their_headers() {
+        let d = Decoder::new().unwrap_or_else(|e| panic!("{e}"));
+        let mut r = raw("dlq", 4, Some(b"junk".to_vec()));
+        r.headers = vec![
+            (dlq::REASON.into(), "bad wire format".into()),
+            (dlq::SOURCE_TOPIC.into(), "fashion_action".into()),
+            (dlq::SOURCE_PARTITION.into(), "3".into()),
+            (dlq::SOURCE_OFFSET.into(), "99".into()),
+        ];
+        match d.decode(Role::DeadLetter, r) {
+            Item::DeadLetter { reason, source_topic, source_partition, source_offset, payload, .. } => {
+                assert_eq!(reason.as_deref(), Some("bad wire format"));
+                assert_eq!(source_topic.as_deref(), Some("fashion_action"));
+                assert_eq!((source_partition, source_offset), (Some(3), Some(99)));
+                assert_eq!(payload, b"junk");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn back(step: i32, kind: &str, attempt: i32, reward: f64, ts_ms: i64) -> StepReadBack {
+        StepReadBack { step, kind: kind.into(), attempt: Some(attempt), reward: Some(reward), ts_ms }
+    }
+
+    #[test]
+    fn episode_return_counts_each_step_once() {
+        let mut terminal = examples::state();
+        (terminal.step, terminal.reward, terminal.terminated, terminal.ts_ms) = (3, 1.0, true, 5_000);
+        let rows = vec![
+            back(0, KIND_STATE, 0, 0.0, 1_000),
+            back(0, KIND_ACTION, 0, 0.0, 1_100),
+            back(1, KIND_STATE, 0, 1.0, 2_000),
+            back(1, KIND_STATE, 1, 1.0, 4_000), // re-sent: same step, counted once
+            back(2, KIND_STATE, 0, 0.0, 4_500),
+            back(3, KIND_STATE, 0, 1.0, 5_000),
+        ];
+        let ep = summarize_episode(&terminal, &rows);
+        assert_eq!((ep.steps, ep.episode_return, ep.terminated, ep.truncated), (3, 2.0, true, false));
+        assert_eq!((ep.started_at, ep.ended_at), (CqlTimestamp(1_000), CqlTimestamp(5_000)));
+        // Idempotent: the same rows give the same summary.
+        assert_eq!(summarize_episode(&terminal, &rows), ep);
+        // Without the read-back the terminal state still counts.
+        assert_eq!(summarize_episode(&terminal, &[]).episode_return, 1.0);
+    }
+
+    fn state_item(episode: &str, step: u32, attempt: u32, reward: f64, terminal: bool, offset: i64) -> Item {
+        let mut m = examples::state();
+        (m.episode_id, m.step, m.attempt, m.reward, m.terminated, m.ts_ms) =
+            (episode.into(), step, attempt, reward, terminal, 1_000 + offset);
+        Item::State { pos: Position { topic: "s".into(), partition: 0, offset }, schema_id: 1, msg: Box::new(m) }
+    }
+
+    #[test]
+    fn tracker_summarises_episodes_seen_whole_and_defers_the_others() {
+        let mut t = EpisodeTracker::default();
+        let first = vec![
+            state_item("old", 7, 0, 1.0, false, 0), // started before this run
+            state_item("new", 0, 0, 0.0, false, 1),
+            state_item("new", 1, 0, 1.0, false, 2),
+            state_item("new", 1, 1, 1.0, false, 3), // re-sent
+        ];
+        assert!(t.observe(&first).is_empty());
+        assert_eq!(t.open(), 1);
+        let second = vec![state_item("old", 8, 0, 1.0, true, 4), state_item("new", 2, 0, 1.0, true, 5)];
+        let ended = t.observe(&second);
+        assert_eq!(ended.len(), 2);
+        let new = ended.iter().find(|(m, _)| m.episode_id == "new").and_then(|(_, s)| s.clone());
+        let new = new.unwrap_or_else(|| panic!("the whole episode was seen"));
+        assert_eq!((new.steps, new.episode_return, new.started_at), (2, 2.0, CqlTimestamp(1_001)));
+        assert!(ended.iter().any(|(m, s)| m.episode_id == "old" && s.is_none()), "read back");
+        assert_eq!(t.open(), 0);
+    }
+}

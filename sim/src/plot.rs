@@ -1,0 +1,88 @@
+//! PNG charts: return per episode during training (moving average), one line per policy, in the
+//! manner of the reference paper's Fig 5.
+
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+
+/// The font of the chart's text: the DejaVu Sans the archiver's report also embeds (its licence
+/// is beside it), so no system font is needed.
+const FONT: &[u8] = include_bytes!("../../archiver/assets/DejaVuSans.ttf");
+
+/// Registers the font once; false if it could not be parsed (the chart is drawn without text).
+fn register_font() -> bool {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REGISTERED.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok())
+}
+
+/// Trailing moving average over `window` values.
+pub fn moving_average(values: &[f64], window: usize) -> Vec<f64> {
+    let window = window.max(1);
+    let mut out = Vec::with_capacity(values.len());
+    let mut sum = 0.0;
+    for (i, v) in values.iter().enumerate() {
+        sum += v;
+        if i >= window {
+            sum -= values[i - window];
+        }
+        out.push(sum / (i + 1).min(window) as f64);
+    }
+    out
+}
+
+/// Draws one moving-average line per `(name, returns)` series into `path` (PNG).
+pub fn training_returns(path: &Path, series: &[(String, Vec<f64>)], window: usize) -> anyhow::Result<()> {
+    let has_text = register_font();
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let smoothed: Vec<(String, Vec<f64>)> =
+        series.iter().map(|(n, r)| (n.clone(), moving_average(r, window))).collect();
+    let x_max = smoothed.iter().map(|(_, v)| v.len()).max().unwrap_or(1).max(1);
+    let y_max = smoothed.iter().flat_map(|(_, v)| v.iter().copied()).fold(0.0_f64, f64::max).max(1e-3) * 1.1;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(20).x_label_area_size(45).y_label_area_size(60);
+    if has_text {
+        builder
+            .caption(format!("Return per episode during training (moving average over {window})"), ("sans-serif", 22));
+    }
+    let mut chart = builder.build_cartesian_2d(0..x_max, 0.0..y_max).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut mesh = chart.configure_mesh();
+    if has_text {
+        mesh.x_desc("training episode").y_desc("return (rewards per episode)").label_style(("sans-serif", 15));
+    } else {
+        mesh.disable_x_mesh().disable_y_mesh().x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (i, (name, values)) in smoothed.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let line = chart
+            .draw_series(LineSeries::new(values.iter().enumerate().map(|(x, y)| (x, *y)), color.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if has_text {
+            line.label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+        }
+    }
+    if has_text {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 16))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    root.present().with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moving_average_warms_up_then_slides() {
+        assert_eq!(moving_average(&[2.0, 4.0, 6.0, 8.0], 2), vec![2.0, 3.0, 5.0, 7.0]);
+    }
+}

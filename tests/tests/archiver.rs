@@ -1,0 +1,654 @@
+//! The archiver against the real stack (`make stack-up`): a simulation archived with row counts
+//! equal to message counts, a second run that changes nothing, the README's cqlsh queries and
+//! the PNG report on that archive; a crash between write and commit and a SIGKILL mid-run
+//! followed by a re-run; undecodable messages in `rejected`; the daily schedule and SIGTERM.
+//! Each test has its own topics, consumer group and keyspace, and drives the `archiver` binary.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::unix::process::ExitStatusExt,
+    path::Path,
+    process::{Output, Stdio},
+    time::Duration,
+};
+
+use clap::Parser;
+use protocol::{messages::examples, topics::dead_letter as dlq, wire, ActionMsg, Codec, StateMsg};
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+use scylla::client::{session::Session, session_builder::SessionBuilder};
+use serde_json::Value;
+use streamrec_tests::{
+    archiver_bin, cassandra_node, committed_offsets, cqlsh, kafka_config, read_topic, repo_root, unique, TestTopics,
+};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// Topics, keyspace (created by `archiver init`) and consumer group of one test.
+struct Archive {
+    topics: TestTopics,
+    keyspace: String,
+    group: String,
+    session: Session,
+    dir: tempfile::TempDir,
+}
+
+impl Archive {
+    async fn new(prefix: &str) -> Self {
+        let topics = TestTopics::create(prefix).await.unwrap_or_else(|e| panic!("topics: {e}"));
+        let keyspace = unique(prefix);
+        let group = unique(&format!("{prefix}_group"));
+        let init = archiver(&["init", "--keyspace", &keyspace, "--cassandra-nodes", &cassandra_node()]).await;
+        assert!(init.status.success(), "archiver init: {}", String::from_utf8_lossy(&init.stderr));
+        let session =
+            SessionBuilder::new().known_node(cassandra_node()).build().await.unwrap_or_else(|e| panic!("connect: {e}"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        Self { topics, keyspace, group, session, dir }
+    }
+
+    fn flags(&self) -> Vec<String> {
+        let mut f = self.topics.flags();
+        f.extend(["--keyspace", &self.keyspace, "--group-id", &self.group, "--no-progress"].map(String::from));
+        f.extend([
+            "--cassandra-nodes".into(),
+            cassandra_node(),
+            "--bootstrap-servers".into(),
+            streamrec_tests::bootstrap(),
+        ]);
+        f
+    }
+
+    /// `archiver run-once` with this archive's flags; returns its output and summary JSON.
+    async fn run_once(&self, extra: &[&str]) -> (Output, Value) {
+        let json = self.dir.path().join(format!("{}.json", unique("summary")));
+        let mut args = vec!["run-once".to_string()];
+        args.extend(self.flags());
+        args.extend(["--summary-json".into(), json.display().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = archiver(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let summary =
+            std::fs::read_to_string(&json).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        (out, summary)
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        let rows = self
+            .session
+            .query_unpaged(format!("SELECT count(*) FROM {}.{table}", self.keyspace), &[])
+            .await
+            .unwrap_or_else(|e| panic!("count {table}: {e}"))
+            .into_rows_result()
+            .unwrap_or_else(|e| panic!("{e}"));
+        rows.first_row::<(i64,)>().map(|(n,)| n).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Row counts of the message tables and episodes.
+    async fn counts(&self) -> [i64; 4] {
+        [
+            self.count("steps").await,
+            self.count("states_by_day").await,
+            self.count("actions_by_day").await,
+            self.count("episodes_by_user").await,
+        ]
+    }
+
+    fn committed(&self) -> BTreeMap<String, BTreeMap<i32, i64>> {
+        [&self.topics.state, &self.topics.action]
+            .into_iter()
+            .map(|t| (t.clone(), committed_offsets(&self.group, t).unwrap_or_else(|e| panic!("committed: {e}"))))
+            .collect()
+    }
+
+    fn committed_total(&self) -> i64 {
+        self.committed().values().flat_map(|m| m.values()).sum()
+    }
+
+    async fn drop_all(self) {
+        let _ = self.session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", self.keyspace), &[]).await;
+        self.topics.delete().await;
+    }
+}
+
+async fn archiver(args: &[&str]) -> Output {
+    Command::new(archiver_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run archiver: {e}"))
+}
+
+fn text(out: &Output) -> String {
+    format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// What `produce_episodes` wrote.
+#[derive(Debug, Default)]
+struct Produced {
+    states: i64,
+    actions: i64,
+    episodes: i64,
+}
+
+impl Produced {
+    fn messages(&self) -> i64 {
+        self.states + self.actions
+    }
+}
+
+fn producer() -> FutureProducer {
+    kafka_config()
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap_or_else(|e| panic!("producer: {e}"))
+}
+
+/// Episodes of `steps` steps as env-svc and agent-svc write them: a state per step (the last
+/// one terminal), an action per non-terminal step, plus a re-sent state and a duplicate action
+/// at step 1 of every episode. Returns the counts.
+async fn produce_episodes(topics: &TestTopics, tag: &str, episodes: u32, steps: u32) -> Produced {
+    let (sc, ac): (Codec<StateMsg>, Codec<ActionMsg>) =
+        (Codec::new(1).unwrap_or_else(|e| panic!("{e}")), Codec::new(2).unwrap_or_else(|e| panic!("{e}")));
+    let producer = producer();
+    let mut pending = Vec::new();
+    let mut p = Produced { episodes: i64::from(episodes), ..Default::default() };
+    let now = common::kafka::now_ms();
+    for e in 0..episodes {
+        let id = format!("fashion-v1/{tag}#{e:04}");
+        for step in 0..=steps {
+            let copies = if step == 1 { 2 } else { 1 };
+            for attempt in 0..copies {
+                let mut s = examples::state();
+                (s.env_id, s.episode_id, s.step, s.attempt) = (format!("fashion-v1/{tag}"), id.clone(), step, attempt);
+                s.user_id = format!("U{}", e % 3);
+                s.reward = if step > 0 && step % 3 == 0 { 1.0 } else { 0.0 };
+                s.terminated = step == steps;
+                s.ts_ms = now + i64::from(step) * 10 + i64::from(attempt);
+                let bytes = sc.encode(&s).unwrap_or_else(|e| panic!("{e}"));
+                pending.push(send(&producer, &topics.state, Some(&id), Some(bytes), None));
+                p.states += 1;
+            }
+            if step == steps {
+                break;
+            }
+            for _ in 0..copies {
+                let mut a = examples::action();
+                (a.env_id, a.episode_id, a.step, a.ts_ms) = (format!("fashion-v1/{tag}"), id.clone(), step, now);
+                let bytes = ac.encode(&a).unwrap_or_else(|e| panic!("{e}"));
+                pending.push(send(&producer, &topics.action, Some(&id), Some(bytes), None));
+                p.actions += 1;
+            }
+        }
+    }
+    for d in pending {
+        d.await;
+    }
+    p
+}
+
+/// Enqueues a record (without waiting) and returns a future of its (partition, offset).
+fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    payload: Option<Vec<u8>>,
+    headers: Option<OwnedHeaders>,
+) -> impl std::future::Future<Output = (i32, i64)> {
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(p) = payload.as_deref() {
+        record = record.payload(p);
+    }
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
+    let delivery = producer.send_result(record).unwrap_or_else(|(e, _)| panic!("enqueue: {e}"));
+    async move {
+        let d = match delivery.await {
+            Ok(Ok(d)) => d,
+            Ok(Err((e, _))) => panic!("delivery failed: {e}"),
+            Err(_) => panic!("delivery cancelled"),
+        };
+        (d.partition, d.offset)
+    }
+}
+
+fn n(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(-1)
+}
+
+// ---------------------------------------------------------------------------- simulation + cqlsh
+
+#[derive(Debug, Parser)]
+struct EnvCli {
+    #[command(flatten)]
+    run: env_svc::config::RunArgs,
+}
+
+#[derive(Debug, Parser)]
+struct AgentCli {
+    #[command(flatten)]
+    run: agent_svc::RunArgs,
+}
+
+async fn simulate(topics: &TestTopics, episodes: usize) -> env_svc::metrics::Summary {
+    let sample = repo_root().join("data/sample").display().to_string();
+    let mut env_args =
+        vec!["env-svc".to_string(), "--dataset".into(), sample, "--episodes".into(), episodes.to_string()];
+    env_args.extend(["--quiet".into(), "--concurrency".into(), "8".into()]);
+    env_args.extend(topics.flags());
+    let env = EnvCli::parse_from(env_args).run;
+    let mut agent_args = vec!["agent-svc".to_string(), "--policy".into(), "popularity".into()];
+    agent_args.extend(["--group-id".into(), unique("agents"), "--offset-reset".into(), "earliest".into()]);
+    agent_args.extend(topics.flags());
+    let agent = AgentCli::parse_from(agent_args).run;
+    let stop_agent = CancellationToken::new();
+    let agent_task = tokio::spawn(agent_svc::run(agent, stop_agent.clone()));
+    let summary = tokio::time::timeout(Duration::from_secs(300), env_svc::run(env, CancellationToken::new()))
+        .await
+        .unwrap_or_else(|_| panic!("the simulation did not finish within 300 s"))
+        .unwrap_or_else(|e| panic!("env run failed: {e:#}"));
+    stop_agent.cancel();
+    agent_task.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("agent failed: {e:#}"));
+    summary
+}
+
+/// The named queries of `archiver/queries.cql` (a `-- name: ...` line, then the query line).
+fn documented_queries() -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(repo_root().join("archiver/queries.cql")).unwrap_or_else(|e| panic!("{e}"));
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .windows(2)
+        .filter(|w| w[1].starts_with("SELECT "))
+        .filter_map(|w| {
+            w[0].strip_prefix("-- ")
+                .and_then(|c| c.split_once(':'))
+                .map(|(name, _)| (name.to_string(), w[1].to_string()))
+        })
+        .collect()
+}
+
+/// Runs one statement with the PyPI cqlsh; returns the data rows (cells trimmed).
+fn cqlsh_rows(query: &str) -> Vec<Vec<String>> {
+    let node = cassandra_node();
+    let (host, port) = node.rsplit_once(':').unwrap_or((node.as_str(), "9042"));
+    let out = std::process::Command::new(cqlsh())
+        .args([host, port, "--request-timeout=60", "-e", query])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cqlsh().display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "cqlsh failed on {query}: {}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    let Some(sep) = lines.iter().position(|l| l.starts_with("---")) else { return Vec::new() };
+    let rows: Vec<Vec<String>> = lines[sep + 1..]
+        .iter()
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .collect();
+    let count = lines.iter().find_map(|l| l.trim().strip_prefix('(').and_then(|r| r.strip_suffix(" rows)")));
+    assert_eq!(count.and_then(|c| c.parse::<usize>().ok()), Some(rows.len()), "cqlsh printed:\n{stdout}");
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulation_archived_once_second_run_changes_nothing_and_the_documented_queries_answer() {
+    let a = Archive::new("archsim").await;
+    let episodes = 30;
+    let sim = simulate(&a.topics, episodes).await;
+    assert_eq!(sim.episodes, episodes as u64, "{sim}");
+
+    // What is on the topics, decoded.
+    let sc: Codec<StateMsg> = Codec::new(0).unwrap_or_else(|e| panic!("{e}"));
+    let ac: Codec<ActionMsg> = Codec::new(0).unwrap_or_else(|e| panic!("{e}"));
+    let states: Vec<StateMsg> = read_topic(&a.topics.state)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| sc.decode(&r.payload).unwrap_or_else(|e| panic!("{e}")).msg)
+        .collect();
+    let actions: Vec<ActionMsg> = read_topic(&a.topics.action)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| ac.decode(&r.payload).unwrap_or_else(|e| panic!("{e}")).msg)
+        .collect();
+    let (s, ac_n) = (states.len() as i64, actions.len() as i64);
+
+    let (out, summary) = a.run_once(&[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(n(&summary["messages"][&a.topics.state]), s, "{summary}");
+    assert_eq!(n(&summary["messages"][&a.topics.action]), ac_n, "{summary}");
+    assert_eq!(n(&summary["messages"][&a.topics.dead_letter]), 0, "{summary}");
+    let rows = &summary["rows"];
+    assert_eq!(
+        [n(&rows["steps"]), n(&rows["states_by_day"]), n(&rows["actions_by_day"]), n(&rows["episodes_by_user"])],
+        [s + ac_n, s, ac_n, episodes as i64],
+        "{summary}"
+    );
+    assert_eq!((n(&rows["rejected"]), n(&summary["rejected"])), (0, 0));
+    let counts = a.counts().await;
+    assert_eq!(counts, [s + ac_n, s, ac_n, episodes as i64], "rows in cassandra: one per message and table");
+    let committed = a.committed();
+    assert_eq!(committed.values().flat_map(|m| m.values()).sum::<i64>(), s + ac_n, "offsets committed to the end");
+
+    // A second run finds nothing new: no rows, no new offsets.
+    let (out, again) = a.run_once(&[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(again["messages"].as_object().is_some_and(|m| m.values().all(|v| n(v) == 0)), "{again}");
+    assert!(again["rows"].as_object().is_some_and(|m| m.values().all(|v| n(v) == 0)), "{again}");
+    assert_eq!(a.counts().await, counts);
+    assert_eq!(a.committed(), committed);
+
+    // The documented queries, exactly as written in queries.cql and docs/ARCHIVER.md.
+    let queries = documented_queries();
+    let doc = std::fs::read_to_string(repo_root().join("docs/ARCHIVER.md")).unwrap_or_default();
+    for (name, q) in &queries {
+        assert!(doc.contains(q.as_str()), "docs/ARCHIVER.md does not show the {name} query: {q}");
+    }
+    let episode = &states[0].episode_id;
+    let user = &states[0].user_id;
+    let day_of = archiver_day;
+    let action_day = day_of(actions[0].ts_ms);
+    let state_days: BTreeSet<String> = states.iter().map(|s| day_of(s.ts_ms)).collect();
+    let days = format!("({})", state_days.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", "));
+    let fill = |q: &str| {
+        q.replace("streamrec.", &format!("{}.", a.keyspace))
+            .replace("'fashion-v1/3f2a9c#17'", &format!("'{episode}'"))
+            .replace("('2025-06-01', '2025-06-02')", &days)
+            .replace("'2025-06-01'", &format!("'{action_day}'"))
+            .replace("'A1B2C3'", &format!("'{user}'"))
+            .replace("'archiver'", &format!("'{}'", a.group))
+            .replace("'fashion_action'", &format!("'{}'", a.topics.action))
+    };
+    let q = |name: &str| fill(queries.get(name).unwrap_or_else(|| panic!("queries.cql has no {name} query")));
+
+    let steps = cqlsh_rows(&q("steps"));
+    let expected = states.iter().filter(|m| &m.episode_id == episode).count()
+        + actions.iter().filter(|m| &m.episode_id == episode).count();
+    assert_eq!(steps.len(), expected, "one row per message of the episode: {steps:?}");
+    assert_eq!((steps[0][0].as_str(), steps[0][1].as_str()), ("0", "state"), "{steps:?}");
+    assert_eq!((steps[1][0].as_str(), steps[1][1].as_str()), ("0", "action"), "a step's state, then its action");
+    assert_eq!(steps[1][7], "popularity", "the policy is shown");
+    let step_numbers: Vec<i64> = steps.iter().map(|r| r[0].parse().unwrap_or(-1)).collect();
+    assert!(step_numbers.windows(2).all(|w| w[0] <= w[1]), "in step order: {step_numbers:?}");
+
+    let day_actions = cqlsh_rows(&q("day_actions"));
+    let that_day = actions.iter().filter(|m| day_of(m.ts_ms) == action_day).count();
+    assert_eq!(day_actions.len(), that_day.min(20));
+
+    let rates = cqlsh_rows(&q("reward_rate"));
+    let per_day: Vec<(f64, f64)> =
+        rates.iter().map(|r| (r[1].parse().unwrap_or(f64::NAN), r[2].parse().unwrap_or(f64::NAN))).collect();
+    let steps_total: f64 = per_day.iter().map(|(_, n)| n).sum();
+    let rewards: f64 = per_day.iter().map(|(r, n)| r * n).sum();
+    assert_eq!(steps_total as u64, sim.steps, "one reward per answered step: {rates:?}");
+    assert!((rewards / steps_total - sim.reward_rate).abs() < 1e-3, "{rates:?} vs the env's {}", sim.reward_rate);
+
+    let user_episodes = cqlsh_rows(&q("user_episodes"));
+    let of_user: BTreeSet<&str> = states.iter().filter(|m| &m.user_id == user).map(|m| m.episode_id.as_str()).collect();
+    assert_eq!(user_episodes.len(), of_user.len(), "{user_episodes:?}");
+    let returns: f64 = user_episodes.iter().map(|r| r[3].parse::<f64>().unwrap_or(f64::NAN)).sum();
+    let expected_return: f64 =
+        states.iter().filter(|m| &m.user_id == user && m.step > 0 && m.attempt == 0).map(|m| m.reward).sum();
+    assert!((returns - expected_return).abs() < 1e-9, "episode returns {returns} vs {expected_return}");
+
+    let runs = cqlsh_rows(&q("last_runs"));
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r[1] == "ok"), "{runs:?}");
+    assert!(cqlsh_rows(&q("rejected")).is_empty());
+
+    // The report: a PNG of the size asked for, and the numbers it plotted.
+    let png = a.dir.path().join("report.png");
+    let json = a.dir.path().join("report.json");
+    let (png_s, json_s) = (png.display().to_string(), json.display().to_string());
+    let out = archiver(&[
+        "report",
+        "--keyspace",
+        &a.keyspace,
+        "--cassandra-nodes",
+        &cassandra_node(),
+        "--out",
+        &png_s,
+        "--json",
+        &json_s,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    check_png(&png, 1200, 900);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default()).unwrap_or_default();
+    assert_eq!(report["episodes"].as_array().map(Vec::len), Some(episodes));
+    a.drop_all().await;
+}
+
+/// `YYYY-MM-DD` (UTC) of a Unix timestamp in milliseconds, as the archive's `day` columns.
+fn archiver_day(ts_ms: i64) -> String {
+    let days = ts_ms.div_euclid(86_400_000);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    format!("{:04}-{m:02}-{d:02}", yoe + era * 400 + i64::from(m <= 2))
+}
+
+fn check_png(path: &Path, width: u32, height: u32) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(bytes.len() > 10_000, "a {} byte PNG is too small to hold two charts", bytes.len());
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let dim = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    assert_eq!((dim(16), dim(20)), (width, height));
+}
+
+// ---------------------------------------------------------------------------- crashes
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_write_and_commit_and_sigkill_mid_run_then_rerun_keep_one_row_per_message() {
+    let a = Archive::new("archcrash").await;
+    let first = produce_episodes(&a.topics, "crash1", 60, 20).await;
+
+    // Abort after the rows of batch 3 are written, before its offsets are committed.
+    let (out, _) = a.run_once(&["--batch-size", "300", "--abort-before-commit", "3"]).await;
+    assert_eq!(out.status.signal(), Some(6), "the hook aborts the process: {}", text(&out));
+    let committed = a.committed_total();
+    assert_eq!(committed, 600, "two batches of 300 were committed");
+    let rows = a.count("steps").await;
+    assert!(rows > committed, "batch 3's rows ({rows} rows) were written but not committed ({committed})");
+
+    let (out, summary) = a.run_once(&[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        summary["messages"].as_object().map(|m| m.values().map(n).sum::<i64>()),
+        Some(first.messages() - 600),
+        "the re-run copies from the committed offsets: {summary}"
+    );
+    assert_eq!(a.counts().await, [first.messages(), first.states, first.actions, first.episodes]);
+
+    // SIGKILL at an arbitrary point of a run with many small batches.
+    let second = produce_episodes(&a.topics, "crash2", 200, 20).await;
+    let before = a.committed_total();
+    let mut args = vec!["run-once".to_string()];
+    args.extend(a.flags());
+    args.extend(["--batch-size".into(), "100".into()]);
+    let mut child = Command::new(archiver_bin())
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    for _ in 0..600 {
+        if a.committed_total() > before + 500 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.start_kill().unwrap_or_else(|e| panic!("kill: {e}"));
+    let status = child.wait().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.signal(), Some(9), "the run was killed before it finished: {status:?}");
+    let total = first.messages() + second.messages();
+    assert!(a.committed_total() < total, "killed mid-run");
+
+    let (out, _) = a.run_once(&[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        a.counts().await,
+        [total, first.states + second.states, first.actions + second.actions, first.episodes + second.episodes],
+        "exactly one row per message after the re-runs"
+    );
+    assert_eq!(a.committed_total(), total);
+    // Episodes that straddled a crash were summarised from their rows read back from `steps`:
+    // 20 steps, a reward every third step (6), the re-sent state at step 1 counted once.
+    let episodes = a
+        .session
+        .query_unpaged(format!("SELECT steps, episode_return FROM {}.episodes_by_user", a.keyspace), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_rows_result()
+        .unwrap_or_else(|e| panic!("{e}"));
+    for row in episodes.rows::<(i32, f64)>().unwrap_or_else(|e| panic!("{e}")) {
+        assert_eq!(row.unwrap_or_else(|e| panic!("{e}")), (20, 6.0));
+    }
+    a.drop_all().await;
+}
+
+// ---------------------------------------------------------------------------- rejected messages
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_messages_land_in_rejected_with_reason_and_position_and_the_run_goes_on() {
+    let a = Archive::new("archrej").await;
+    let good = produce_episodes(&a.topics, "rej", 3, 4).await;
+    let p = producer();
+    let mut bad_action = examples::action();
+    bad_action.ps = 2.0;
+    let bad = [
+        (a.topics.state.clone(), Some(b"this is not json".to_vec()), "wire format"),
+        (a.topics.state.clone(), Some(wire::frame(1, b"{oops")), "invalid json"),
+        (a.topics.action.clone(), Some(wire::frame(1, &serde_json::to_vec(&bad_action).unwrap_or_default())), "/ps"),
+        (a.topics.action.clone(), None, "null value"),
+    ];
+    let mut expected = Vec::new();
+    for (topic, payload, why) in &bad {
+        let (partition, offset) = send(&p, topic, Some("ep-bad"), payload.clone(), None).await;
+        expected.push((topic.clone(), partition, offset, *why));
+    }
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: dlq::REASON, value: Some("bad wire format: unknown magic byte") })
+        .insert(Header { key: dlq::SOURCE_TOPIC, value: Some(a.topics.action.as_str()) })
+        .insert(Header { key: dlq::SOURCE_PARTITION, value: Some("4") })
+        .insert(Header { key: dlq::SOURCE_OFFSET, value: Some("17") });
+    send(&p, &a.topics.dead_letter, Some("ep-junk"), Some(b"junk".to_vec()), Some(headers)).await;
+
+    let (out, summary) = a.run_once(&["--ttl", "30days"]).await;
+    assert!(out.status.success(), "rejections do not fail the run: {}", text(&out));
+    assert_eq!(n(&summary["rejected"]), 4, "{summary}");
+    assert_eq!(n(&summary["rows"]["rejected"]), 4, "{summary}");
+    assert_eq!(n(&summary["rows"]["dead_letters"]), 1, "{summary}");
+    assert_eq!(n(&summary["messages"][&a.topics.state]), good.states + 2, "{summary}");
+    assert_eq!(a.counts().await, [good.messages(), good.states, good.actions, good.episodes]);
+
+    let rows = a
+        .session
+        .query_unpaged(
+            format!("SELECT kafka_topic, kafka_partition, kafka_offset, reason FROM {}.rejected", a.keyspace),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_rows_result()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut got: Vec<(String, i32, i64, String)> =
+        rows.rows().unwrap_or_else(|e| panic!("{e}")).map(|r| r.unwrap_or_else(|e| panic!("{e}"))).collect();
+    got.sort();
+    expected.sort();
+    assert_eq!(got.len(), 4, "{got:?}");
+    for ((t, p, o, reason), (et, ep, eo, why)) in got.iter().zip(&expected) {
+        assert_eq!((t, p, o), (et, ep, eo), "topic, partition and offset of the message");
+        assert!(reason.contains(why), "reason '{reason}' should mention '{why}'");
+    }
+
+    let dead = a
+        .session
+        .query_unpaged(
+            format!("SELECT reason, source_topic, source_partition, source_offset FROM {}.dead_letters", a.keyspace),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_rows_result()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dead: Vec<(String, String, i32, i64)> =
+        dead.rows().unwrap_or_else(|e| panic!("{e}")).map(|r| r.unwrap_or_else(|e| panic!("{e}"))).collect();
+    assert_eq!(dead, vec![("bad wire format: unknown magic byte".into(), a.topics.action.clone(), 4, 17)]);
+
+    // --ttl: every archived row expires, none sooner than asked.
+    for (table, column) in [("steps", "env_id"), ("rejected", "reason"), ("episodes_by_user", "env_id")] {
+        let ttl = a
+            .session
+            .query_unpaged(format!("SELECT TTL({column}) FROM {}.{table} LIMIT 1", a.keyspace), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_rows_result()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .first_row::<(Option<i32>,)>()
+            .unwrap_or_else(|e| panic!("{table}: {e}"))
+            .0;
+        assert!(ttl.is_some_and(|t| t > 30 * 86_400 - 600 && t <= 30 * 86_400), "{table}: TTL {ttl:?}");
+    }
+    a.drop_all().await;
+}
+
+// ---------------------------------------------------------------------------- daily
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_runs_at_its_time_and_stops_on_sigterm() {
+    let a = Archive::new("archdaily").await;
+    let p = produce_episodes(&a.topics, "daily", 10, 5).await;
+    // The next whole minute, with at least 10 s to start.
+    let now_s = common::kafka::now_ms() / 1000;
+    let at_s = (now_s + 10) / 60 * 60 + 60;
+    let at = format!("{:02}:{:02}", at_s / 3600 % 24, at_s / 60 % 60);
+    let json = a.dir.path().join("daily.json");
+    let mut args = vec!["daily".to_string(), "--at".into(), at.clone()];
+    args.extend(a.flags());
+    args.extend(["--summary-json".into(), json.display().to_string()]);
+    let mut child = Command::new(archiver_bin())
+        .args(&args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    let mut waited = 0;
+    while !json.exists() {
+        assert!(waited < 200, "no daily run by {at} UTC");
+        assert!(child.try_wait().ok().flatten().is_none(), "daily exited before its run");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        waited += 1;
+    }
+    assert!(common::kafka::now_ms() / 1000 >= at_s, "the run started at {at}, not before");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default()).unwrap_or_default();
+    assert_eq!(summary["outcome"], "ok", "{summary}");
+    assert_eq!(a.counts().await, [p.messages(), p.states, p.actions, p.episodes]);
+    assert!(child.try_wait().ok().flatten().is_none(), "daily keeps running after its run");
+
+    let pid = child.id().unwrap_or_else(|| panic!("no pid"));
+    let term = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    assert!(term.is_ok_and(|s| s.success()));
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("daily did not stop within 20 s of SIGTERM"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
+    a.drop_all().await;
+}
