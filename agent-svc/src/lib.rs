@@ -179,18 +179,8 @@ pub async fn drive<L: AgentLink>(
 /// `agent-svc run`: joins the group and answers until SIGTERM; returns the counters.
 pub async fn run(cfg: RunArgs, shutdown: CancellationToken) -> anyhow::Result<AgentStats> {
     use common::registry::Registry;
-    use protocol::{schema::schema_of, topics::value_subject};
 
-    let registry = Registry::new(&cfg.registry);
-    let state_id = registry
-        .register(&value_subject(&cfg.topics.state_topic), &schema_of::<StateMsg>())
-        .await
-        .context("failed to register the state schema")?;
-    let action_id = registry
-        .register(&value_subject(&cfg.topics.action_topic), &schema_of::<ActionMsg>())
-        .await
-        .context("failed to register the action schema")?;
-    let (state_codec, action_codec) = (Codec::new(state_id)?, Codec::new(action_id)?);
+    let (state_codec, action_codec) = Registry::new(&cfg.registry).step_codecs(&cfg.topics).await?;
     let mut link =
         link::KafkaAgentLink::connect(&cfg.kafka, &cfg.tuning, cfg.topics.clone(), &cfg.group_id, &cfg.offset_reset)?;
     let mut core = cfg.agent.try_build()?;

@@ -104,3 +104,25 @@ impl Registry {
         })
     }
 }
+
+impl Registry {
+    /// Registers the schemas of both step subjects of `topics` (idempotent: an identical schema
+    /// keeps its id; an incompatible one is refused by the registry) and returns the codecs that
+    /// frame with their ids.
+    pub async fn step_codecs(
+        &self,
+        topics: &crate::kafka::Topics,
+    ) -> anyhow::Result<(protocol::Codec<protocol::StateMsg>, protocol::Codec<protocol::ActionMsg>)> {
+        use anyhow::Context;
+        use protocol::{schema::schema_of, topics::value_subject, ActionMsg, StateMsg};
+        let state_id = self
+            .register(&value_subject(&topics.state_topic), &schema_of::<StateMsg>())
+            .await
+            .context("failed to register the state schema")?;
+        let action_id = self
+            .register(&value_subject(&topics.action_topic), &schema_of::<ActionMsg>())
+            .await
+            .context("failed to register the action schema")?;
+        Ok((protocol::Codec::new(state_id)?, protocol::Codec::new(action_id)?))
+    }
+}

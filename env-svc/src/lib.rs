@@ -168,21 +168,11 @@ pub fn engine_for(cfg: &config::EpisodeArgs, dataset: Arc<data::Dataset>, env_id
 /// returns the summary (also written to `--summary-json`).
 pub async fn run(cfg: config::RunArgs, shutdown: CancellationToken) -> anyhow::Result<Summary> {
     use common::registry::Registry;
-    use protocol::{schema::schema_of, topics::value_subject};
 
     let (dataset_args, quiet) = (cfg.dataset.clone(), cfg.quiet);
     let dataset = tokio::task::spawn_blocking(move || dataset_args.load(quiet)).await.context("loader panicked")??;
     tracing::info!(products = dataset.products.len(), users = dataset.users.len(), "dataset loaded");
-    let registry = Registry::new(&cfg.registry);
-    let state_id = registry
-        .register(&value_subject(&cfg.topics.state_topic), &schema_of::<StateMsg>())
-        .await
-        .context("failed to register the state schema")?;
-    let action_id = registry
-        .register(&value_subject(&cfg.topics.action_topic), &schema_of::<ActionMsg>())
-        .await
-        .context("failed to register the action schema")?;
-    let (state_codec, action_codec) = (Codec::new(state_id)?, Codec::new(action_id)?);
+    let (state_codec, action_codec) = Registry::new(&cfg.registry).step_codecs(&cfg.topics).await?;
 
     let mut link = link::KafkaEnvLink::connect(&cfg.kafka, &cfg.tuning, cfg.topics.clone()).await?;
     let run_id = cfg.run_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_string());

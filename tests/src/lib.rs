@@ -217,3 +217,30 @@ pub fn committed_offsets(group: &str, topic: &str) -> anyhow::Result<std::collec
         })
         .collect())
 }
+
+/// The repo's sample dataset (`data/sample`) with the default preprocessing.
+pub fn sample_dataset() -> env_svc::data::Dataset {
+    let args = env_svc::data::DatasetArgs { dataset: repo_root().join("data/sample"), ..Default::default() };
+    args.load(true).unwrap_or_else(|e| panic!("sample dataset: {e}"))
+}
+
+/// States as read back from a topic, each with its record key.
+pub type KeyedStates = Vec<(Option<Vec<u8>>, protocol::StateMsg)>;
+
+/// What a run left on its topics: every state with its key, and every decodable action (the
+/// action topic may hold injected poison).
+pub fn read_run(topics: &TestTopics) -> anyhow::Result<(KeyedStates, Vec<protocol::ActionMsg>)> {
+    let states_codec: protocol::Codec<protocol::StateMsg> = protocol::Codec::new(0)?;
+    let actions_codec: protocol::Codec<protocol::ActionMsg> = protocol::Codec::new(0)?;
+    let mut states = Vec::new();
+    for r in read_topic(&topics.state)? {
+        let state =
+            states_codec.decode(&r.payload).map_err(|e| anyhow::anyhow!("a state on the topic is invalid: {e}"))?;
+        states.push((r.key, state.msg));
+    }
+    let actions = read_topic(&topics.action)?
+        .into_iter()
+        .filter_map(|r| actions_codec.decode(&r.payload).ok().map(|d| d.msg))
+        .collect();
+    Ok((states, actions))
+}

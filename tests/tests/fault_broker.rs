@@ -5,8 +5,7 @@ use std::{process::Command, time::Duration};
 
 use clap::Parser;
 use env_svc::checker::check_run;
-use protocol::{ActionMsg, Codec, StateMsg};
-use streamrec_tests::{read_topic, repo_root, stack_cache, TestTopics};
+use streamrec_tests::{repo_root, stack_cache, TestTopics};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -50,14 +49,7 @@ fn run_dir() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_mid_run_loses_no_step() {
     let sample = repo_root().join("data/sample").display().to_string();
-    let dataset = {
-        #[derive(Parser)]
-        struct D {
-            #[command(flatten)]
-            d: env_svc::data::DatasetArgs,
-        }
-        D::parse_from(["d", "--dataset", &sample]).d.load(true).unwrap_or_else(|e| panic!("{e}"))
-    };
+    let dataset = streamrec_tests::sample_dataset();
     let topics = TestTopics::create("fault").await.unwrap_or_else(|e| panic!("{e}"));
     let episodes = 300;
     let mut env_args =
@@ -99,18 +91,7 @@ async fn broker_killed_mid_run_loses_no_step() {
     agent_task.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("agent failed: {e:#}"));
     assert_eq!(summary.episodes, episodes as u64, "{summary}");
 
-    let sc: Codec<StateMsg> = Codec::new(0).unwrap_or_else(|e| panic!("{e}"));
-    let ac: Codec<ActionMsg> = Codec::new(0).unwrap_or_else(|e| panic!("{e}"));
-    let states: Vec<_> = read_topic(&topics.state)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .map(|r| (r.key, sc.decode(&r.payload).unwrap_or_else(|e| panic!("{e}")).msg))
-        .collect();
-    let actions: Vec<_> = read_topic(&topics.action)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .map(|r| ac.decode(&r.payload).unwrap_or_else(|e| panic!("{e}")).msg)
-        .collect();
+    let (states, actions) = streamrec_tests::read_run(&topics).unwrap_or_else(|e| panic!("{e}"));
     let violations = check_run(&dataset, 50, &states, &actions, &summary);
     assert!(violations.is_empty(), "{:?}", &violations[..violations.len().min(5)]);
     drop(guard);

@@ -10,8 +10,8 @@ use std::{
 
 use clap::Parser;
 use env_svc::checker::check_run;
-use protocol::{ActionMsg, Codec, StateMsg};
-use streamrec_tests::{read_topic, repo_root, topic_size, unique, TestTopics};
+use protocol::ActionMsg;
+use streamrec_tests::{repo_root, topic_size, unique, TestTopics};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -91,26 +91,8 @@ async fn survivors_take_over_a_killed_replica_and_every_episode_completes() {
         .unwrap_or_else(|e| panic!("env run failed: {e:#}"));
     assert_eq!(summary.episodes, episodes as u64, "{summary}");
 
-    let sc: Codec<StateMsg> = Codec::new(0).unwrap_or_else(|e| panic!("{e}"));
-    let ac: Codec<ActionMsg> = Codec::new(0).unwrap_or_else(|e| panic!("{e}"));
-    let states: Vec<_> = read_topic(&topics.state)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .map(|r| (r.key, sc.decode(&r.payload).unwrap_or_else(|e| panic!("{e}")).msg))
-        .collect();
-    let actions: Vec<ActionMsg> = read_topic(&topics.action)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .map(|r| ac.decode(&r.payload).unwrap_or_else(|e| panic!("{e}")).msg)
-        .collect();
-    let dataset = {
-        #[derive(Parser)]
-        struct D {
-            #[command(flatten)]
-            d: env_svc::data::DatasetArgs,
-        }
-        D::parse_from(["d", "--dataset", &sample]).d.load(true).unwrap_or_else(|e| panic!("{e}"))
-    };
+    let (states, actions) = streamrec_tests::read_run(&topics).unwrap_or_else(|e| panic!("{e}"));
+    let dataset = streamrec_tests::sample_dataset();
     // Replicas answer with their own (independently learned) choices, so the checker runs on the
     // first answer per step: the one the env accepted, as the order within a partition is kept.
     let mut first: HashMap<(String, u32), ActionMsg> = HashMap::new();

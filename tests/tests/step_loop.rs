@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use clap::Parser;
 use env_svc::{checker::check_run, data::Dataset};
 use protocol::{wire, ActionMsg, Codec, StateMsg};
-use streamrec_tests::{read_topic, repo_root, TestTopics};
+use streamrec_tests::{read_run, read_topic, repo_root, TestTopics};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -93,15 +93,7 @@ async fn run_over_kafka(
 }
 
 fn check_topics(dataset: &Dataset, topics: &TestTopics, summary: &env_svc::metrics::Summary) -> (usize, usize) {
-    let states: Vec<(Option<Vec<u8>>, StateMsg)> =
-        decode_all(read_topic(&topics.state).unwrap_or_else(|e| panic!("{e}")).into_iter().map(|r| (r.key, r.payload)));
-    // The action topic may hold injected poison; the checker judges the decodable actions.
-    let action_codec: Codec<ActionMsg> = Codec::new(0).unwrap_or_else(|e| panic!("{e}"));
-    let actions: Vec<ActionMsg> = read_topic(&topics.action)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .filter_map(|r| action_codec.decode(&r.payload).ok().map(|d| d.msg))
-        .collect();
+    let (states, actions) = read_run(topics).unwrap_or_else(|e| panic!("{e}"));
     let violations = check_run(dataset, 50, &states, &actions, summary);
     assert!(
         violations.is_empty(),
