@@ -29,6 +29,8 @@ pub struct AgentStats {
     pub terminal: u64,
     /// States older than the age limit, skipped unanswered.
     pub skipped_old: u64,
+    /// Re-delivered states of steps older than the episode's last answered one, skipped.
+    pub redelivered_old: u64,
     /// Records that could not be decoded (dead-lettered).
     pub dead_letters: u64,
 }
@@ -112,6 +114,13 @@ impl AgentCore {
                 continue;
             }
             let last = self.last.get(&state.episode_id);
+            // A step older than the one last answered comes back after a rebalance or a broker
+            // failover (re-read from the committed offset): the env has moved past it, so it is
+            // neither answered again nor allowed to overwrite the newer memory.
+            if last.is_some_and(|l| state.step < l.step) {
+                self.stats.redelivered_old += 1;
+                continue;
+            }
             if let Some(action) = last.filter(|l| l.step == state.step).map(|l| l.action) {
                 if !terminal {
                     self.stats.reanswered += 1;
@@ -135,7 +144,9 @@ impl AgentCore {
             }
             if terminal {
                 self.stats.terminal += 1;
-                self.last.remove(&state.episode_id);
+                // Remembered as finished, so that re-delivered older steps stay unanswered.
+                let done = Last { step: state.step, action: 0, prev: state.clone(), at_ms: now_ms };
+                self.last.insert(state.episode_id.clone(), done);
             } else {
                 queued.insert((state.episode_id.as_str(), state.step), i);
                 to_act.push(i);
@@ -234,6 +245,13 @@ mod tests {
         core.handle(&[state("e", 1, 5, 1.0)], 1_000);
         core.handle(&[state("e", 1, 5, 1.0)], 1_000);
         assert_eq!((core.stats.learned, core.stats.reanswered), (1, 21));
+        // Step 0 of `e` re-delivered after step 1 was answered: skipped, memory kept.
+        let old = core.handle(&[state("e", 0, 4, 0.0)], 1_000);
+        assert!(old[0].is_none());
+        assert_eq!(core.stats.redelivered_old, 1);
+        let again = core.handle(&[state("e", 1, 5, 1.0)], 1_000)[0].clone();
+        assert!(again.is_some(), "step 1 is still re-answered after the old copy");
+        assert_eq!(core.stats.learned, 1);
         assert_eq!(core.stats.reward_sum, 1.0);
     }
 }
