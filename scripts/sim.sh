@@ -15,7 +15,7 @@ rm -f "$out/summary.json"
 
 scripts/libtorch.sh
 echo "==> building (release)"
-cargo build --release --locked -p env-svc -p agent-svc -p sim -p archiver
+cargo build --release --locked -p env-svc -p agent-svc -p sim
 bin=${CARGO_TARGET_DIR:-target}/release
 
 case $TRANSPORT in
