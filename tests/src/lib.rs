@@ -244,3 +244,50 @@ pub fn read_run(topics: &TestTopics) -> anyhow::Result<(KeyedStates, Vec<protoco
         .collect();
     Ok((states, actions))
 }
+
+#[derive(Debug, clap::Parser)]
+struct EnvCli {
+    #[command(flatten)]
+    run: env_svc::config::RunArgs,
+}
+
+#[derive(Debug, clap::Parser)]
+struct AgentCli {
+    #[command(flatten)]
+    run: agent_svc::RunArgs,
+}
+
+/// Runs env-svc (`episodes` episodes on the sample, plus `extra` flags) and an agent-svc with
+/// `policy` in this process over `topics`, the agent in a fresh group reading from the start;
+/// returns the env's summary once every episode ended.
+pub async fn simulate_over_kafka(
+    topics: &TestTopics,
+    episodes: usize,
+    policy: &str,
+    extra: &[&str],
+) -> env_svc::metrics::Summary {
+    use clap::Parser;
+    use tokio_util::sync::CancellationToken;
+    let sample = repo_root().join("data/sample").display().to_string();
+    let mut env_args =
+        vec!["env-svc".to_string(), "--dataset".into(), sample, "--episodes".into(), episodes.to_string()];
+    env_args.push("--quiet".into());
+    env_args.extend(topics.flags());
+    env_args.extend(extra.iter().map(|s| s.to_string()));
+    let env = EnvCli::parse_from(env_args).run;
+    let mut agent_args =
+        vec!["agent-svc".to_string(), "--policy".into(), policy.into(), "--group-id".into(), unique("agents")];
+    agent_args.extend(["--offset-reset".into(), "earliest".into()]);
+    agent_args.extend(topics.flags());
+    let agent = AgentCli::parse_from(agent_args).run;
+
+    let stop_agent = CancellationToken::new();
+    let agent_task = tokio::spawn(agent_svc::run(agent, stop_agent.clone()));
+    let summary = tokio::time::timeout(Duration::from_secs(300), env_svc::run(env, CancellationToken::new()))
+        .await
+        .unwrap_or_else(|_| panic!("the run did not finish within 300 s"))
+        .unwrap_or_else(|e| panic!("env run failed: {e:#}"));
+    stop_agent.cancel();
+    agent_task.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("agent failed: {e:#}"));
+    summary
+}

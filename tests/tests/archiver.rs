@@ -12,7 +12,6 @@ use std::{
     time::Duration,
 };
 
-use clap::Parser;
 use protocol::{messages::examples, topics::dead_letter as dlq, wire, ActionMsg, Codec, StateMsg};
 use rdkafka::{
     message::{Header, OwnedHeaders},
@@ -24,7 +23,6 @@ use streamrec_tests::{
     archiver_bin, cassandra_node, committed_offsets, cqlsh, kafka_config, read_topic, repo_root, unique, TestTopics,
 };
 use tokio::process::Command;
-use tokio_util::sync::CancellationToken;
 
 /// Topics, keyspace (created by `archiver init`) and consumer group of one test.
 struct Archive {
@@ -225,38 +223,8 @@ fn n(v: &Value) -> i64 {
 
 // ---------------------------------------------------------------------------- simulation + cqlsh
 
-#[derive(Debug, Parser)]
-struct EnvCli {
-    #[command(flatten)]
-    run: env_svc::config::RunArgs,
-}
-
-#[derive(Debug, Parser)]
-struct AgentCli {
-    #[command(flatten)]
-    run: agent_svc::RunArgs,
-}
-
 async fn simulate(topics: &TestTopics, episodes: usize) -> env_svc::metrics::Summary {
-    let sample = repo_root().join("data/sample").display().to_string();
-    let mut env_args =
-        vec!["env-svc".to_string(), "--dataset".into(), sample, "--episodes".into(), episodes.to_string()];
-    env_args.extend(["--quiet".into(), "--concurrency".into(), "8".into()]);
-    env_args.extend(topics.flags());
-    let env = EnvCli::parse_from(env_args).run;
-    let mut agent_args = vec!["agent-svc".to_string(), "--policy".into(), "popularity".into()];
-    agent_args.extend(["--group-id".into(), unique("agents"), "--offset-reset".into(), "earliest".into()]);
-    agent_args.extend(topics.flags());
-    let agent = AgentCli::parse_from(agent_args).run;
-    let stop_agent = CancellationToken::new();
-    let agent_task = tokio::spawn(agent_svc::run(agent, stop_agent.clone()));
-    let summary = tokio::time::timeout(Duration::from_secs(300), env_svc::run(env, CancellationToken::new()))
-        .await
-        .unwrap_or_else(|_| panic!("the simulation did not finish within 300 s"))
-        .unwrap_or_else(|e| panic!("env run failed: {e:#}"));
-    stop_agent.cancel();
-    agent_task.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("agent failed: {e:#}"));
-    summary
+    streamrec_tests::simulate_over_kafka(topics, episodes, "popularity", &["--concurrency", "8"]).await
 }
 
 /// The named queries of `archiver/queries.cql` (a `-- name: ...` line, then the query line).

@@ -11,18 +11,6 @@ use streamrec_tests::{read_run, read_topic, repo_root, TestTopics};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-struct EnvCli {
-    #[command(flatten)]
-    run: env_svc::config::RunArgs,
-}
-
-#[derive(Debug, Parser)]
-struct AgentCli {
-    #[command(flatten)]
-    run: agent_svc::RunArgs,
-}
-
-#[derive(Debug, Parser)]
 struct SimCli {
     #[command(flatten)]
     dataset: env_svc::data::DatasetArgs,
@@ -51,45 +39,13 @@ fn decode_all<T: serde::de::DeserializeOwned + schemars::JsonSchema + serde::Ser
         .collect()
 }
 
-/// Runs env-svc (`episodes` episodes) and agent-svc in this process over `topics`; returns the
-/// env summary. `extra` flags go to the env.
 async fn run_over_kafka(
     topics: &TestTopics,
     episodes: usize,
     policy: &str,
     extra: &[&str],
 ) -> env_svc::metrics::Summary {
-    let mut env_args = vec![
-        "env-svc".to_string(),
-        "--dataset".into(),
-        sample(),
-        "--episodes".into(),
-        episodes.to_string(),
-        "--quiet".into(),
-    ];
-    env_args.extend(topics.flags());
-    env_args.extend(extra.iter().map(|s| s.to_string()));
-    let env = EnvCli::parse_from(env_args).run;
-    let mut agent_args = vec![
-        "agent-svc".to_string(),
-        "--policy".into(),
-        policy.into(),
-        "--group-id".into(),
-        streamrec_tests::unique("agents"),
-    ];
-    agent_args.extend(["--offset-reset".into(), "earliest".into()]);
-    agent_args.extend(topics.flags());
-    let agent = AgentCli::parse_from(agent_args).run;
-
-    let stop_agent = CancellationToken::new();
-    let agent_task = tokio::spawn(agent_svc::run(agent, stop_agent.clone()));
-    let summary = tokio::time::timeout(Duration::from_secs(300), env_svc::run(env, CancellationToken::new()))
-        .await
-        .unwrap_or_else(|_| panic!("the run did not finish within 300 s"))
-        .unwrap_or_else(|e| panic!("env run failed: {e:#}"));
-    stop_agent.cancel();
-    agent_task.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("agent failed: {e:#}"));
-    summary
+    streamrec_tests::simulate_over_kafka(topics, episodes, policy, extra).await
 }
 
 fn check_topics(dataset: &Dataset, topics: &TestTopics, summary: &env_svc::metrics::Summary) -> (usize, usize) {
