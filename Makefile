@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 STACK := deploy/local/stack.sh
 
-.PHONY: help sim test bench eval libtorch stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build
+.PHONY: help sim test bench eval recogym libtorch stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ compose-check: ## validate docker-compose.yml without a Docker engine
 
 eval: ## train each policy on train users, evaluate on test users: target/eval/report.json + PNG
 	@scripts/eval.sh
+
+recogym: ## RecoGym A/B test through the pipeline (paper's Table 1/Fig 4): target/recogym/ab.json + PNG
+	@scripts/recogym.sh
 
 bench: ## benchmarks with baselines in the same run; writes target/bench/report.json
 	@scripts/bench.sh

@@ -6,11 +6,11 @@
 
 use std::collections::HashMap;
 
-use protocol::{ActionMsg, StateMsg, SCHEMA_VERSION};
+use protocol::{ActionMsg, StateMsg, StepState, SCHEMA_VERSION};
 use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
 use serde::Serialize;
 
-use crate::policies::{Feedback, Policy};
+use crate::policies::{Choice, Feedback, Policy};
 
 /// What the agent did, for logs and its summary.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -36,25 +36,26 @@ pub struct AgentStats {
 }
 
 #[derive(Debug, Clone)]
-struct Last {
+struct Last<S> {
     step: u32,
-    action: u32,
-    prev: StateMsg,
+    choice: Choice,
+    prev: S,
     at_ms: i64,
 }
 
-/// The agent: a policy plus the memory of its last action per episode.
-pub struct AgentCore {
-    policy: Box<dyn Policy>,
+/// The agent: a policy plus the memory of its last action per episode. `S` is the state
+/// message of the environment it serves (`StateMsg` by default, `RecoStateMsg` for RecoGym).
+pub struct AgentCore<S = StateMsg> {
+    policy: Box<dyn Policy<S>>,
     rng: ChaCha8Rng,
     replica_id: String,
     max_state_age_ms: i64,
-    last: HashMap<String, Last>,
+    last: HashMap<String, Last<S>>,
     /// Counters.
     pub stats: AgentStats,
 }
 
-impl std::fmt::Debug for AgentCore {
+impl<S> std::fmt::Debug for AgentCore<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentCore").field("policy", &self.policy.name()).field("replica_id", &self.replica_id).finish()
     }
@@ -63,10 +64,10 @@ impl std::fmt::Debug for AgentCore {
 /// Episodes remembered at most; older entries go first when the table is full.
 const MAX_EPISODES: usize = 100_000;
 
-impl AgentCore {
+impl<S: StepState + Clone> AgentCore<S> {
     /// An agent running `policy`, seeded, answering as `replica_id`; states older than
     /// `max_state_age_ms` (e.g. a backlog left by a dead run) are skipped.
-    pub fn new(policy: Box<dyn Policy>, seed: u64, replica_id: String, max_state_age_ms: i64) -> Self {
+    pub fn new(policy: Box<dyn Policy<S>>, seed: u64, replica_id: String, max_state_age_ms: i64) -> Self {
         Self {
             policy,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -78,12 +79,12 @@ impl AgentCore {
     }
 
     /// The policy, e.g. to evaluate or checkpoint it after a run.
-    pub fn policy_mut(&mut self) -> &mut dyn Policy {
+    pub fn policy_mut(&mut self) -> &mut dyn Policy<S> {
         self.policy.as_mut()
     }
 
     /// Gives up the agent and keeps its policy (e.g. to evaluate it after training).
-    pub fn into_policy(self) -> Box<dyn Policy> {
+    pub fn into_policy(self) -> Box<dyn Policy<S>> {
         self.policy
     }
 
@@ -94,7 +95,7 @@ impl AgentCore {
 
     /// Answers a batch of states: `Some(action)` per state that needs one, `None` for terminal
     /// or too old states.
-    pub fn handle(&mut self, states: &[StateMsg], now_ms: i64) -> Vec<Option<ActionMsg>> {
+    pub fn handle(&mut self, states: &[S], now_ms: i64) -> Vec<Option<ActionMsg>> {
         let mut out: Vec<Option<ActionMsg>> = vec![None; states.len()];
         let mut to_act = Vec::new();
         // Copies of one step within a batch (re-sends that queued up) share one choice.
@@ -102,63 +103,64 @@ impl AgentCore {
         let mut copies = Vec::new();
         for (i, state) in states.iter().enumerate() {
             self.stats.states += 1;
-            if now_ms - state.ts_ms > self.max_state_age_ms {
+            if now_ms - state.ts_ms() > self.max_state_age_ms {
                 self.stats.skipped_old += 1;
                 continue;
             }
-            let terminal = state.terminated || state.truncated;
-            if let Some(&first) = queued.get(&(state.episode_id.as_str(), state.step)) {
+            let terminal = state.terminated() || state.truncated();
+            if let Some(&first) = queued.get(&(state.episode_id(), state.step())) {
                 if !terminal {
                     copies.push((i, first));
                 }
                 continue;
             }
-            let last = self.last.get(&state.episode_id);
+            let last = self.last.get(state.episode_id());
             // A step older than the one last answered comes back after a rebalance or a broker
             // failover (re-read from the committed offset): the env has moved past it, so it is
             // neither answered again nor allowed to overwrite the newer memory.
-            if last.is_some_and(|l| state.step < l.step) {
+            if last.is_some_and(|l| state.step() < l.step) {
                 self.stats.redelivered_old += 1;
                 continue;
             }
-            if let Some(action) = last.filter(|l| l.step == state.step).map(|l| l.action) {
+            if let Some(choice) = last.filter(|l| l.step == state.step()).map(|l| l.choice.clone()) {
                 if !terminal {
                     self.stats.reanswered += 1;
-                    out[i] = Some(self.action_msg(state, action, 1.0));
+                    out[i] = Some(self.action_msg(state, choice));
                 }
                 continue;
             }
-            let last = last.filter(|l| l.step + 1 == state.step).cloned();
+            let last = last.filter(|l| l.step + 1 == state.step()).cloned();
             self.policy.observe(state);
             if let Some(l) = last {
-                let prev_index = l.prev.observation.index;
+                let prev_index = l.prev.product_index();
                 self.policy.learn(&Feedback {
                     prev: &l.prev,
                     prev_index,
-                    action: l.action,
-                    reward: state.reward,
+                    action: l.choice.action,
+                    reward: state.reward(),
                     next: state,
                 });
                 self.stats.learned += 1;
-                self.stats.reward_sum += state.reward;
+                self.stats.reward_sum += state.reward();
             }
             if terminal {
                 self.stats.terminal += 1;
                 // Remembered as finished, so that re-delivered older steps stay unanswered.
-                let done = Last { step: state.step, action: 0, prev: state.clone(), at_ms: now_ms };
-                self.last.insert(state.episode_id.clone(), done);
+                let choice = Choice { action: 0, ps: 0.0, ps_all: None };
+                let done = Last { step: state.step(), choice, prev: state.clone(), at_ms: now_ms };
+                self.last.insert(state.episode_id().to_string(), done);
             } else {
-                queued.insert((state.episode_id.as_str(), state.step), i);
+                queued.insert((state.episode_id(), state.step()), i);
                 to_act.push(i);
             }
         }
-        let refs: Vec<&StateMsg> = to_act.iter().map(|&i| &states[i]).collect();
-        let choices = self.policy.act(&refs, &mut self.rng);
-        for (&i, (action, ps)) in to_act.iter().zip(choices) {
+        let refs: Vec<&S> = to_act.iter().map(|&i| &states[i]).collect();
+        let choices = self.policy.act_full(&refs, &mut self.rng);
+        for (&i, choice) in to_act.iter().zip(choices) {
             let state = &states[i];
-            let last = Last { step: state.step, action, prev: state.clone(), at_ms: now_ms };
-            self.last.insert(state.episode_id.clone(), last);
-            out[i] = Some(self.action_msg(state, action, ps));
+            out[i] = Some(self.action_msg(state, choice.clone()));
+            let last = Last { step: state.step(), choice, prev: state.clone(), at_ms: now_ms };
+            self.last.insert(state.episode_id().to_string(), last);
         }
         for (i, first) in copies {
             self.stats.reanswered += 1;
@@ -169,17 +171,18 @@ impl AgentCore {
         out
     }
 
-    fn action_msg(&self, state: &StateMsg, action: u32, ps: f64) -> ActionMsg {
+    fn action_msg(&self, state: &S, choice: Choice) -> ActionMsg {
         ActionMsg {
             schema_version: SCHEMA_VERSION,
-            env_id: state.env_id.clone(),
-            episode_id: state.episode_id.clone(),
-            step: state.step,
-            action,
-            ps: ps.clamp(0.0, 1.0),
+            env_id: state.env_id().to_string(),
+            episode_id: state.episode_id().to_string(),
+            step: state.step(),
+            action: choice.action,
+            ps: choice.ps.clamp(0.0, 1.0),
             policy: self.policy.name().into(),
             replica_id: self.replica_id.clone(),
             model_version: self.policy.model_version(),
+            ps_all: choice.ps_all.map(|all| all.into_iter().map(|p| p.clamp(0.0, 1.0)).collect()),
             ts_ms: common::kafka::now_ms(),
         }
     }

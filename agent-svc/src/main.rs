@@ -1,8 +1,12 @@
 //! `agent-svc` binary: parses config, starts logging and runs a subcommand from the library.
 
 use clap::{Parser, Subcommand};
-use common::{kafka::KafkaArgs, registry::RegistryArgs, telemetry::LogFormat};
-use protocol::topics::{value_subject, ACTION_TOPIC, DEAD_LETTER_TOPIC, STATE_TOPIC};
+use common::{
+    kafka::{EnvKind, KafkaArgs, RecoGymTopics, Topics},
+    registry::RegistryArgs,
+    telemetry::LogFormat,
+};
+use protocol::topics::value_subject;
 
 /// The recommendation agent: answers states with recommended products and learns from the
 /// rewards; talks to the environment only through Kafka.
@@ -23,10 +27,17 @@ enum Command {
     /// Print what this service sees of the stack (brokers, topics, schema subjects) as JSON;
     /// exit non-zero when a topic or subject it needs is missing.
     Check {
+        /// Environment whose topics and subjects to check.
+        #[arg(long = "env", env = "ENV_KIND", value_enum, default_value_t = EnvKind::Fashion)]
+        env: EnvKind,
         #[command(flatten)]
         kafka: KafkaArgs,
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        topics: Topics,
+        #[command(flatten)]
+        recogym_topics: RecoGymTopics,
     },
 }
 
@@ -39,10 +50,11 @@ async fn main() -> anyhow::Result<()> {
             let stats = agent_svc::run(*args, common::shutdown::on_signals()).await?;
             println!("{}", serde_json::to_string(&stats)?);
         }
-        Command::Check { kafka, registry } => {
-            let subjects = [value_subject(STATE_TOPIC), value_subject(ACTION_TOPIC)];
-            let topics = [STATE_TOPIC, ACTION_TOPIC, DEAD_LETTER_TOPIC];
-            let report = common::check::report(&kafka, &registry, &topics, &subjects).await?;
+        Command::Check { env, kafka, registry, topics, recogym_topics } => {
+            let t = topics.of(env, &recogym_topics);
+            let subjects = [value_subject(&t.state_topic), value_subject(&t.action_topic)];
+            let names = [t.state_topic.as_str(), t.action_topic.as_str(), t.dead_letter_topic.as_str()];
+            let report = common::check::report(&kafka, &registry, &names, &subjects).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
     }

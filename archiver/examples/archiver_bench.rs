@@ -179,6 +179,7 @@ fn action(id: &str, step: u32, ts_ms: i64, rng: &mut StdRng, replica: &str) -> A
         policy: "popularity".into(),
         replica_id: replica.into(),
         model_version: None,
+        ps_all: None,
         ts_ms,
     }
 }

@@ -136,3 +136,58 @@ pub struct Topics {
     #[arg(long, env = "DEAD_LETTER_TOPIC", default_value = protocol::topics::DEAD_LETTER_TOPIC)]
     pub dead_letter_topic: String,
 }
+
+/// Which environment a service runs (`--env`); picks the topics and the state message type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EnvKind {
+    /// Amazon Fashion review sequences (`fashion_*` topics, `StateMsg`).
+    #[default]
+    Fashion,
+    /// RecoGym's `reco-gym-v1` simulator (`recogym_*` topics, `RecoStateMsg`).
+    Recogym,
+}
+
+/// Topic names of the RecoGym environment; defaults from the protocol crate, overridable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RecoGymTopics {
+    /// Topic of the RecoGym states (`--env recogym`).
+    #[arg(long, env = "RECOGYM_STATE_TOPIC", default_value = protocol::topics::RECOGYM_STATE_TOPIC)]
+    pub recogym_state_topic: String,
+    /// Topic of the actions answering RecoGym states (`--env recogym`).
+    #[arg(long, env = "RECOGYM_ACTION_TOPIC", default_value = protocol::topics::RECOGYM_ACTION_TOPIC)]
+    pub recogym_action_topic: String,
+    /// Topic of RecoGym records that can never be used (`--env recogym`).
+    #[arg(long, env = "RECOGYM_DEAD_LETTER_TOPIC", default_value = protocol::topics::RECOGYM_DEAD_LETTER_TOPIC)]
+    pub recogym_dead_letter_topic: String,
+}
+
+impl Default for RecoGymTopics {
+    fn default() -> Self {
+        Self {
+            recogym_state_topic: protocol::topics::RECOGYM_STATE_TOPIC.into(),
+            recogym_action_topic: protocol::topics::RECOGYM_ACTION_TOPIC.into(),
+            recogym_dead_letter_topic: protocol::topics::RECOGYM_DEAD_LETTER_TOPIC.into(),
+        }
+    }
+}
+
+impl RecoGymTopics {
+    /// The three topics as the links take them.
+    pub fn topics(&self) -> Topics {
+        Topics {
+            state_topic: self.recogym_state_topic.clone(),
+            action_topic: self.recogym_action_topic.clone(),
+            dead_letter_topic: self.recogym_dead_letter_topic.clone(),
+        }
+    }
+}
+
+impl Topics {
+    /// The topics of `env`: these for the fashion environment, `recogym`'s for RecoGym.
+    pub fn of(&self, env: EnvKind, recogym: &RecoGymTopics) -> Topics {
+        match env {
+            EnvKind::Fashion => self.clone(),
+            EnvKind::Recogym => recogym.topics(),
+        }
+    }
+}

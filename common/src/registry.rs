@@ -108,15 +108,18 @@ impl Registry {
 impl Registry {
     /// Registers the schemas of both step subjects of `topics` (idempotent: an identical schema
     /// keeps its id; an incompatible one is refused by the registry) and returns the codecs that
-    /// frame with their ids.
-    pub async fn step_codecs(
+    /// frame with their ids: states of type `S` (`StateMsg` or `RecoStateMsg`), actions.
+    pub async fn step_codecs<S>(
         &self,
         topics: &crate::kafka::Topics,
-    ) -> anyhow::Result<(protocol::Codec<protocol::StateMsg>, protocol::Codec<protocol::ActionMsg>)> {
+    ) -> anyhow::Result<(protocol::Codec<S>, protocol::Codec<protocol::ActionMsg>)>
+    where
+        S: protocol::Message,
+    {
         use anyhow::Context;
-        use protocol::{schema::schema_of, topics::value_subject, ActionMsg, StateMsg};
+        use protocol::{schema::schema_of, topics::value_subject, ActionMsg};
         let state_id = self
-            .register(&value_subject(&topics.state_topic), &schema_of::<StateMsg>())
+            .register(&value_subject(&topics.state_topic), &schema_of::<S>())
             .await
             .context("failed to register the state schema")?;
         let action_id = self

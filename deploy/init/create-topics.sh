@@ -13,7 +13,8 @@ partitions_override=${TOPIC_PARTITIONS:-}
 KAFKA_TOPICS_CMD=${KAFKA_TOPICS_CMD:-kafka-topics}
 BOOTSTRAP_SERVERS=${BOOTSTRAP_SERVERS:-127.0.0.1:9092}
 
-for topic in "$STATE_TOPIC" "$ACTION_TOPIC" "$DEAD_LETTER_TOPIC"; do
+for topic in "$STATE_TOPIC" "$ACTION_TOPIC" "$DEAD_LETTER_TOPIC" \
+  "$RECOGYM_STATE_TOPIC" "$RECOGYM_ACTION_TOPIC" "$RECOGYM_DEAD_LETTER_TOPIC"; do
   # shellcheck disable=SC2086 # KAFKA_TOPICS_CMD is a command line on purpose
   $KAFKA_TOPICS_CMD --bootstrap-server "$BOOTSTRAP_SERVERS" --create --if-not-exists \
     --topic "$topic" --partitions "$TOPIC_PARTITIONS" \

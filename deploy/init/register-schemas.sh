@@ -1,5 +1,6 @@
 #!/bin/sh
-# Registers the JSON Schemas of both value subjects and sets their compatibility level.
+# Registers the JSON Schemas of the value subjects (fashion and RecoGym states and actions) and
+# sets their compatibility level.
 # Shared by deploy/local/stack.sh and the `init-schemas` service of docker-compose.yml.
 # Idempotent: registering an identical schema returns the existing id.
 #   SCHEMA_REGISTRY_URL  base of the Confluent Schema Registry API
@@ -27,3 +28,5 @@ register() { # subject file
 
 register "$STATE_TOPIC-value" "$SCHEMA_DIR/$STATE_TOPIC-value.json"
 register "$ACTION_TOPIC-value" "$SCHEMA_DIR/$ACTION_TOPIC-value.json"
+register "$RECOGYM_STATE_TOPIC-value" "$SCHEMA_DIR/$RECOGYM_STATE_TOPIC-value.json"
+register "$RECOGYM_ACTION_TOPIC-value" "$SCHEMA_DIR/$RECOGYM_ACTION_TOPIC-value.json"

@@ -332,7 +332,7 @@ status() {
   if alive kafka-0 || alive kafka-1 || alive kafka-2; then
     # shellcheck disable=SC1090
     describe=$(. "$ROOT/deploy/topics.env" && JAVA17=$JAVA STREAMREC_CACHE=$CACHE "$HERE/bin/kafka-topics" --bootstrap-server "$BOOTSTRAP" \
-      --describe --topic "$STATE_TOPIC|$ACTION_TOPIC|$DEAD_LETTER_TOPIC" 2> /dev/null || true)
+      --describe --topic "$STATE_TOPIC|$ACTION_TOPIC|$DEAD_LETTER_TOPIC|$RECOGYM_STATE_TOPIC|$RECOGYM_ACTION_TOPIC|$RECOGYM_DEAD_LETTER_TOPIC" 2> /dev/null || true)
   fi
   alive registry && subjects=$(curl -fsS "$REGISTRY_URL/subjects" 2> /dev/null || echo '[]')
   alive cassandra && keyspaces=$(cqlsh -e 'SELECT keyspace_name FROM system_schema.keyspaces' 2> /dev/null || true)

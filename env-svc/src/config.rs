@@ -4,7 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use common::{
-    kafka::{KafkaArgs, TuningArgs},
+    kafka::{EnvKind, KafkaArgs, RecoGymTopics, TuningArgs},
     registry::RegistryArgs,
 };
 
@@ -16,6 +16,10 @@ use crate::{
 /// `env-svc run`: play episodes against the agent through Kafka.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
+    /// Environment to run: `fashion` (Amazon Fashion review sequences, `--dataset`) or
+    /// `recogym` (the `reco-gym-v1` simulator, `--recogym-*`).
+    #[arg(long = "env", env = "ENV_KIND", value_enum, default_value_t = EnvKind::Fashion)]
+    pub env: EnvKind,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -25,10 +29,15 @@ pub struct RunArgs {
     #[command(flatten)]
     pub topics: Topics,
     #[command(flatten)]
+    pub recogym_topics: RecoGymTopics,
+    #[command(flatten)]
     pub dataset: DatasetArgs,
     #[command(flatten)]
     pub episodes: EpisodeArgs,
-    /// Run id, part of the env id `fashion-v1/<run id>` every message carries (default: random).
+    #[command(flatten)]
+    pub recogym: RecoGymArgs,
+    /// Run id, part of the env id `fashion-v1/<run id>` (`reco-gym-v1/<run id>`) every message
+    /// carries (default: random).
     #[arg(long, env = "RUN_ID")]
     pub run_id: Option<String>,
     /// Also write the end-of-run summary as JSON to this file.
@@ -39,25 +48,26 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 
-/// How many episodes, how they run and which users they replay.
+/// How many episodes, how they run and which users they replay. `--concurrency` and
+/// `--action-timeout` apply to every environment, the others to `fashion` only.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EpisodeArgs {
-    /// Episodes to play; users are replayed in a seeded order, cycling when fewer.
+    /// Episodes to play (fashion); users are replayed in a seeded order, cycling when fewer.
     #[arg(long, env = "EPISODES", default_value_t = 200)]
     pub episodes: usize,
     /// Episodes in flight at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
-    /// Step limit of an episode; a longer sequence is truncated.
+    /// Step limit of an episode (fashion); a longer sequence is truncated.
     #[arg(long, env = "MAX_STEPS", default_value_t = 50)]
     pub max_steps: u32,
     /// A step whose action has not arrived after this long is published again (e.g. 2s, 500ms).
     #[arg(long, env = "ACTION_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub action_timeout: Duration,
-    /// Users whose sequences become episodes.
+    /// Users whose sequences become episodes (fashion).
     #[arg(long, env = "SPLIT", value_enum, default_value_t = Split::Train)]
     pub split: Split,
-    /// Seed of the order in which users are replayed.
+    /// Seed of the order in which users are replayed (fashion).
     #[arg(long, env = "SEED", default_value_t = 0)]
     pub seed: u64,
 }
@@ -70,5 +80,126 @@ impl EpisodeArgs {
             Split::Test => "test",
             Split::All => "all",
         }
+    }
+}
+
+/// The RecoGym environment of `--env recogym`: which users, and RecoGym's `env_1_args`
+/// (`reco-gym-v1`); the defaults are RecoGym's. One user is one episode.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct RecoGymArgs {
+    /// Number of products (`num_products`), the action space.
+    #[arg(long, env = "RECOGYM_PRODUCTS", default_value_t = 10)]
+    pub recogym_products: u32,
+    /// Users to play, one episode each (`num_users`).
+    #[arg(long, env = "RECOGYM_USERS", default_value_t = 100)]
+    pub recogym_users: u64,
+    /// Id of the first user: the run plays users `first..first + users`. Runs that should see
+    /// the same users (an A/B test) use the same range; a training run uses another.
+    #[arg(long, env = "RECOGYM_FIRST_USER", default_value_t = 0)]
+    pub recogym_first_user: u64,
+    /// `random_seed`: draws the world (products) and every user's random stream.
+    #[arg(long, env = "RECOGYM_SEED", default_value_t = 42)]
+    pub recogym_seed: u64,
+    /// `K`: latent dimension of users and products.
+    #[arg(long = "recogym-k", env = "RECOGYM_K", default_value_t = 5)]
+    pub recogym_k: usize,
+    /// `sigma_omega_initial`: spread of a new user's latent vector.
+    #[arg(long, env = "RECOGYM_SIGMA_OMEGA_INITIAL", default_value_t = 1.0)]
+    pub recogym_sigma_omega_initial: f64,
+    /// `sigma_omega`: step of the user's latent random walk.
+    #[arg(long, env = "RECOGYM_SIGMA_OMEGA", default_value_t = 0.1)]
+    pub recogym_sigma_omega: f64,
+    /// `number_of_flips`: product pairs whose click model is swapped with a similar product's.
+    #[arg(long, env = "RECOGYM_NUMBER_OF_FLIPS", default_value_t = 0)]
+    pub recogym_number_of_flips: u32,
+    /// `sigma_mu_organic`: spread of the products' organic popularity.
+    #[arg(long, env = "RECOGYM_SIGMA_MU_ORGANIC", default_value_t = 3.0)]
+    pub recogym_sigma_mu_organic: f64,
+    /// `change_omega_for_bandits`: the latent vector also moves on bandit steps.
+    #[arg(long, env = "RECOGYM_CHANGE_OMEGA_FOR_BANDITS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub recogym_change_omega_for_bandits: bool,
+    /// `normalize_beta`: scale the products' click embeddings to unit norm.
+    #[arg(long, env = "RECOGYM_NORMALIZE_BETA", default_value_t = false, action = clap::ArgAction::Set)]
+    pub recogym_normalize_beta: bool,
+    /// `prob_leave_bandit` (RecoGym 0.1.3.0 does not read it; kept for the settings).
+    #[arg(long, env = "RECOGYM_PROB_LEAVE_BANDIT", default_value_t = 0.01)]
+    pub recogym_prob_leave_bandit: f64,
+    /// `prob_leave_organic`: probability of leaving after a step.
+    #[arg(long, env = "RECOGYM_PROB_LEAVE_ORGANIC", default_value_t = 0.01)]
+    pub recogym_prob_leave_organic: f64,
+    /// `prob_bandit_to_organic`: from a recommendation back to organic browsing.
+    #[arg(long, env = "RECOGYM_PROB_BANDIT_TO_ORGANIC", default_value_t = 0.05)]
+    pub recogym_prob_bandit_to_organic: f64,
+    /// `prob_organic_to_bandit`: from an organic view to a recommendation opportunity.
+    #[arg(long, env = "RECOGYM_PROB_ORGANIC_TO_BANDIT", default_value_t = 0.25)]
+    pub recogym_prob_organic_to_bandit: f64,
+    /// `with_ps_all`: states ask agents for the probability of every action (`ps_all`).
+    #[arg(long, env = "RECOGYM_WITH_PS_ALL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub recogym_with_ps_all: bool,
+    /// Step limit per user (none by default, as in RecoGym); a longer user is truncated.
+    #[arg(long, env = "RECOGYM_MAX_STEPS")]
+    pub recogym_max_steps: Option<u32>,
+}
+
+impl RecoGymArgs {
+    /// RecoGym's configuration (`env_1_args`) these flags describe, validated.
+    pub fn config(&self) -> Result<recogym::Config, recogym::ConfigError> {
+        let config = recogym::Config {
+            num_products: self.recogym_products,
+            num_users: self.recogym_users,
+            random_seed: self.recogym_seed,
+            k: self.recogym_k,
+            sigma_omega_initial: self.recogym_sigma_omega_initial,
+            sigma_omega: self.recogym_sigma_omega,
+            number_of_flips: self.recogym_number_of_flips,
+            sigma_mu_organic: self.recogym_sigma_mu_organic,
+            change_omega_for_bandits: self.recogym_change_omega_for_bandits,
+            normalize_beta: self.recogym_normalize_beta,
+            prob_leave_bandit: self.recogym_prob_leave_bandit,
+            prob_leave_organic: self.recogym_prob_leave_organic,
+            prob_bandit_to_organic: self.recogym_prob_bandit_to_organic,
+            prob_organic_to_bandit: self.recogym_prob_organic_to_bandit,
+            with_ps_all: self.recogym_with_ps_all,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        recogym: RecoGymArgs,
+    }
+
+    #[test]
+    fn recogym_defaults_are_recogyms_env_1_args() {
+        let cli = Cli::parse_from(["env-svc"]);
+        let expect = recogym::Config::default();
+        assert_eq!(cli.recogym.config().ok(), Some(recogym::Config { num_users: 100, ..expect }));
+        assert_eq!(cli.recogym.recogym_max_steps, None);
+    }
+
+    #[test]
+    fn recogym_flags_reach_the_config_and_bad_ones_are_refused() {
+        let cli = Cli::parse_from([
+            "env-svc",
+            "--recogym-products",
+            "7",
+            "--recogym-k",
+            "3",
+            "--recogym-with-ps-all",
+            "true",
+        ]);
+        let config = cli.recogym.config().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((config.num_products, config.k, config.with_ps_all), (7, 3, true));
+        let cli = Cli::parse_from(["env-svc", "--recogym-prob-organic-to-bandit", "0.999"]);
+        assert!(cli.recogym.config().is_err());
     }
 }

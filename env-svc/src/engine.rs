@@ -6,35 +6,25 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use protocol::{ActionMsg, ProductObs, StateMsg, SCHEMA_VERSION};
-use rand::seq::SliceRandom;
-use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
+use protocol::{ActionMsg, Envelope, StepState};
 
 use crate::{
-    data::Dataset,
-    envs::fashion::{Episode, Transition},
+    envs::{Environment, Head},
     metrics::Metrics,
 };
 
-/// How the engine runs episodes.
+/// How the engine runs episodes, whatever the environment.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Environment and run id carried by every message, e.g. `fashion-v1/3f2a9c`.
     pub env_id: String,
-    /// Episodes to play in all; users are visited in a seeded order, cycling when needed.
-    pub episodes: usize,
     /// Episodes in flight at once.
     pub concurrency: usize,
-    /// Step limit of an episode.
-    pub max_steps: u32,
     /// A step whose action has not arrived after this long is published again.
     pub action_timeout: Duration,
-    /// Seed of the user order.
-    pub seed: u64,
 }
 
 /// What an incoming action turned out to be.
@@ -53,37 +43,42 @@ pub enum Verdict {
     Invalid(String),
 }
 
-struct Active {
-    episode: Episode,
+struct Active<E: Environment> {
+    episode: E::Episode,
     /// The state the episode waits an action for, re-published on timeout.
-    pending: StateMsg,
+    pending: E::State,
     sent_at: Instant,
+    /// Sum of the rewards paid so far.
+    ret: f64,
 }
 
-/// The episodes of one run and their accounting.
-pub struct Engine {
+/// The episodes of one run of environment `E` and their accounting.
+pub struct Engine<E: Environment> {
     cfg: EngineConfig,
-    dataset: Arc<Dataset>,
-    order: Vec<usize>,
+    env: E,
     started: usize,
-    active: HashMap<String, Active>,
+    exhausted: bool,
+    active: HashMap<String, Active<E>>,
     run_prefix: String,
     /// Counters, latency histogram and returns of the run.
     pub metrics: Metrics,
 }
 
-impl std::fmt::Debug for Engine {
+impl<E: Environment> std::fmt::Debug for Engine<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("env_id", &self.cfg.env_id).field("active", &self.active.len()).finish()
+        f.debug_struct("Engine")
+            .field("env", &self.env.name())
+            .field("env_id", &self.cfg.env_id)
+            .field("active", &self.active.len())
+            .finish()
     }
 }
 
-impl Engine {
-    /// An engine over `users` (indices into `dataset.users`); they are shuffled by the seed.
-    pub fn new(cfg: EngineConfig, dataset: Arc<Dataset>, mut users: Vec<usize>) -> Self {
-        users.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed));
+impl<E: Environment> Engine<E> {
+    /// An engine running `env`'s episodes.
+    pub fn new(cfg: EngineConfig, env: E) -> Self {
         let run_prefix = format!("{}#", cfg.env_id);
-        Self { cfg, dataset, order: users, started: 0, active: HashMap::new(), run_prefix, metrics: Metrics::default() }
+        Self { cfg, env, started: 0, exhausted: false, active: HashMap::new(), run_prefix, metrics: Metrics::default() }
     }
 
     /// The env and run id of every message.
@@ -96,6 +91,11 @@ impl Engine {
         &self.cfg
     }
 
+    /// The environment.
+    pub fn env(&self) -> &E {
+        &self.env
+    }
+
     /// Episodes still running.
     pub fn active(&self) -> usize {
         self.active.len()
@@ -103,28 +103,34 @@ impl Engine {
 
     /// True when every episode has been played to its end.
     pub fn is_done(&self) -> bool {
-        self.active.is_empty() && (self.started >= self.cfg.episodes || self.order.is_empty())
+        self.active.is_empty() && self.exhausted
     }
 
-    /// Starts episodes until `concurrency` run; returns their first states to publish.
-    pub fn fill(&mut self, now: Instant) -> Vec<StateMsg> {
+    /// Starts episodes until `concurrency` run; returns their first states to publish. An
+    /// episode whose first state is already terminal is published and finished at once.
+    pub fn fill(&mut self, now: Instant) -> Vec<E::State> {
         let mut out = Vec::new();
-        while self.active.len() < self.cfg.concurrency && self.started < self.cfg.episodes && !self.order.is_empty() {
-            let user = self.order[self.started % self.order.len()];
+        while self.active.len() < self.cfg.concurrency.max(1) && !self.exhausted {
             let id = format!("{}{:06}", self.run_prefix, self.started);
+            let head = Head { env_id: &self.cfg.env_id, episode_id: &id };
+            let Some((episode, state)) = self.env.start(self.started, head) else {
+                self.exhausted = true;
+                break;
+            };
             self.started += 1;
-            let episode = Episode::new(user, self.cfg.max_steps);
-            let first = Transition { reward: 0.0, next_item_hit: false, terminated: false, truncated: false };
-            let state = self.state_msg(&id, &episode, first);
             out.push(state.clone());
-            self.active.insert(id, Active { episode, pending: state, sent_at: now });
+            if state.terminated() || state.truncated() {
+                self.metrics.record_episode(0.0, 0);
+            } else {
+                self.active.insert(id, Active { episode, pending: state, sent_at: now, ret: 0.0 });
+            }
         }
         out
     }
 
     /// Applies an action; returns its verdict and the states to publish (the next state, and
     /// when the episode ended, the first states of the episodes that replace it).
-    pub fn on_action(&mut self, action: &ActionMsg, now: Instant) -> (Verdict, Vec<StateMsg>) {
+    pub fn on_action(&mut self, action: &ActionMsg, now: Instant) -> (Verdict, Vec<E::State>) {
         if action.env_id != self.cfg.env_id {
             self.metrics.foreign += 1;
             return (Verdict::Foreign, Vec::new());
@@ -137,7 +143,7 @@ impl Engine {
             self.metrics.invalid += 1;
             return (Verdict::Invalid(format!("unknown episode {} of this run", action.episode_id)), Vec::new());
         };
-        let waiting = active.pending.step;
+        let waiting = active.pending.step();
         if action.step < waiting {
             self.metrics.duplicates += 1;
             return (Verdict::Duplicate, Vec::new());
@@ -149,24 +155,24 @@ impl Engine {
                 Vec::new(),
             );
         }
-        let n_actions = self.dataset.n_actions();
+        let n_actions = self.env.n_actions();
         if action.action >= n_actions {
             self.metrics.invalid += 1;
             return (Verdict::Invalid(format!("action {} outside 0..{n_actions}", action.action)), Vec::new());
         }
 
         self.metrics.record_rtt(now.saturating_duration_since(active.sent_at));
-        let transition = active.episode.step(&self.dataset, action.action);
+        let head = Head { env_id: &self.cfg.env_id, episode_id: &action.episode_id };
+        let (state, transition) = self.env.step(&mut active.episode, action.action, head);
+        active.ret += transition.reward;
         self.metrics.record_step(&transition);
-        let id = action.episode_id.clone();
-        let episode = active.episode.clone();
-        let state = self.state_msg(&id, &episode, transition);
         let mut out = vec![state.clone()];
         if transition.terminated || transition.truncated {
-            self.active.remove(&id);
-            self.metrics.record_episode(episode.ret, episode.step_count());
+            if let Some(done) = self.active.remove(&action.episode_id) {
+                self.metrics.record_episode(done.ret, state.step());
+            }
             out.extend(self.fill(now));
-        } else if let Some(active) = self.active.get_mut(&id) {
+        } else {
             active.pending = state;
             active.sent_at = now;
         }
@@ -174,13 +180,12 @@ impl Engine {
     }
 
     /// States whose action is overdue, marked as another attempt; their clocks restart.
-    pub fn resends(&mut self, now: Instant) -> Vec<StateMsg> {
+    pub fn resends(&mut self, now: Instant) -> Vec<E::State> {
         let timeout = self.cfg.action_timeout;
         let mut out = Vec::new();
         for active in self.active.values_mut() {
             if now.saturating_duration_since(active.sent_at) >= timeout {
-                active.pending.attempt += 1;
-                active.pending.ts_ms = common::kafka::now_ms();
+                active.pending.mark_resent(common::kafka::now_ms());
                 active.sent_at = now;
                 out.push(active.pending.clone());
             }
@@ -193,88 +198,99 @@ impl Engine {
     fn is_ours(&self, episode_id: &str) -> bool {
         episode_id[self.run_prefix.len()..].parse::<usize>().is_ok_and(|n| n < self.started)
     }
-
-    fn state_msg(&self, id: &str, episode: &Episode, t: Transition) -> StateMsg {
-        let ds = &self.dataset;
-        let product = &ds.products[episode.current(ds) as usize];
-        StateMsg {
-            schema_version: SCHEMA_VERSION,
-            env_id: self.cfg.env_id.clone(),
-            episode_id: id.to_string(),
-            step: episode.step_count(),
-            user_id: episode.user(ds).user_id.clone(),
-            n_actions: ds.n_actions(),
-            observation: ProductObs {
-                asin: product.id.clone(),
-                index: product.index,
-                text: product.text(),
-                sizes: product.sizes.clone(),
-                colors: product.colors.clone(),
-                keywords: product.keywords.clone(),
-            },
-            reward: t.reward,
-            next_item_hit: t.next_item_hit,
-            terminated: t.terminated,
-            truncated: t.truncated,
-            attempt: 0,
-            ts_ms: common::kafka::now_ms(),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::testing::dataset_with_users;
+    use std::sync::Arc;
 
-    fn engine(episodes: usize, concurrency: usize) -> Engine {
-        let ds = Arc::new(dataset_with_users(8, &[&[1, 2, 3], &[4, 5, 6, 7]]));
-        let cfg = EngineConfig {
-            env_id: "fashion-v1/t".into(),
-            episodes,
-            concurrency,
-            max_steps: 50,
-            action_timeout: Duration::from_millis(100),
-            seed: 1,
-        };
-        Engine::new(cfg, ds, vec![0, 1])
+    use super::*;
+    use crate::{
+        envs::{fashion::FashionEnv, recogym::RecoGymEnv},
+        testing::dataset_with_users,
+    };
+
+    fn config(env_id: &str, concurrency: usize) -> EngineConfig {
+        EngineConfig { env_id: env_id.into(), concurrency, action_timeout: Duration::from_millis(100) }
     }
 
-    fn answer(state: &StateMsg, action: u32) -> ActionMsg {
+    fn engine(episodes: usize, concurrency: usize) -> Engine<FashionEnv> {
+        let ds = Arc::new(dataset_with_users(8, &[&[1, 2, 3], &[4, 5, 6, 7]]));
+        let env = FashionEnv::new(ds, vec![0, 1], episodes, 50, 1, "train");
+        Engine::new(config("fashion-v1/t", concurrency), env)
+    }
+
+    fn recogym_engine(users: u64, concurrency: usize) -> Engine<RecoGymEnv> {
+        let world = recogym::World::new(&recogym::Config { num_products: 4, ..recogym::Config::default() });
+        Engine::new(config("reco-gym-v1/t", concurrency), RecoGymEnv::new(Arc::new(world), 0, users, None))
+    }
+
+    fn answer<S: Envelope>(state: &S, action: u32) -> ActionMsg {
         let mut a = protocol::messages::examples::action();
-        a.env_id = state.env_id.clone();
-        a.episode_id = state.episode_id.clone();
-        a.step = state.step;
+        a.env_id = state.env_id().to_string();
+        a.episode_id = state.episode_id().to_string();
+        a.step = state.step();
         a.action = action;
         a
+    }
+
+    /// Plays every episode of `e` answering `action`, each step also answered a second time;
+    /// returns the terminal states seen.
+    fn play_out<E: Environment>(e: &mut Engine<E>, action: u32) -> usize {
+        let t0 = Instant::now();
+        let mut queue = e.fill(t0);
+        let mut terminal = 0;
+        while let Some(state) = queue.pop() {
+            if state.terminated() || state.truncated() {
+                terminal += 1;
+                continue;
+            }
+            let (v, next) = e.on_action(&answer(&state, action), t0);
+            assert_eq!(v, Verdict::Accepted);
+            // Answering the same step again changes nothing: a duplicate while the episode runs,
+            // stale once its last step was answered.
+            let ended = next.first().is_some_and(|s| s.terminated() || s.truncated());
+            let again = e.on_action(&answer(&state, action), t0).0;
+            assert_eq!(again, if ended { Verdict::Stale } else { Verdict::Duplicate });
+            queue.extend(next);
+        }
+        assert!(e.is_done());
+        terminal
     }
 
     #[test]
     fn plays_every_episode_to_the_end_and_accepts_each_step_once() {
         let mut e = engine(5, 2);
-        let t0 = Instant::now();
-        let mut queue = e.fill(t0);
-        assert_eq!(queue.len(), 2);
-        let mut terminal = 0;
-        while let Some(state) = queue.pop() {
-            if state.terminated || state.truncated {
-                terminal += 1;
-                continue;
-            }
-            let (v, next) = e.on_action(&answer(&state, 0), t0);
-            assert_eq!(v, Verdict::Accepted);
-            // Answering the same step again changes nothing: a duplicate while the episode runs,
-            // stale once its last step was answered.
-            let ended = next.first().is_some_and(|s| s.terminated || s.truncated);
-            let again = e.on_action(&answer(&state, 0), t0).0;
-            assert_eq!(again, if ended { Verdict::Stale } else { Verdict::Duplicate });
-            queue.extend(next);
-        }
-        assert!(e.is_done());
-        assert_eq!(terminal, 5);
+        assert_eq!(e.fill(Instant::now()).len(), 2);
+        let mut e = engine(5, 2);
+        assert_eq!(play_out(&mut e, 0), 5);
         assert_eq!(e.metrics.episodes, 5);
         assert_eq!(e.metrics.duplicates + e.metrics.stale, e.metrics.steps);
         assert_eq!(e.metrics.stale, 5);
+    }
+
+    #[test]
+    fn the_same_engine_plays_recogym_users_to_the_end() {
+        let mut e = recogym_engine(40, 8);
+        assert_eq!(play_out(&mut e, 1), 40, "one episode per user, each ending once");
+        let m = &e.metrics;
+        assert_eq!(m.episodes, 40);
+        assert!(m.steps > 40, "users see several recommendations: {}", m.steps);
+        // Users who leave before any recommendation end without a step, and are not stale.
+        assert_eq!(m.stale, m.episodes - m.zero_step_episodes);
+        assert_eq!(m.duplicates + m.stale, m.steps);
+        assert!(m.reward_sum > 0.0 && m.reward_sum < m.steps as f64);
+        assert_eq!(m.returns.iter().sum::<f64>(), m.reward_sum);
+    }
+
+    #[test]
+    fn recogym_out_of_range_actions_are_invalid_and_the_user_waits() {
+        let mut e = recogym_engine(200, 200);
+        let now = Instant::now();
+        let states = e.fill(now);
+        let live = states.iter().find(|s| !s.terminated).unwrap_or_else(|| panic!("no live user"));
+        assert!(matches!(e.on_action(&answer(live, 4), now).0, Verdict::Invalid(r) if r.contains("outside 0..4")));
+        assert_eq!(e.on_action(&answer(live, 3), now).0, Verdict::Accepted);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! `env-svc`: the environment service. It turns users' review sequences into episodes, publishes
-//! every state, waits for the agent's action, and pays the reward; it talks to the agent only
-//! through a transport (Kafka, or bounded in-process channels for experiments).
+//! `env-svc`: the environment service. It turns users into episodes (Amazon Fashion review
+//! sequences, or RecoGym's simulated users), publishes every state, waits for the agent's action,
+//! and pays the reward; it talks to the agent only through a transport (Kafka, or bounded
+//! in-process channels for experiments). One engine and one run loop serve every environment.
 //!
 //! Invariant: the run loop never crashes on input. A record that cannot be decoded or applied
 //! is dead-lettered with its reason and counted; the run goes on.
@@ -21,41 +22,42 @@ use std::{
 };
 
 use anyhow::Context;
+use common::kafka::EnvKind;
 use futures::{stream::FuturesUnordered, StreamExt};
-use protocol::{ActionMsg, Codec, StateMsg};
+use protocol::{ActionMsg, Codec, Envelope};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     engine::{Engine, EngineConfig, Verdict},
+    envs::{fashion::FashionEnv, recogym::RecoGymEnv, Environment},
     link::EnvLink,
     metrics::{Summary, SummaryHead},
 };
 
 /// Plays every episode of `engine` over `link` until done or `shutdown`; returns the summary.
-pub async fn drive<L: EnvLink>(
-    engine: &mut Engine,
+pub async fn drive<E: Environment, L: EnvLink>(
+    engine: &mut Engine<E>,
     link: &mut L,
-    state_codec: &Codec<StateMsg>,
+    state_codec: &Codec<E::State>,
     action_codec: &Codec<ActionMsg>,
-    split: &str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut deliveries = FuturesUnordered::new();
-    fn publish<L: EnvLink>(
+    fn publish<S: protocol::Message + Envelope, L: EnvLink>(
         link: &L,
-        codec: &Codec<StateMsg>,
-        states: Vec<StateMsg>,
+        codec: &Codec<S>,
+        states: Vec<S>,
         deliveries: &mut FuturesUnordered<common::link::Delivery>,
     ) -> anyhow::Result<()> {
         for state in states {
             let payload = codec.encode(&state).context("env produced a state that breaks its schema")?;
-            deliveries.push(link.publish(state.episode_id, payload));
+            deliveries.push(link.publish(state.episode_id().to_string(), payload));
         }
         Ok(())
     }
     publish(link, state_codec, engine.fill(Instant::now()), &mut deliveries)?;
-    let tick_every = (engine_timeout(engine) / 4).max(Duration::from_millis(10));
+    let tick_every = (engine.config().action_timeout / 4).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut interrupted = false;
@@ -111,14 +113,10 @@ pub async fn drive<L: EnvLink>(
     let head = SummaryHead {
         env_id: engine.env_id().to_string(),
         transport: link.name().into(),
-        split: split.into(),
+        split: engine.env().label(),
         interrupted,
     };
     Ok(engine.metrics.summary(head, started.elapsed()))
-}
-
-fn engine_timeout(engine: &Engine) -> Duration {
-    engine.config().action_timeout
 }
 
 /// Logs progress every few seconds (a log line, not a bar: the service runs in containers).
@@ -131,7 +129,7 @@ impl Progress {
         Self { last: Instant::now() }
     }
 
-    fn update(&mut self, engine: &Engine) {
+    fn update<E: Environment>(&mut self, engine: &Engine<E>) {
         if self.last.elapsed() >= Duration::from_secs(5) {
             self.last = Instant::now();
             let m = &engine.metrics;
@@ -146,49 +144,88 @@ impl Progress {
     }
 }
 
-/// Builds the engine for a run from its episode settings and the loaded dataset.
-pub fn engine_for(cfg: &config::EpisodeArgs, dataset: Arc<data::Dataset>, env_id: String) -> Engine {
+/// Builds the fashion engine for a run from its episode settings and the loaded dataset.
+pub fn engine_for(cfg: &config::EpisodeArgs, dataset: Arc<data::Dataset>, env_id: String) -> Engine<FashionEnv> {
     let users: Vec<usize> = {
         let wanted: std::collections::HashSet<&str> =
             dataset.users_in(cfg.split).into_iter().map(|u| u.user_id.as_str()).collect();
         dataset.users.iter().enumerate().filter(|(_, u)| wanted.contains(u.user_id.as_str())).map(|(i, _)| i).collect()
     };
-    let engine_cfg = EngineConfig {
-        env_id,
-        episodes: cfg.episodes,
-        concurrency: cfg.concurrency.max(1),
-        max_steps: cfg.max_steps,
-        action_timeout: cfg.action_timeout,
-        seed: cfg.seed,
-    };
-    Engine::new(engine_cfg, dataset, users)
+    let engine_cfg = EngineConfig { env_id, concurrency: cfg.concurrency.max(1), action_timeout: cfg.action_timeout };
+    let env = FashionEnv::new(dataset, users, cfg.episodes, cfg.max_steps, cfg.seed, cfg.split_name());
+    Engine::new(engine_cfg, env)
 }
 
-/// `env-svc run`: loads the data, registers the schemas, plays every episode through Kafka and
-/// returns the summary (also written to `--summary-json`).
+/// Builds the RecoGym engine for a run: the users and world `recogym` describe, run with the
+/// concurrency and action timeout of `episodes`.
+pub fn recogym_engine(
+    recogym: &config::RecoGymArgs,
+    episodes: &config::EpisodeArgs,
+    env_id: String,
+) -> anyhow::Result<Engine<RecoGymEnv>> {
+    let config = recogym.config().context("invalid recogym configuration")?;
+    let world = Arc::new(recogym::World::try_new(&config).context("invalid recogym configuration")?);
+    Ok(recogym_engine_in(world, recogym, episodes, env_id))
+}
+
+/// [`recogym_engine`] over an existing world (drawn once, shared by several runs).
+pub fn recogym_engine_in(
+    world: Arc<recogym::World>,
+    recogym: &config::RecoGymArgs,
+    episodes: &config::EpisodeArgs,
+    env_id: String,
+) -> Engine<RecoGymEnv> {
+    let engine_cfg =
+        EngineConfig { env_id, concurrency: episodes.concurrency.max(1), action_timeout: episodes.action_timeout };
+    let env = RecoGymEnv::new(world, recogym.recogym_first_user, recogym.recogym_users, recogym.recogym_max_steps);
+    Engine::new(engine_cfg, env)
+}
+
+/// `env-svc run`: builds the environment (loads the data, or draws the RecoGym world),
+/// registers the schemas, plays every episode through Kafka and returns the summary (also
+/// written to `--summary-json`).
 pub async fn run(cfg: config::RunArgs, shutdown: CancellationToken) -> anyhow::Result<Summary> {
-    use common::registry::Registry;
-
-    let (dataset_args, quiet) = (cfg.dataset.clone(), cfg.quiet);
-    let dataset = tokio::task::spawn_blocking(move || dataset_args.load(quiet)).await.context("loader panicked")??;
-    tracing::info!(products = dataset.products.len(), users = dataset.users.len(), "dataset loaded");
-    let (state_codec, action_codec) = Registry::new(&cfg.registry).step_codecs(&cfg.topics).await?;
-
-    let mut link = link::KafkaEnvLink::connect(&cfg.kafka, &cfg.tuning, cfg.topics.clone()).await?;
     let run_id = cfg.run_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_string());
-    let mut engine = engine_for(&cfg.episodes, Arc::new(dataset), format!("fashion-v1/{run_id}"));
-    tracing::info!(
-        env_id = engine.env_id(),
-        episodes = cfg.episodes.episodes,
-        concurrency = cfg.episodes.concurrency,
-        "run starts"
-    );
-    let summary =
-        drive(&mut engine, &mut link, &state_codec, &action_codec, cfg.episodes.split_name(), shutdown).await?;
-    link.flush(Duration::from_secs(10));
+    let summary = match cfg.env {
+        EnvKind::Fashion => {
+            let (dataset_args, quiet) = (cfg.dataset.clone(), cfg.quiet);
+            let dataset =
+                tokio::task::spawn_blocking(move || dataset_args.load(quiet)).await.context("loader panicked")??;
+            tracing::info!(products = dataset.products.len(), users = dataset.users.len(), "dataset loaded");
+            let engine = engine_for(&cfg.episodes, Arc::new(dataset), format!("fashion-v1/{run_id}"));
+            run_engine(engine, &cfg, shutdown).await?
+        }
+        EnvKind::Recogym => {
+            let engine = recogym_engine(&cfg.recogym, &cfg.episodes, format!("reco-gym-v1/{run_id}"))?;
+            tracing::info!(settings = ?engine.env().world().config(), "recogym world drawn");
+            run_engine(engine, &cfg, shutdown).await?
+        }
+    };
     if let Some(path) = &cfg.summary_json {
         write_json(path, &summary)?;
     }
+    Ok(summary)
+}
+
+/// Plays `engine`'s episodes through Kafka on the topics of `cfg.env`.
+async fn run_engine<E: Environment>(
+    mut engine: Engine<E>,
+    cfg: &config::RunArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Summary> {
+    use common::registry::Registry;
+    let topics = cfg.topics.of(cfg.env, &cfg.recogym_topics);
+    let (state_codec, action_codec) = Registry::new(&cfg.registry).step_codecs::<E::State>(&topics).await?;
+    let mut link = link::KafkaEnvLink::connect(&cfg.kafka, &cfg.tuning, topics.clone()).await?;
+    tracing::info!(
+        env_id = engine.env_id(),
+        episodes = %engine.env().label(),
+        concurrency = engine.config().concurrency,
+        state_topic = %topics.state_topic,
+        "run starts"
+    );
+    let summary = drive(&mut engine, &mut link, &state_codec, &action_codec, shutdown).await?;
+    link.flush(Duration::from_secs(10));
     Ok(summary)
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::envs::fashion::Transition;
+use crate::envs::Transition;
 
 /// Counters of one run.
 #[derive(Debug)]
@@ -41,6 +41,9 @@ pub struct Metrics {
     pub publish_errors: u64,
     /// Returns per finished episode, in finishing order.
     pub returns: Vec<f64>,
+    /// Episodes that ended at their first state, without a step (RecoGym users who left before
+    /// any recommendation).
+    pub zero_step_episodes: u64,
     rtt_us: Histogram<u64>,
 }
 
@@ -61,6 +64,7 @@ impl Default for Metrics {
             decode_errors: 0,
             publish_errors: 0,
             returns: Vec::new(),
+            zero_step_episodes: 0,
             rtt_us: rtt_histogram(),
         }
     }
@@ -87,8 +91,9 @@ impl Metrics {
     }
 
     /// Records a finished episode.
-    pub fn record_episode(&mut self, ret: f64, _steps: u32) {
+    pub fn record_episode(&mut self, ret: f64, steps: u32) {
         self.episodes += 1;
+        self.zero_step_episodes += u64::from(steps == 0);
         self.return_sum += ret;
         self.returns.push(ret);
     }
@@ -108,6 +113,7 @@ impl Metrics {
             episodes: self.episodes,
             steps: self.steps,
             mean_return: if self.episodes == 0 { 0.0 } else { self.return_sum / self.episodes as f64 },
+            reward_sum: self.reward_sum,
             reward_rate: self.reward_sum / steps,
             next_item_hit_rate: self.hits as f64 / steps,
             rtt_ms: Rtt { p50: ms(0.5), p99: ms(0.99), max: ms(1.0), mean: self.rtt_us.mean() / 1000.0 },
@@ -133,7 +139,8 @@ pub struct SummaryHead {
     pub env_id: String,
     /// `kafka` or `memory`.
     pub transport: String,
-    /// Users the episodes were drawn from: `train`, `test` or `all`.
+    /// Users the episodes were drawn from: `train`, `test` or `all` (fashion), `users A..B`
+    /// (RecoGym).
     pub split: String,
     /// The run stopped on a signal before every episode finished.
     pub interrupted: bool,
@@ -164,6 +171,8 @@ pub struct Summary {
     pub steps: u64,
     /// Mean return per finished episode.
     pub mean_return: f64,
+    /// Sum of the rewards paid (RecoGym: clicks).
+    pub reward_sum: f64,
     /// Rewards per step (the paper's reward).
     pub reward_rate: f64,
     /// Actions that were exactly the user's next product, per step.

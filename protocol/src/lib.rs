@@ -10,8 +10,8 @@ pub mod schema;
 pub mod topics;
 pub mod wire;
 
-pub use codec::{Codec, Decoded};
-pub use messages::{ActionMsg, Envelope, ProductObs, StateMsg, SCHEMA_VERSION};
+pub use codec::{Codec, Decoded, Message};
+pub use messages::{ActionMsg, Envelope, OrganicView, ProductObs, RecoStateMsg, StateMsg, StepState, SCHEMA_VERSION};
 pub use wire::WireError;
 
 /// Everything that can go wrong turning a message into bytes or bytes into a message.

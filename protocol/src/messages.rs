@@ -1,4 +1,6 @@
-//! The values of `fashion_state` and `fashion_action`.
+//! The values of the step topics: `fashion_state` ([`StateMsg`]) and `recogym_state`
+//! ([`RecoStateMsg`]) for states, `fashion_action` and `recogym_action` ([`ActionMsg`], one type for
+//! both environments) for actions.
 //!
 //! Invariant: every message carries `schema_version`, `env_id`, `episode_id` and `step`, and its
 //! Kafka key is `episode_id`, so all steps of one episode stay in order on one partition.
@@ -9,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Version of the message layout; bumped on every change to the types in this module.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Fields every message carries; lets transports and the archiver treat both topics alike.
 pub trait Envelope {
@@ -19,6 +21,26 @@ pub trait Envelope {
     fn episode_id(&self) -> &str;
     /// The step within the episode, from 0.
     fn step(&self) -> u32;
+}
+
+/// What the services need of a state message whatever its environment: the engine re-sends it,
+/// the agent answers it, learns from the reward it carries and stops at its terminal flags.
+pub trait StepState: Envelope {
+    /// Size of the action space: actions are `0..n_actions`.
+    fn n_actions(&self) -> u32;
+    /// Reward of the action answered to the previous step (0 at step 0).
+    fn reward(&self) -> f64;
+    /// The episode reached its natural end.
+    fn terminated(&self) -> bool;
+    /// The episode was cut by a step limit.
+    fn truncated(&self) -> bool;
+    /// Milliseconds since the Unix epoch when the env produced (or re-sent) the message.
+    fn ts_ms(&self) -> i64;
+    /// Marks the message as re-published after an action timeout: one more attempt, new time.
+    fn mark_resent(&mut self, ts_ms: i64);
+    /// The product the state points at, for policies that key on it (fashion: the current
+    /// product; RecoGym: the last organic view it carries, 0 when it carries none).
+    fn product_index(&self) -> u32;
 }
 
 /// The product a user is looking at: the observation of the Amazon Fashion environment.
@@ -83,7 +105,8 @@ pub struct StateMsg {
     pub ts_ms: i64,
 }
 
-/// The agent's answer to a step, published by `agent-svc` to `fashion_action`.
+/// The agent's answer to a step, published by `agent-svc` to `fashion_action` or
+/// `recogym_action`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionMsg {
@@ -112,7 +135,70 @@ pub struct ActionMsg {
     /// Version of the model that chose the action, for learned policies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_version: Option<u64>,
+    /// Probability the policy gave every action, `n_actions` values (RecoGym's `ps-a`); only
+    /// when the state asked for it (`RecoStateMsg::ps_all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(range(min = 0.0, max = 1.0)))]
+    pub ps_all: Option<Vec<f64>>,
     /// Milliseconds since the Unix epoch when the agent produced the message.
+    pub ts_ms: i64,
+}
+
+/// One organic page view of a RecoGym user: `product` viewed at the user's clock `t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrganicView {
+    /// The user's clock when the view happened (one tick per transition of the user's chain).
+    pub t: u64,
+    /// The product viewed, `0..n_actions`.
+    pub product: u32,
+}
+
+/// One bandit opportunity of a RecoGym user (`reco-gym-v1`), published by `env-svc` to
+/// `recogym_state`. An episode is one user; step `t` is the user's `t`-th opportunity to be
+/// shown a recommendation; the last state (terminated) says the user left and is not answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecoStateMsg {
+    /// Always [`SCHEMA_VERSION`] for messages written by this build.
+    #[schemars(range(min = 1))]
+    pub schema_version: u32,
+    /// Environment and run, e.g. `reco-gym-v1/3f2a`.
+    #[schemars(length(min = 1, max = 128))]
+    pub env_id: String,
+    /// Episode id; also the Kafka key.
+    #[schemars(length(min = 1, max = 128))]
+    pub episode_id: String,
+    /// Step within the episode (bandit opportunities so far), from 0.
+    pub step: u32,
+    /// The simulated user (RecoGym's `u`); one user per episode.
+    pub user_id: u64,
+    /// Number of products: actions are product indices `0..n_actions`.
+    #[schemars(range(min = 1))]
+    pub n_actions: u32,
+    /// The user's clock at this opportunity (the `t` of the recommendation that answers it).
+    pub time: u64,
+    /// The organic views since the previous opportunity (since the user arrived, at step 0), in
+    /// time order; possibly none.
+    #[schemars(length(max = 100000))]
+    pub organic: Vec<OrganicView>,
+    /// The action applied at the previous step, whose click `reward` reports (none at step 0).
+    #[serde(default)]
+    pub last_action: Option<u32>,
+    /// 1 when the user clicked the previous recommendation, else 0 (0 at step 0).
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub reward: f64,
+    /// The user left: no action expected.
+    pub terminated: bool,
+    /// The episode was cut by the env's step limit.
+    pub truncated: bool,
+    /// Whether the answer must carry the probability of every action (`with_ps_all`).
+    #[serde(default)]
+    pub ps_all: bool,
+    /// How many times this step was re-published after an action timeout (0 on first send).
+    #[serde(default)]
+    pub attempt: u32,
+    /// Milliseconds since the Unix epoch when the env produced the message.
     pub ts_ms: i64,
 }
 
@@ -125,7 +211,57 @@ macro_rules! impl_envelope {
         }
     )*};
 }
-impl_envelope!(StateMsg, ActionMsg);
+impl_envelope!(StateMsg, ActionMsg, RecoStateMsg);
+
+impl StepState for StateMsg {
+    fn n_actions(&self) -> u32 {
+        self.n_actions
+    }
+    fn reward(&self) -> f64 {
+        self.reward
+    }
+    fn terminated(&self) -> bool {
+        self.terminated
+    }
+    fn truncated(&self) -> bool {
+        self.truncated
+    }
+    fn ts_ms(&self) -> i64 {
+        self.ts_ms
+    }
+    fn mark_resent(&mut self, ts_ms: i64) {
+        self.attempt += 1;
+        self.ts_ms = ts_ms;
+    }
+    fn product_index(&self) -> u32 {
+        self.observation.index
+    }
+}
+
+impl StepState for RecoStateMsg {
+    fn n_actions(&self) -> u32 {
+        self.n_actions
+    }
+    fn reward(&self) -> f64 {
+        self.reward
+    }
+    fn terminated(&self) -> bool {
+        self.terminated
+    }
+    fn truncated(&self) -> bool {
+        self.truncated
+    }
+    fn ts_ms(&self) -> i64 {
+        self.ts_ms
+    }
+    fn mark_resent(&mut self, ts_ms: i64) {
+        self.attempt += 1;
+        self.ts_ms = ts_ms;
+    }
+    fn product_index(&self) -> u32 {
+        self.organic.last().map_or(0, |v| v.product)
+    }
+}
 
 /// Example messages for tests, docs and benchmarks; valid against their schemas.
 pub mod examples {
@@ -169,7 +305,29 @@ pub mod examples {
             policy: "random".into(),
             replica_id: "agent-0".into(),
             model_version: None,
+            ps_all: None,
             ts_ms: 1_700_000_000_005,
+        }
+    }
+
+    /// A valid RecoGym state: user 7's second opportunity, after two organic views.
+    pub fn reco_state() -> RecoStateMsg {
+        RecoStateMsg {
+            schema_version: SCHEMA_VERSION,
+            env_id: "reco-gym-v1/example".into(),
+            episode_id: "reco-gym-v1/example#000007".into(),
+            step: 1,
+            user_id: 7,
+            n_actions: 10,
+            time: 6,
+            organic: vec![OrganicView { t: 4, product: 3 }, OrganicView { t: 5, product: 3 }],
+            last_action: Some(2),
+            reward: 1.0,
+            terminated: false,
+            truncated: false,
+            ps_all: false,
+            attempt: 0,
+            ts_ms: 1_700_000_000_000,
         }
     }
 }

@@ -5,8 +5,8 @@
 use schemars::{generate::SchemaSettings, JsonSchema};
 use serde_json::Value;
 
-use crate::messages::{ActionMsg, StateMsg};
-use crate::topics::{value_subject, ACTION_TOPIC, STATE_TOPIC};
+use crate::messages::{ActionMsg, RecoStateMsg, StateMsg};
+use crate::topics::{value_subject, ACTION_TOPIC, RECOGYM_ACTION_TOPIC, RECOGYM_STATE_TOPIC, STATE_TOPIC};
 
 /// The draft-07 JSON Schema of a message type, with a title naming it.
 pub fn schema_of<T: JsonSchema>() -> Value {
@@ -14,9 +14,15 @@ pub fn schema_of<T: JsonSchema>() -> Value {
     generator.into_root_schema_for::<T>().to_value()
 }
 
-/// Every registered subject with its schema: `(subject, schema)`.
+/// Every registered subject with its schema: `(subject, schema)`. Both action topics carry
+/// [`ActionMsg`].
 pub fn subjects() -> Vec<(String, Value)> {
-    vec![(value_subject(STATE_TOPIC), schema_of::<StateMsg>()), (value_subject(ACTION_TOPIC), schema_of::<ActionMsg>())]
+    vec![
+        (value_subject(STATE_TOPIC), schema_of::<StateMsg>()),
+        (value_subject(ACTION_TOPIC), schema_of::<ActionMsg>()),
+        (value_subject(RECOGYM_STATE_TOPIC), schema_of::<RecoStateMsg>()),
+        (value_subject(RECOGYM_ACTION_TOPIC), schema_of::<ActionMsg>()),
+    ]
 }
 
 #[cfg(test)]

@@ -7,6 +7,12 @@ pub const STATE_TOPIC: &str = "fashion_state";
 pub const ACTION_TOPIC: &str = "fashion_action";
 /// Messages that could not be decoded or broke their schema, with the reason in the headers.
 pub const DEAD_LETTER_TOPIC: &str = "fashion_dead_letter";
+/// States of the RecoGym environment (`reco-gym-v1`), keyed by episode id (one user).
+pub const RECOGYM_STATE_TOPIC: &str = "recogym_state";
+/// Actions answering RecoGym states, keyed by episode id.
+pub const RECOGYM_ACTION_TOPIC: &str = "recogym_action";
+/// RecoGym records that could not be used, with the reason in the headers.
+pub const RECOGYM_DEAD_LETTER_TOPIC: &str = "recogym_dead_letter";
 /// Default partition count of every topic (caps the number of agent replicas that get work).
 pub const DEFAULT_PARTITIONS: u32 = 6;
 /// Replication factor of every topic.
@@ -39,5 +45,6 @@ mod tests {
     fn subjects_follow_topic_name_strategy() {
         assert_eq!(value_subject(STATE_TOPIC), "fashion_state-value");
         assert_eq!(value_subject(ACTION_TOPIC), "fashion_action-value");
+        assert_eq!(value_subject(RECOGYM_STATE_TOPIC), "recogym_state-value");
     }
 }

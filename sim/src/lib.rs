@@ -2,11 +2,16 @@
 //! by a transport. `memory` joins them with bounded channels (no broker), `kafka` with the same
 //! Kafka links the services use; the code in between is identical, so the difference in speed
 //! is what Kafka costs. A tap can record every record crossing the agent's link for checks.
+//! Any environment of env-svc runs this way ([`run_engine`]); [`recogym`] is RecoGym's A/B test.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 pub mod eval;
 pub mod plot;
+pub mod recogym;
 
 use agent_svc::{
     core::{AgentCore, AgentStats},
@@ -15,7 +20,7 @@ use agent_svc::{
 };
 use anyhow::Context;
 use common::link::{Delivery, Raw};
-use env_svc::{config::EpisodeArgs, data::Dataset, link::EnvLink, metrics::Summary};
+use env_svc::{config::EpisodeArgs, data::Dataset, engine::Engine, envs::Environment, link::EnvLink, metrics::Summary};
 use protocol::{ActionMsg, Codec, StateMsg};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,10 +34,11 @@ pub struct Recording {
     pub actions: Vec<(String, Vec<u8>)>,
 }
 
-/// Wraps an agent link and records what crosses it.
+/// Wraps an agent link and records what crosses it (unless told not to).
 #[derive(Debug)]
 pub struct Tap<L> {
     inner: L,
+    on: bool,
     /// What was recorded.
     pub recording: Arc<Mutex<Recording>>,
 }
@@ -40,21 +46,30 @@ pub struct Tap<L> {
 impl<L> Tap<L> {
     /// Taps `inner`.
     pub fn new(inner: L) -> Self {
-        Self { inner, recording: Arc::default() }
+        Self { inner, on: true, recording: Arc::default() }
+    }
+
+    /// Passes `inner` through without recording (long runs).
+    pub fn passthrough(inner: L) -> Self {
+        Self { inner, on: false, recording: Arc::default() }
     }
 }
 
 impl<L: AgentLink> AgentLink for Tap<L> {
     async fn next_batch(&mut self, max: usize) -> anyhow::Result<Vec<Raw>> {
         let batch = self.inner.next_batch(max).await?;
-        if let Ok(mut r) = self.recording.lock() {
-            r.states.extend(batch.iter().cloned());
+        if self.on {
+            if let Ok(mut r) = self.recording.lock() {
+                r.states.extend(batch.iter().cloned());
+            }
         }
         Ok(batch)
     }
     fn publish(&self, key: String, payload: Vec<u8>) -> Delivery {
-        if let Ok(mut r) = self.recording.lock() {
-            r.actions.push((key.clone(), payload.clone()));
+        if self.on {
+            if let Ok(mut r) = self.recording.lock() {
+                r.actions.push((key.clone(), payload.clone()));
+            }
         }
         self.inner.publish(key, payload)
     }
@@ -72,45 +87,67 @@ impl<L: AgentLink> AgentLink for Tap<L> {
     }
 }
 
-/// The outcome of an in-process run.
+/// The outcome of an in-process run; `S` is the environment's state message.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct Outcome<S = StateMsg> {
     /// The env's summary.
     pub summary: Summary,
     /// The agent's counters.
     pub agent: AgentStats,
     /// The agent itself after the run (its policy trained by the run).
-    pub core: AgentCore,
+    pub core: AgentCore<S>,
     /// What crossed the agent's link.
     pub recording: Recording,
 }
 
 /// The two ends of a transport and the codecs both sides use.
 #[derive(Debug)]
-pub struct Wiring<E, A> {
+pub struct Wiring<E, A, S = StateMsg> {
     /// The env's end.
     pub env_link: E,
     /// The agent's end.
     pub agent_link: A,
     /// Codec of states, framed with the state subject's schema id.
-    pub state_codec: Codec<StateMsg>,
+    pub state_codec: Codec<S>,
     /// Codec of actions, framed with the action subject's schema id.
     pub action_codec: Codec<ActionMsg>,
 }
 
-/// Runs env and `core` (answering batches of at most `max_batch` states) over `wiring` until
-/// every episode ended; returns the agent with the rest of the outcome.
-pub async fn run_linked<E: EnvLink, A: AgentLink + 'static>(
-    dataset: Arc<Dataset>,
-    episodes: &EpisodeArgs,
-    (mut core, max_batch): (AgentCore, usize),
-    env_id: String,
-    wiring: Wiring<E, A>,
+/// Both ends of a bounded in-memory transport of `capacity` records each way, with codecs (no
+/// registry in memory: ids 1 and 2 stand for the two subjects).
+pub fn memory_wiring<S: protocol::Message>(
+    capacity: usize,
+) -> anyhow::Result<Wiring<env_svc::link::MemoryEnvLink, agent_svc::link::MemoryAgentLink, S>> {
+    let (state_tx, state_rx) = mpsc::channel(capacity.max(1));
+    let (action_tx, action_rx) = mpsc::channel(capacity.max(1));
+    Ok(Wiring {
+        env_link: env_svc::link::MemoryEnvLink::new(state_tx, action_rx),
+        agent_link: agent_svc::link::MemoryAgentLink::new(state_rx, action_tx),
+        state_codec: Codec::new(1)?,
+        action_codec: Codec::new(2)?,
+    })
+}
+
+/// Runs `engine`'s episodes against `core` (answering batches of at most `max_batch` states)
+/// over `wiring` until every episode ended; returns the agent with the rest of the outcome.
+/// `record` keeps a copy of every record crossing the agent's link (for checks; costly on long
+/// runs). Once the env is done, the agent gets `grace` to finish on its own (a memory link
+/// closes; a Kafka link does not, and the agent is then stopped).
+pub async fn run_engine<En, E, A>(
+    mut engine: Engine<En>,
+    (mut core, max_batch): (AgentCore<En::State>, usize),
+    wiring: Wiring<E, A, En::State>,
+    (record, grace): (bool, Duration),
     shutdown: CancellationToken,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<Outcome<En::State>>
+where
+    En: Environment,
+    E: EnvLink,
+    A: AgentLink + 'static,
+{
     let Wiring { mut env_link, agent_link, state_codec, action_codec } = wiring;
     let (state_codec, action_codec) = (Arc::new(state_codec), Arc::new(action_codec));
-    let mut tap = Tap::new(agent_link);
+    let mut tap = if record { Tap::new(agent_link) } else { Tap::passthrough(agent_link) };
     let recording = tap.recording.clone();
     let stop_agent = shutdown.child_token();
     let agent_stop = stop_agent.clone();
@@ -120,14 +157,12 @@ pub async fn run_linked<E: EnvLink, A: AgentLink + 'static>(
             agent_svc::drive(&mut core, &mut tap, &agent_state_codec, &agent_action_codec, max_batch, agent_stop).await;
         stats.map(|s| (s, core))
     });
-    let mut engine = env_svc::engine_for(episodes, dataset, env_id);
-    let summary =
-        env_svc::drive(&mut engine, &mut env_link, &state_codec, &action_codec, episodes.split_name(), shutdown).await;
+    let summary = env_svc::drive(&mut engine, &mut env_link, &state_codec, &action_codec, shutdown).await;
     // Closing the env's end lets the agent drain what is still in flight (the last terminal
-    // states) and stop on its own; a transport that does not close is stopped after a grace.
+    // states) and stop on its own; a transport that does not close is stopped after the grace.
     drop(env_link);
     let mut agent_task = agent_task;
-    let (agent, core) = match tokio::time::timeout(std::time::Duration::from_secs(5), &mut agent_task).await {
+    let (agent, core) = match tokio::time::timeout(grace, &mut agent_task).await {
         Ok(joined) => joined,
         Err(_) => {
             stop_agent.cancel();
@@ -137,6 +172,20 @@ pub async fn run_linked<E: EnvLink, A: AgentLink + 'static>(
     .context("agent task panicked")??;
     let recording = std::mem::take(&mut *recording.lock().map_err(|_| anyhow::anyhow!("tap poisoned"))?);
     Ok(Outcome { summary: summary?, agent, core, recording })
+}
+
+/// Runs env and `core` (answering batches of at most `max_batch` states) over `wiring` until
+/// every episode ended; returns the agent with the rest of the outcome.
+pub async fn run_linked<E: EnvLink, A: AgentLink + 'static>(
+    dataset: Arc<Dataset>,
+    episodes: &EpisodeArgs,
+    agent: (AgentCore, usize),
+    env_id: String,
+    wiring: Wiring<E, A>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Outcome> {
+    let engine = env_svc::engine_for(episodes, dataset, env_id);
+    run_engine(engine, agent, wiring, (true, Duration::from_secs(5)), shutdown).await
 }
 
 /// Runs env and the agent `agent` describes, joined by bounded channels of `capacity` records.
@@ -158,12 +207,7 @@ pub async fn run_memory_with(
     capacity: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Outcome> {
-    let (state_tx, state_rx) = mpsc::channel(capacity.max(1));
-    let (action_tx, action_rx) = mpsc::channel(capacity.max(1));
-    let env_link = env_svc::link::MemoryEnvLink::new(state_tx, action_rx);
-    let agent_link = agent_svc::link::MemoryAgentLink::new(state_rx, action_tx);
-    // No registry in memory: ids 1 and 2 stand for the two subjects.
-    let wiring = Wiring { env_link, agent_link, state_codec: Codec::new(1)?, action_codec: Codec::new(2)? };
+    let wiring = memory_wiring(capacity)?;
     let env_id = format!("fashion-v1/mem-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     run_linked(dataset, episodes, agent, env_id, wiring, shutdown).await
 }

@@ -1,5 +1,6 @@
 //! `streamrec-sim`: env-svc and agent-svc in one process over bounded in-memory channels, for
-//! fast experiments and to measure what Kafka costs (`make sim TRANSPORT=memory`).
+//! fast experiments and to measure what Kafka costs (`make sim TRANSPORT=memory`), the
+//! evaluation on held-out users (`make eval`) and RecoGym's A/B test (`make recogym`).
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -71,6 +72,10 @@ enum Command {
         #[arg(long, env = "QUIET")]
         quiet: bool,
     },
+    /// RecoGym's A/B test through the pipeline (the paper's Table 1 and Fig 4): log users with
+    /// the random policy, train each policy on the log, serve the same A/B users with each, over
+    /// Kafka and/or in memory; writes ab.json, ab-memory.json, ctr.png and runs.json.
+    Recogym(Box<sim::recogym::RecoArgs>),
 }
 
 #[tokio::main]
@@ -128,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
             sim::plot::training_returns(&png, &curves, 100)?;
             println!("\nwrote {} and {}", out.join("report.json").display(), png.display());
         }
+        Command::Recogym(args) => sim::recogym::run(*args).await?,
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! PNG charts: return per episode during training (moving average), one line per policy, in the
-//! manner of the reference paper's Fig 5.
+//! manner of the reference paper's Fig 5; and click-through rate per agent, bars with 95%
+//! interval whiskers, in the manner of its Fig 4.
 
 use std::path::Path;
 
@@ -77,6 +78,64 @@ pub fn training_returns(path: &Path, series: &[(String, Vec<f64>)], window: usiz
     Ok(())
 }
 
+/// Draws one bar per `(name, value, lo, hi)` with a whisker from `lo` to `hi` into `path`
+/// (PNG), the value printed above each bar.
+pub fn ctr_bars(path: &Path, title: &str, bars: &[(String, f64, f64, f64)]) -> anyhow::Result<()> {
+    let has_text = register_font();
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let n = bars.len().max(1) as f64;
+    let y_max = bars.iter().map(|b| b.3.max(b.1)).fold(0.0_f64, f64::max).max(1e-3) * 1.15;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(20).x_label_area_size(45).y_label_area_size(70);
+    if has_text {
+        builder.caption(title, ("sans-serif", 20));
+    }
+    let mut chart = builder.build_cartesian_2d(-0.5..n - 0.5, 0.0..y_max).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+    let x_label = move |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 {
+            names.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    let y_label = |y: &f64| format!("{y:.3}");
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_x_mesh().x_labels(bars.len().max(1) * 2 + 1);
+    if has_text {
+        mesh.x_desc("agent")
+            .y_desc("click-through rate")
+            .label_style(("sans-serif", 15))
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&y_label);
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let err = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("{e}");
+    for (i, (_, value, lo, hi)) in bars.iter().enumerate() {
+        let x = i as f64;
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(x - 0.35, 0.0), (x + 0.35, *value)],
+                color.mix(0.8).filled(),
+            )))
+            .map_err(err)?;
+        let whisker =
+            [vec![(x, *lo), (x, *hi)], vec![(x - 0.08, *lo), (x + 0.08, *lo)], vec![(x - 0.08, *hi), (x + 0.08, *hi)]];
+        chart.draw_series(whisker.into_iter().map(|p| PathElement::new(p, BLACK.stroke_width(2)))).map_err(err)?;
+        if has_text {
+            let label = Text::new(format!("{value:.4}"), (x + 0.1, *hi + y_max * 0.03), ("sans-serif", 15));
+            chart.draw_series(std::iter::once(label)).map_err(err)?;
+        }
+    }
+    root.present().with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +143,16 @@ mod tests {
     #[test]
     fn moving_average_warms_up_then_slides() {
         assert_eq!(moving_average(&[2.0, 4.0, 6.0, 8.0], 2), vec![2.0, 3.0, 5.0, 7.0]);
+    }
+
+    #[test]
+    fn ctr_chart_is_a_png() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("ctr.png");
+        let bars =
+            vec![("random".to_string(), 0.0127, 0.0123, 0.0130), ("organic-count".to_string(), 0.02, 0.019, 0.021)];
+        ctr_bars(&path, "CTR", &bars).unwrap_or_else(|e| panic!("{e:#}"));
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert_eq!(&bytes[..4], b"\x89PNG");
     }
 }

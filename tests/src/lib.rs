@@ -102,6 +102,18 @@ impl TestTopics {
         ]
     }
 
+    /// The flags that point a service's RecoGym topics (`--env recogym`) at these topics.
+    pub fn recogym_flags(&self) -> Vec<String> {
+        vec![
+            "--recogym-state-topic".into(),
+            self.state.clone(),
+            "--recogym-action-topic".into(),
+            self.action.clone(),
+            "--recogym-dead-letter-topic".into(),
+            self.dead_letter.clone(),
+        ]
+    }
+
     /// Deletes the topics (best effort).
     pub async fn delete(&self) {
         if let Ok(admin) = kafka_config().create::<AdminClient<DefaultClientContext>>() {
@@ -279,6 +291,42 @@ pub async fn simulate_over_kafka(
         vec!["agent-svc".to_string(), "--policy".into(), policy.into(), "--group-id".into(), unique("agents")];
     agent_args.extend(["--offset-reset".into(), "earliest".into()]);
     agent_args.extend(topics.flags());
+    let agent = AgentCli::parse_from(agent_args).run;
+
+    let stop_agent = CancellationToken::new();
+    let agent_task = tokio::spawn(agent_svc::run(agent, stop_agent.clone()));
+    let summary = tokio::time::timeout(Duration::from_secs(300), env_svc::run(env, CancellationToken::new()))
+        .await
+        .unwrap_or_else(|_| panic!("the run did not finish within 300 s"))
+        .unwrap_or_else(|e| panic!("env run failed: {e:#}"));
+    stop_agent.cancel();
+    agent_task.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("agent failed: {e:#}"));
+    summary
+}
+
+/// Runs env-svc `--env recogym` (with `env_flags`) and an agent-svc `--env recogym` (with
+/// `agent_flags`) in this process over `topics`, the agent in a fresh group positioned at the
+/// current end of the state topic (so it answers this run only); returns the env's summary once
+/// every user finished.
+pub async fn simulate_recogym_over_kafka(
+    topics: &TestTopics,
+    env_flags: &[&str],
+    agent_flags: &[&str],
+) -> env_svc::metrics::Summary {
+    use clap::Parser;
+    use tokio_util::sync::CancellationToken;
+    let group = unique("rgagents");
+    let kafka = common::kafka::KafkaArgs { bootstrap_servers: bootstrap() };
+    sim::recogym::start_group_at_end(&kafka, &group, &topics.state)
+        .await
+        .unwrap_or_else(|e| panic!("cannot position {group}: {e:#}"));
+    let mut env_args = vec!["env-svc".to_string(), "--env".into(), "recogym".into()];
+    env_args.extend(topics.recogym_flags());
+    env_args.extend(env_flags.iter().map(|s| s.to_string()));
+    let env = EnvCli::parse_from(env_args).run;
+    let mut agent_args = vec!["agent-svc".to_string(), "--env".into(), "recogym".into(), "--group-id".into(), group];
+    agent_args.extend(topics.recogym_flags());
+    agent_args.extend(agent_flags.iter().map(|s| s.to_string()));
     let agent = AgentCli::parse_from(agent_args).run;
 
     let stop_agent = CancellationToken::new();

@@ -37,6 +37,38 @@ fn schema_files_match_the_rust_types() {
     }
 }
 
+/// The keys of `deploy/topics.env` that name topics.
+const TOPIC_KEYS: [&str; 6] = [
+    "STATE_TOPIC",
+    "ACTION_TOPIC",
+    "DEAD_LETTER_TOPIC",
+    "RECOGYM_STATE_TOPIC",
+    "RECOGYM_ACTION_TOPIC",
+    "RECOGYM_DEAD_LETTER_TOPIC",
+];
+
+#[test]
+fn every_topic_is_created_and_every_subject_registered_by_the_init_scripts() {
+    let create = read("deploy/init/create-topics.sh");
+    for key in TOPIC_KEYS {
+        assert!(create.contains(&format!("\"${key}\"")), "deploy/init/create-topics.sh does not create ${key}");
+    }
+    // Every subject the protocol crate defines has its schema file and is registered.
+    let register = read("deploy/init/register-schemas.sh");
+    let env = topics_env();
+    let registered: Vec<String> = register
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("register \"$"))
+        .filter_map(|l| l.split_once('-').map(|(key, _)| key.to_string()))
+        .filter_map(|key| env.get(&key).map(|topic| topics::value_subject(topic)))
+        .collect();
+    for (subject, _) in protocol::schema::subjects() {
+        assert!(registered.contains(&subject), "deploy/init/register-schemas.sh does not register {subject}");
+        assert!(repo_root().join(format!("protocol/schemas/{subject}.json")).exists(), "no schema file for {subject}");
+    }
+    assert_eq!(registered.len(), protocol::schema::subjects().len(), "{registered:?}");
+}
+
 #[test]
 fn protocol_constants_match_topics_env() {
     let env = topics_env();
@@ -44,6 +76,9 @@ fn protocol_constants_match_topics_env() {
         ("STATE_TOPIC", topics::STATE_TOPIC.to_string()),
         ("ACTION_TOPIC", topics::ACTION_TOPIC.to_string()),
         ("DEAD_LETTER_TOPIC", topics::DEAD_LETTER_TOPIC.to_string()),
+        ("RECOGYM_STATE_TOPIC", topics::RECOGYM_STATE_TOPIC.to_string()),
+        ("RECOGYM_ACTION_TOPIC", topics::RECOGYM_ACTION_TOPIC.to_string()),
+        ("RECOGYM_DEAD_LETTER_TOPIC", topics::RECOGYM_DEAD_LETTER_TOPIC.to_string()),
         ("TOPIC_PARTITIONS", topics::DEFAULT_PARTITIONS.to_string()),
         ("TOPIC_REPLICATION_FACTOR", topics::REPLICATION_FACTOR.to_string()),
         ("TOPIC_MIN_ISR", topics::MIN_INSYNC_REPLICAS.to_string()),
@@ -94,7 +129,7 @@ fn neither_compose_nor_the_local_stack_hard_codes_topics() {
     let env = topics_env();
     for rel in ["docker-compose.yml", "deploy/local/stack.sh", ".env.example"] {
         let text = read(rel);
-        for key in ["STATE_TOPIC", "ACTION_TOPIC", "DEAD_LETTER_TOPIC"] {
+        for key in TOPIC_KEYS {
             let name = &env[key];
             assert!(!text.contains(name.as_str()), "{rel} names topic {name}; take it from deploy/topics.env");
         }

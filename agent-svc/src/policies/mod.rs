@@ -1,10 +1,14 @@
 //! Policies: how the agent picks a product for a state, and what it learns from rewards.
-//! A policy sees only what arrives on the state topic: it never reads the dataset.
+//! A policy sees only what arrives on the state topic: it never reads the dataset or the
+//! simulator. [`Policy`] is generic over the state message: `Policy` alone (the default) is a
+//! policy of Amazon Fashion states (`StateMsg`), `Policy<RecoStateMsg>` one of RecoGym states
+//! (see [`recogym`]).
 
 mod cooccurrence;
 pub mod dqn;
 mod popularity;
 mod random;
+pub mod recogym;
 
 pub use cooccurrence::Cooccurrence;
 pub use dqn::{Dqn, DqnArgs};
@@ -14,49 +18,107 @@ pub use random::Random;
 use protocol::StateMsg;
 use rand_chacha::ChaCha8Rng;
 
-/// Which policy to run.
+/// Which policy to run. Each runs on one environment (`--env`): `random` and `dqn` on both;
+/// `popularity` and `cooccurrence` on `fashion`; `organic-count`, `user-count`, `likelihood`
+/// and `nn` on `recogym`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PolicyKind {
     /// Uniform over the action space.
     Random,
     /// The product rewarded most often so far (ties: the product seen most often in states),
-    /// epsilon-greedy.
+    /// epsilon-greedy (fashion).
     Popularity,
     /// The product that most often followed the current one in the stream (item-to-item),
-    /// epsilon-greedy.
+    /// epsilon-greedy (fashion).
     Cooccurrence,
     /// Deep Q-Network over the state's text on libtorch (the reference paper's agent), with
-    /// its own epsilon schedule (`--dqn-*` flags; `--epsilon` does not apply).
+    /// its own epsilon schedule (`--dqn-*` flags; `--epsilon` does not apply). On RecoGym the
+    /// text is the user's organic views, one token per view.
     Dqn,
+    /// RecoGym's `OrganicCount`: the product most often co-viewed with the user's last organic
+    /// view, counted over the organic sessions of the training logs (recogym).
+    OrganicCount,
+    /// The user's own most viewed product so far (RecoGym's `OrganicUserEventCounterAgent`,
+    /// greedy); needs no training (recogym).
+    UserCount,
+    /// RecoGym's likelihood agent: logistic regression of the click on the user's organic view
+    /// counts crossed with the action, fitted on the training logs; greedy (recogym).
+    Likelihood,
+    /// A 3-layer neural network from the user's organic view counts to the click probability
+    /// of each action, fitted on the training logs; greedy (recogym).
+    Nn,
 }
 
-/// What the agent learns after an action: the reward it earned and where it led.
-#[derive(Debug, Clone, Copy)]
-pub struct Feedback<'a> {
+impl PolicyKind {
+    /// The name used on the command line and in actions, e.g. `organic-count`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Random => "random",
+            PolicyKind::Popularity => "popularity",
+            PolicyKind::Cooccurrence => "cooccurrence",
+            PolicyKind::Dqn => "dqn",
+            PolicyKind::OrganicCount => "organic-count",
+            PolicyKind::UserCount => "user-count",
+            PolicyKind::Likelihood => "likelihood",
+            PolicyKind::Nn => "nn",
+        }
+    }
+}
+
+/// What the agent learns after an action: the reward it earned and where it led. `S` is the
+/// state message of the environment (`StateMsg` by default).
+#[derive(Debug)]
+pub struct Feedback<'a, S = StateMsg> {
     /// The state the action answered.
-    pub prev: &'a StateMsg,
-    /// Product index of `prev` (shorthand for `prev.observation.index`).
+    pub prev: &'a S,
+    /// Product index of `prev` (shorthand for `prev.product_index()`).
     pub prev_index: u32,
     /// The action taken.
     pub action: u32,
     /// The reward the env paid for it.
     pub reward: f64,
     /// The state the action led to.
-    pub next: &'a StateMsg,
+    pub next: &'a S,
 }
 
-/// A recommendation policy.
-pub trait Policy: Send {
+// Not derived: a derive would ask `S: Copy`, but only references to `S` are held.
+impl<S> Clone for Feedback<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Feedback<'_, S> {}
+
+/// One answer of a policy: the action, its probability, and (when the state asked for it) the
+/// probability of every action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    /// The action.
+    pub action: u32,
+    /// Its probability under the policy (propensity).
+    pub ps: f64,
+    /// Probability of every action, when asked for and known.
+    pub ps_all: Option<Vec<f64>>,
+}
+
+/// A recommendation policy over states of type `S` (`StateMsg` by default).
+pub trait Policy<S = StateMsg>: Send {
     /// Name carried in every action.
     fn name(&self) -> &'static str;
     /// Chooses an action and its probability under the policy for each state, all at once (a
     /// learned policy batches them through one forward pass).
-    fn act(&mut self, states: &[&StateMsg], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)>;
+    fn act(&mut self, states: &[&S], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)>;
+    /// [`Policy::act`] with the probability of every action where the policy knows it and the
+    /// state asks for it (RecoGym's `ps-a`); by default none.
+    fn act_full(&mut self, states: &[&S], rng: &mut ChaCha8Rng) -> Vec<Choice> {
+        self.act(states, rng).into_iter().map(|(action, ps)| Choice { action, ps, ps_all: None }).collect()
+    }
     /// Learns from one transition (`next.terminated` ends bootstrapping; `next.truncated` does not).
-    fn learn(&mut self, feedback: &Feedback<'_>);
+    fn learn(&mut self, feedback: &Feedback<'_, S>);
     /// The `k` best products for each state, best first, without exploration: for evaluation
     /// (HR@k, NDCG@k) and greedy play.
-    fn top_k(&mut self, states: &[&StateMsg], k: usize) -> Vec<Vec<u32>>;
+    fn top_k(&mut self, states: &[&S], k: usize) -> Vec<Vec<u32>>;
     /// Evaluation mode: no exploration and no learning (`true`), or back to training.
     fn set_eval(&mut self, _eval: bool) {}
     /// Writes the policy's state to its checkpoint (atomically), e.g. on shutdown.
@@ -64,20 +126,23 @@ pub trait Policy: Send {
         Ok(())
     }
     /// Notes a state (every state, terminal ones too), before `act`.
-    fn observe(&mut self, _state: &StateMsg) {}
+    fn observe(&mut self, _state: &S) {}
     /// Version of the model that chooses actions, for learned policies.
     fn model_version(&self) -> Option<u64> {
         None
     }
 }
 
-/// Builds a policy; `dqn` and `seed` configure the DQN (which fails on bad flags or a
-/// checkpoint of another network).
+/// Builds a fashion policy; `dqn` and `seed` configure the DQN (which fails on bad flags or a
+/// checkpoint of another network). RecoGym-only policies are refused.
 pub fn build(kind: PolicyKind, epsilon: f64, dqn: &DqnArgs, seed: u64) -> anyhow::Result<Box<dyn Policy>> {
     Ok(match kind {
         PolicyKind::Random => Box::new(Random),
         PolicyKind::Popularity => Box::new(Popularity::new(epsilon)),
         PolicyKind::Cooccurrence => Box::new(Cooccurrence::new(epsilon)),
         PolicyKind::Dqn => Box::new(Dqn::new(dqn, seed)?),
+        PolicyKind::OrganicCount | PolicyKind::UserCount | PolicyKind::Likelihood | PolicyKind::Nn => {
+            anyhow::bail!("policy {} runs on RecoGym only (--env recogym)", kind.name())
+        }
     })
 }

@@ -6,19 +6,105 @@
 //! last transition is `terminated` when the sequence is exhausted and `truncated` (never both)
 //! when the step limit cut it first.
 
+use std::sync::Arc;
+
+use protocol::{ProductObs, StateMsg, SCHEMA_VERSION};
+use rand::seq::SliceRandom;
+use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
+
+pub use super::Transition;
+use super::{Environment, Head};
 use crate::data::{Dataset, UserSeq};
 
-/// Outcome of one action.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Transition {
-    /// 1.0 when the action is among the user's later products, else 0.0.
-    pub reward: f64,
-    /// The action is exactly the user's next product.
-    pub next_item_hit: bool,
-    /// The user's sequence is exhausted: no later product exists.
-    pub terminated: bool,
-    /// The step limit was reached before the sequence ended.
-    pub truncated: bool,
+/// The fashion environment of one run: which users are replayed, in which order, how many
+/// episodes and with which step limit.
+#[derive(Debug)]
+pub struct FashionEnv {
+    dataset: Arc<Dataset>,
+    order: Vec<usize>,
+    episodes: usize,
+    max_steps: u32,
+    split: String,
+}
+
+impl FashionEnv {
+    /// `episodes` episodes over `users` (indices into `dataset.users`), which are shuffled by
+    /// `seed` and cycled when fewer; `split` names them in the summary.
+    pub fn new(
+        dataset: Arc<Dataset>,
+        mut users: Vec<usize>,
+        episodes: usize,
+        max_steps: u32,
+        seed: u64,
+        split: &str,
+    ) -> Self {
+        users.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        Self { dataset, order: users, episodes, max_steps, split: split.to_string() }
+    }
+
+    /// The dataset the episodes replay.
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
+    fn state_msg(&self, head: Head<'_>, episode: &Episode, t: Transition) -> StateMsg {
+        let ds = &self.dataset;
+        let product = &ds.products[episode.current(ds) as usize];
+        StateMsg {
+            schema_version: SCHEMA_VERSION,
+            env_id: head.env_id.to_string(),
+            episode_id: head.episode_id.to_string(),
+            step: episode.step_count(),
+            user_id: episode.user(ds).user_id.clone(),
+            n_actions: ds.n_actions(),
+            observation: ProductObs {
+                asin: product.id.clone(),
+                index: product.index,
+                text: product.text(),
+                sizes: product.sizes.clone(),
+                colors: product.colors.clone(),
+                keywords: product.keywords.clone(),
+            },
+            reward: t.reward,
+            next_item_hit: t.next_item_hit,
+            terminated: t.terminated,
+            truncated: t.truncated,
+            attempt: 0,
+            ts_ms: common::kafka::now_ms(),
+        }
+    }
+}
+
+impl Environment for FashionEnv {
+    type State = StateMsg;
+    type Episode = Episode;
+
+    fn name(&self) -> &'static str {
+        "fashion-v1"
+    }
+
+    fn n_actions(&self) -> u32 {
+        self.dataset.n_actions()
+    }
+
+    fn start(&mut self, seq: usize, head: Head<'_>) -> Option<(Episode, StateMsg)> {
+        if seq >= self.episodes || self.order.is_empty() {
+            return None;
+        }
+        let episode = Episode::new(self.order[seq % self.order.len()], self.max_steps);
+        let first = Transition { reward: 0.0, next_item_hit: false, terminated: false, truncated: false };
+        let state = self.state_msg(head, &episode, first);
+        Some((episode, state))
+    }
+
+    fn step(&mut self, episode: &mut Episode, action: u32, head: Head<'_>) -> (StateMsg, Transition) {
+        let transition = episode.step(&self.dataset, action);
+        (self.state_msg(head, episode, transition), transition)
+    }
+
+    fn label(&self) -> String {
+        self.split.clone()
+    }
 }
 
 /// One user's episode.

@@ -1,0 +1,431 @@
+//! Policies of RecoGym states (`Policy<RecoStateMsg>`). RecoGym's protocol: a policy is trained
+//! on the logs of a logging policy (uniform random by default), then serves new users frozen.
+//! The logs come from the pipeline (a logging run read back from the RecoGym topics,
+//! [`logs::log_from_messages`]) or, in one process, from `recogym::generate_logs`; either way
+//! they are a `recogym::Log`, and [`build`] returns the policy already trained on it.
+//!
+//! `random`, `organic-count` and `user-count` are the `recogym` crate's own agents, `likelihood`
+//! and `nn` implement its `Agent` trait here (so they also run in `recogym::ab::run`); all five
+//! serve through [`Served`], which keeps one agent per user in flight. `dqn` is the fashion DQN
+//! behind an adapter ([`dqn`]).
+
+pub mod dqn;
+pub mod likelihood;
+pub mod logs;
+pub mod nn;
+
+use std::collections::HashMap;
+
+use protocol::RecoStateMsg;
+use rand_chacha::ChaCha8Rng;
+use recogym::{Agent, Context, Log, OrganicCountAgent, OrganicUserCountAgent, OrganicView, RandomAgent};
+
+use self::{dqn::RecoDqn, likelihood::LikelihoodAgent, nn::NnAgent};
+use super::{Choice, DqnArgs, Feedback, Policy, PolicyKind};
+
+/// Settings of the RecoGym policies besides the DQN's; flags with environment fallbacks.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct RecoGymPolicyArgs {
+    /// L2 penalty of `--policy likelihood` on its weights (1 = scikit-learn's default C = 1).
+    #[arg(long, env = "LIKELIHOOD_L2", default_value_t = 1.0)]
+    pub likelihood_l2: f64,
+    #[command(flatten)]
+    pub nn: nn::NnArgs,
+}
+
+impl Default for RecoGymPolicyArgs {
+    fn default() -> Self {
+        Self { likelihood_l2: 1.0, nn: nn::NnArgs::default() }
+    }
+}
+
+/// Whether `kind` learns only from logs (and so needs them before it can serve well).
+pub fn needs_logs(kind: PolicyKind) -> bool {
+    matches!(kind, PolicyKind::OrganicCount | PolicyKind::Likelihood | PolicyKind::Nn)
+}
+
+/// Builds a RecoGym policy over `products` products, trained on `log` when given; `seed` seeds
+/// the random choices (the random policy draws user `u`'s actions from `(seed, u)`, as
+/// `recogym::RandomAgent` does, so the same seed logs the same actions in any process).
+pub fn build(
+    kind: PolicyKind,
+    products: u32,
+    log: Option<&Log>,
+    args: &RecoGymPolicyArgs,
+    dqn: &DqnArgs,
+    seed: u64,
+) -> anyhow::Result<Box<dyn Policy<RecoStateMsg>>> {
+    anyhow::ensure!(products > 0, "a recogym policy needs at least one product");
+    fn served<A: Agent + Clone + Send + 'static>(
+        name: &'static str,
+        mut agent: A,
+        log: Option<&Log>,
+    ) -> Box<dyn Policy<RecoStateMsg>> {
+        if let Some(log) = log {
+            agent.train(log);
+        }
+        Box::new(Served::new(name, agent))
+    }
+    let name = kind.name();
+    Ok(match kind {
+        PolicyKind::Random => served(name, RandomAgent::new(products, seed, true), None),
+        PolicyKind::OrganicCount => served(name, OrganicCountAgent::new(products, true), log),
+        PolicyKind::UserCount => {
+            let mut agent = OrganicUserCountAgent::new(products, seed, true);
+            agent.select_randomly = false;
+            served(name, agent, None)
+        }
+        PolicyKind::Likelihood => served(name, LikelihoodAgent::new(products, args.likelihood_l2), log),
+        PolicyKind::Nn => served(name, NnAgent::new(products, args.nn.clone(), seed), log),
+        PolicyKind::Dqn => {
+            let mut policy = RecoDqn::new(dqn, seed)?;
+            if let Some(log) = log {
+                policy.train(log, products);
+            }
+            Box::new(policy)
+        }
+        PolicyKind::Popularity | PolicyKind::Cooccurrence => {
+            anyhow::bail!("policy {name} runs on the fashion environment only")
+        }
+    })
+}
+
+/// The user's organic view counts so far (RecoGym's `CountFeatureProvider`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserCounts {
+    counts: Vec<f64>,
+}
+
+impl UserCounts {
+    /// Zero counts over `products` products.
+    pub fn new(products: u32) -> Self {
+        Self { counts: vec![0.0; products as usize] }
+    }
+
+    /// Back to zero (a new user).
+    pub fn reset(&mut self) {
+        self.counts.iter_mut().for_each(|c| *c = 0.0);
+    }
+
+    /// Counts `views` (views of unknown products are ignored).
+    pub fn add(&mut self, views: &[OrganicView]) {
+        for v in views {
+            if let Some(c) = self.counts.get_mut(v.product as usize) {
+                *c += 1.0;
+            }
+        }
+    }
+
+    /// The counts, one per product.
+    pub fn counts(&self) -> &[f64] {
+        &self.counts
+    }
+}
+
+/// Probability 1 on `product`, 0 elsewhere.
+pub fn one_hot(products: u32, product: u32) -> Vec<f64> {
+    let mut all = vec![0.0; products as usize];
+    if let Some(p) = all.get_mut(product as usize) {
+        *p = 1.0;
+    }
+    all
+}
+
+/// The views of a state, as the `recogym` crate's agents take them.
+pub fn views_of(state: &RecoStateMsg) -> Vec<OrganicView> {
+    state.organic.iter().map(|v| OrganicView { time: v.t, product: v.product }).collect()
+}
+
+/// Builds a RecoGym policy for a number of products.
+type MakePolicy = Box<dyn FnOnce(u32) -> anyhow::Result<Box<dyn Policy<RecoStateMsg>>> + Send>;
+
+/// Builds the policy on the first state it sees (whose `n_actions` gives the number of
+/// products); until then, and if building fails, it has nothing to serve with, so the first
+/// failure is fatal to the answers (uniform random, logged once).
+pub struct Lazy {
+    name: &'static str,
+    make: Option<MakePolicy>,
+    inner: Option<Box<dyn Policy<RecoStateMsg>>>,
+}
+
+impl std::fmt::Debug for Lazy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lazy").field("name", &self.name).field("built", &self.inner.is_some()).finish()
+    }
+}
+
+impl Lazy {
+    /// A policy named `name` that `make(products)` builds on first use.
+    pub fn new(
+        name: &'static str,
+        make: impl FnOnce(u32) -> anyhow::Result<Box<dyn Policy<RecoStateMsg>>> + Send + 'static,
+    ) -> Self {
+        Self { name, make: Some(Box::new(make)), inner: None }
+    }
+
+    fn inner(&mut self, products: u32) -> Option<&mut Box<dyn Policy<RecoStateMsg>>> {
+        if let Some(make) = self.make.take() {
+            match make(products) {
+                Ok(p) => self.inner = Some(p),
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    policy = self.name,
+                    "policy cannot start; answering at random"
+                ),
+            }
+        }
+        self.inner.as_mut()
+    }
+}
+
+impl Policy<RecoStateMsg> for Lazy {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn observe(&mut self, state: &RecoStateMsg) {
+        if let Some(p) = self.inner(state.n_actions) {
+            p.observe(state);
+        }
+    }
+
+    fn act(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)> {
+        self.act_full(states, rng).into_iter().map(|c| (c.action, c.ps)).collect()
+    }
+
+    fn act_full(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> Vec<Choice> {
+        use rand::Rng;
+        let Some(first) = states.first() else { return Vec::new() };
+        match self.inner(first.n_actions) {
+            Some(p) => p.act_full(states, rng),
+            None => states
+                .iter()
+                .map(|s| {
+                    let n = s.n_actions.max(1);
+                    Choice { action: rng.random_range(0..n), ps: 1.0 / f64::from(n), ps_all: None }
+                })
+                .collect(),
+        }
+    }
+
+    fn learn(&mut self, feedback: &Feedback<'_, RecoStateMsg>) {
+        if let Some(p) = self.inner.as_mut() {
+            p.learn(feedback);
+        }
+    }
+
+    fn top_k(&mut self, states: &[&RecoStateMsg], k: usize) -> Vec<Vec<u32>> {
+        match (states.first(), self.inner.as_mut()) {
+            (Some(_), Some(p)) => p.top_k(states, k),
+            _ => vec![Vec::new(); states.len()],
+        }
+    }
+
+    fn set_eval(&mut self, eval: bool) {
+        if let Some(p) = self.inner.as_mut() {
+            p.set_eval(eval);
+        }
+    }
+
+    fn save(&mut self) -> anyhow::Result<()> {
+        self.inner.as_mut().map_or(Ok(()), |p| p.save())
+    }
+
+    fn model_version(&self) -> Option<u64> {
+        self.inner.as_ref().and_then(|p| p.model_version())
+    }
+}
+
+/// Users remembered at most; beyond, the table is cleared (users abandoned by a dead env run
+/// never send their terminal state).
+const MAX_USERS: usize = 100_000;
+
+/// A `recogym` agent serving the pipeline: each user in flight gets its own copy of the trained
+/// agent (reset for that user: the agent's per-user state and random stream), fed that user's
+/// states in order, dropped at the user's terminal state. Learns nothing while serving.
+#[derive(Debug)]
+pub struct Served<A> {
+    name: &'static str,
+    trained: A,
+    users: HashMap<String, A>,
+}
+
+impl<A: Agent + Clone> Served<A> {
+    /// Serves copies of `trained` under the policy name `name`.
+    pub fn new(name: &'static str, trained: A) -> Self {
+        Self { name, trained, users: HashMap::new() }
+    }
+
+    fn choose(&mut self, s: &RecoStateMsg) -> Choice {
+        if self.users.len() >= MAX_USERS && !self.users.contains_key(&s.episode_id) {
+            tracing::warn!(open = self.users.len(), policy = self.name, "forgetting the state of unfinished users");
+            self.users.clear();
+        }
+        let trained = &self.trained;
+        let agent = self.users.entry(s.episode_id.clone()).or_insert_with(|| {
+            let mut agent = trained.clone();
+            agent.reset_user(s.user_id);
+            agent
+        });
+        let ctx = Context { user_id: s.user_id, time: s.time, last_click: (s.step > 0).then_some(s.reward > 0.5) };
+        let action = agent.act(&views_of(s), &ctx);
+        Choice { action: action.product, ps: action.ps, ps_all: if s.ps_all { action.ps_all } else { None } }
+    }
+}
+
+impl<A: Agent + Clone + Send> Policy<RecoStateMsg> for Served<A> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn observe(&mut self, state: &RecoStateMsg) {
+        if state.terminated || state.truncated {
+            self.users.remove(&state.episode_id);
+        }
+    }
+
+    fn act(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)> {
+        self.act_full(states, rng).into_iter().map(|c| (c.action, c.ps)).collect()
+    }
+
+    fn act_full(&mut self, states: &[&RecoStateMsg], _rng: &mut ChaCha8Rng) -> Vec<Choice> {
+        states.iter().map(|s| self.choose(s)).collect()
+    }
+
+    /// RecoGym's agents learn from logs only (`build`), not while serving.
+    fn learn(&mut self, _feedback: &Feedback<'_, RecoStateMsg>) {}
+
+    /// No ranking: these agents only name their one recommendation (which changes their
+    /// per-user state), so no list is returned.
+    fn top_k(&mut self, states: &[&RecoStateMsg], _k: usize) -> Vec<Vec<u32>> {
+        vec![Vec::new(); states.len()]
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use protocol::messages::examples;
+    use rand_chacha::rand_core::SeedableRng;
+    use recogym::{Event, LogRow};
+
+    use super::*;
+
+    /// 200 users over 4 products: user `u` views product `u % 4` three times, then is shown
+    /// every product in turn (twice) and clicks exactly the product it viewed.
+    pub(crate) fn toy_log() -> Log {
+        let mut rows = Vec::new();
+        for u in 0..200u64 {
+            let p = (u % 4) as u32;
+            let mut t = 0;
+            for _ in 0..3 {
+                rows.push(LogRow { t, u, z: Event::Organic, v: Some(p), a: None, c: None, ps: None, ps_all: None });
+                t += 1;
+            }
+            for a in (0..8).map(|i| i % 4) {
+                rows.push(LogRow {
+                    t,
+                    u,
+                    z: Event::Bandit,
+                    v: None,
+                    a: Some(a),
+                    c: Some(a == p),
+                    ps: Some(0.25),
+                    ps_all: None,
+                });
+                t += 1;
+            }
+        }
+        Log { rows }
+    }
+
+    /// DQN settings from flags, defaults for the rest.
+    pub(crate) fn dqn_args(flags: &[&str]) -> DqnArgs {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            dqn: DqnArgs,
+        }
+        Cli::parse_from(std::iter::once("agent").chain(flags.iter().copied())).dqn
+    }
+
+    fn state(ep: &str, user: u64, step: u32, views: &[u32]) -> RecoStateMsg {
+        let mut s = examples::reco_state();
+        (s.episode_id, s.user_id, s.step, s.n_actions) = (ep.into(), user, step, 6);
+        s.organic = views.iter().map(|&product| protocol::OrganicView { t: 0, product }).collect();
+        s
+    }
+
+    fn answer(policy: &mut dyn Policy<RecoStateMsg>, s: &RecoStateMsg) -> Choice {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        policy.observe(s);
+        policy.act_full(&[s], &mut rng).remove(0)
+    }
+
+    #[test]
+    fn user_count_picks_each_users_most_viewed_product_so_far() {
+        let none = RecoGymPolicyArgs::default();
+        let dqn = dqn_args(&[]);
+        let mut p = build(PolicyKind::UserCount, 6, None, &none, &dqn, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(answer(p.as_mut(), &state("a", 1, 0, &[5, 2, 5])).action, 5);
+        // Another user in flight has counts of its own.
+        assert_eq!(answer(p.as_mut(), &state("b", 2, 0, &[1])).action, 1);
+        // The first user's counts carry over its steps: 2 is now viewed three times.
+        let c = answer(p.as_mut(), &state("a", 1, 1, &[2, 2]));
+        assert_eq!((c.action, c.ps, c.ps_all), (2, 1.0, None), "ps_all only when asked");
+    }
+
+    #[test]
+    fn organic_count_trained_on_logs_recommends_the_most_co_viewed() {
+        let none = RecoGymPolicyArgs::default();
+        let dqn = dqn_args(&[]);
+        // Sessions: [1, 3, 3] twice, [4, 1]: after a view of 1, product 3 is co-viewed most.
+        let rows = [(0, 1), (0, 3), (0, 3), (1, 1), (1, 3), (1, 3), (2, 4), (2, 1)]
+            .into_iter()
+            .enumerate()
+            .map(|(t, (u, v))| LogRow {
+                t: t as u64,
+                u,
+                z: Event::Organic,
+                v: Some(v),
+                a: None,
+                c: None,
+                ps: None,
+                ps_all: None,
+            })
+            .collect();
+        let log = Log { rows };
+        let mut p = build(PolicyKind::OrganicCount, 6, Some(&log), &none, &dqn, 0).unwrap_or_else(|e| panic!("{e}"));
+        let mut s = state("a", 1, 0, &[4, 1]);
+        s.ps_all = true;
+        let c = answer(p.as_mut(), &s);
+        assert_eq!((c.action, c.ps), (3, 1.0));
+        assert_eq!(c.ps_all, Some(vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0]));
+    }
+
+    #[test]
+    fn random_is_uniform_and_draws_per_user_as_recogyms_random_agent() {
+        let none = RecoGymPolicyArgs::default();
+        let dqn = dqn_args(&[]);
+        let mut p = build(PolicyKind::Random, 6, None, &none, &dqn, 42).unwrap_or_else(|e| panic!("{e}"));
+        let mut reference = RandomAgent::new(6, 42, false);
+        reference.reset_user(9);
+        let ctx = Context { user_id: 9, time: 0, last_click: None };
+        for step in 0..20 {
+            let mut s = state("u9", 9, step, &[]);
+            s.ps_all = true;
+            let c = answer(p.as_mut(), &s);
+            assert_eq!(c.action, reference.act(&[], &ctx).product);
+            assert!((c.ps - 1.0 / 6.0).abs() < 1e-12);
+            assert_eq!(c.ps_all.map(|a| a.len()), Some(6));
+        }
+    }
+
+    #[test]
+    fn fashion_only_policies_are_refused() {
+        let none = RecoGymPolicyArgs::default();
+        let dqn = dqn_args(&[]);
+        assert!(build(PolicyKind::Popularity, 6, None, &none, &dqn, 0).is_err());
+        assert!(crate::policies::build(PolicyKind::Likelihood, 0.1, &dqn, 0).is_err());
+    }
+}
