@@ -3,7 +3,9 @@
 # script; writes target/bench/report.json. Nothing here asserts a threshold.
 #   (a) load + preprocess a full-size synthetic 2018 file (883,636 reviews): seconds, peak RSS
 #   (b) step round trip with one episode in flight vs Kafka's own EndToEndLatency tool
-#   (c) steps per second with 256 concurrent episodes, through Kafka vs in memory
+#   (c) steps per second with 256 concurrent episodes, through Kafka vs in memory; and with the
+#       DQN agent answering (learning as it goes) instead of random, through Kafka
+#   (d) DQN learner and inference, Rust vs PyTorch; (e) archiver; (f) RecoGym port vs Python
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${STREAMREC_CACHE:-$HOME/.cache/streamrec}
@@ -33,13 +35,14 @@ topic() { # name partitions
     --partitions "$2" --replication-factor 3 --config min.insync.replicas=2 > /dev/null
 }
 
-# One env run through Kafka against an agent-svc process, on fresh topics.
+# One env run through Kafka against an agent-svc process (policy $POLICY, default random), on
+# fresh topics.
 kafka_run() { # name summary-json env-flags...
   local name=$1 summary=$2; shift 2
   local base="bench_${name}_$(date +%s%N)"
   topic "${base}_state" 6; topic "${base}_action" 6; topic "${base}_dlq" 1
   local flags=(--state-topic "${base}_state" --action-topic "${base}_action" --dead-letter-topic "${base}_dlq")
-  "$bin/agent-svc" run --policy random --group-id "$base" --offset-reset earliest "${flags[@]}" > "$out/agent-$name.log" 2>&1 &
+  "$bin/agent-svc" run --policy "${POLICY:-random}" --group-id "$base" --offset-reset earliest "${flags[@]}" > "$out/agent-$name.log" 2>&1 &
   local agent=$!
   "$bin/env-svc" run --quiet "${flags[@]}" --summary-json "$summary" "$@" > "$out/env-$name.log" 2>&1
   kill -TERM "$agent"; wait "$agent" || true
@@ -59,6 +62,9 @@ kafka_run throughput "$out/throughput-kafka.json" --episodes "$BENCH_EPISODES" -
 "$bin/streamrec-sim" memory --quiet --policy random --episodes "$BENCH_EPISODES" --concurrency 256 \
   --summary-json "$out/throughput-memory.json" > "$out/memory.log" 2>&1
 
+# The same load answered by the DQN (the paper's LSTM network, learning on its own thread).
+POLICY=dqn kafka_run throughput-dqn "$out/throughput-kafka-dqn.json" --episodes "$BENCH_EPISODES" --concurrency 256
+
 python3 scripts/bench_report.py "$out"
 
 echo "==> DQN learner and inference, Rust (tch) vs PyTorch"
@@ -66,3 +72,6 @@ scripts/bench_dqn.sh
 
 echo "==> archiver vs a plain loop of prepared inserts"
 scripts/bench_archiver.sh
+
+echo "==> RecoGym: the Rust port vs the Python simulator (bandit steps per second)"
+scripts/bench_recogym.sh

@@ -9,6 +9,7 @@ load = json.loads((out / "load.json").read_text())
 rtt = json.loads((out / "rtt.json").read_text())
 kafka = json.loads((out / "throughput-kafka.json").read_text())
 memory = json.loads((out / "throughput-memory.json").read_text())
+dqn = json.loads((out / "throughput-kafka-dqn.json").read_text())
 e2e_text = (out / "e2e.txt").read_text()
 pct = re.search(r"50th = ([\d.]+), 99th = ([\d.]+)", e2e_text)
 avg = re.search(r"Avg latency: ([\d.]+)", e2e_text)
@@ -43,6 +44,8 @@ report = {
         "memory_over_kafka": memory["steps_per_s"] / max(kafka["steps_per_s"], 1e-9),
         "kafka_steps": kafka["steps"],
         "memory_steps": memory["steps"],
+        "kafka_dqn": dqn["steps_per_s"],
+        "dqn_over_random_kafka": dqn["steps_per_s"] / max(kafka["steps_per_s"], 1e-9),
     },
 }
 (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -61,4 +64,5 @@ print("    (E2E: Kafka's EndToEndLatency, one produce-to-consume hop, acks=all, 
 t = r["throughput_steps_per_s"]
 print(f"(c) steps/s, 256 episodes, Kafka          {t['kafka']:8.0f}")
 print(f"    steps/s, 256 episodes, memory         {t['memory']:8.0f}                     {t['memory_over_kafka']:5.2f}x memory/Kafka")
+print(f"    steps/s, 256 episodes, Kafka, DQN     {t['kafka_dqn']:8.0f}      random {t['kafka']:6.0f}   {t['dqn_over_random_kafka']:5.2f}x DQN/random")
 print(f"\nreport: {out / 'report.json'}")

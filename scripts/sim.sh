@@ -3,11 +3,16 @@
 # environment against agent-svc, the two talking only through TRANSPORT (kafka: two processes
 # and the local stack; memory: one process, bounded channels). Prints the env's summary and
 # writes it to target/sim/summary.json.
-#   DATASET=data/sample EPISODES=200 POLICY=popularity TRANSPORT=kafka
+#   DATASET=data/sample EPISODES=200 POLICY=dqn TRANSPORT=kafka
+# The DQN runs with the settings `make eval` measured (the MLP network, gamma 0, full-feedback
+# hindsight); any DQN_* variable overrides them. It learns while it serves and checkpoints into
+# target/sim/checkpoints, so each `make sim` goes on from where the last one stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export DATASET=${DATASET:-data/sample} EPISODES=${EPISODES:-200} POLICY=${POLICY:-popularity}
+export DATASET=${DATASET:-data/sample} EPISODES=${EPISODES:-200} POLICY=${POLICY:-dqn}
+export DQN_NET=${DQN_NET:-mlp} DQN_GAMMA=${DQN_GAMMA:-0} DQN_LR=${DQN_LR:-0.003} DQN_HIDDEN=${DQN_HIDDEN:-256}
+export DQN_EPS_DECAY_STEPS=${DQN_EPS_DECAY_STEPS:-3000}
 TRANSPORT=${TRANSPORT:-kafka}
 out=target/sim
 mkdir -p "$out"

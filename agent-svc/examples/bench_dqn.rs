@@ -92,6 +92,8 @@ fn main() -> anyhow::Result<()> {
         rewards: Tensor::from_slice(&rewards),
         next_obs,
         terminated: Tensor::from_slice(&terminated),
+        // Ordinary transitions, as the PyTorch side learns them.
+        full: None,
     };
 
     for _ in 0..10 {

@@ -214,20 +214,33 @@ impl Learner {
     pub fn update(&mut self) -> anyhow::Result<f64> {
         let slots = self.replay.sample_indices(self.hp.batch_size, &mut self.rng);
         anyhow::ensure!(!slots.is_empty(), "the replay buffer is empty");
-        let batch = self.replay.batch(&slots, self.device);
+        let batch = self.replay.batch(&slots, self.n_actions, self.device);
         self.update_on(&batch)
     }
 
     /// One gradient step on `batch` (Huber loss of Q(s, a) against the DQN target, Adam), then
-    /// the target update when due; returns the loss.
+    /// the target update when due; returns the loss. A batch with full-feedback rows learns
+    /// every action of those rows (reward of the action plus the same bootstrapped value: the
+    /// next state does not depend on the action there); each row weighs the same in the loss.
     pub fn update_on(&mut self, b: &Batch) -> anyhow::Result<f64> {
-        let q_sa = self.online.forward(&b.obs).gather(1, &b.actions.unsqueeze(1), false).squeeze_dim(1);
+        let q = self.online.forward(&b.obs);
         let target = tch::no_grad(|| {
             let next_q_target = self.target.forward(&b.next_obs);
             let next_q_online = self.hp.double.then(|| self.online.forward(&b.next_obs));
             td_targets(&b.rewards, &b.terminated, next_q_online.as_ref(), &next_q_target, self.hp.gamma)
         });
-        let loss = q_sa.huber_loss(&target, Reduction::Mean, self.hp.huber_delta);
+        let loss = match &b.full {
+            None => {
+                let q_sa = q.gather(1, &b.actions.unsqueeze(1), false).squeeze_dim(1);
+                q_sa.huber_loss(&target, Reduction::Mean, self.hp.huber_delta)
+            }
+            Some((rewards, mask)) => {
+                let bootstrap = (&target - &b.rewards).unsqueeze(1);
+                let per_action = q.huber_loss(&(rewards + bootstrap), Reduction::None, self.hp.huber_delta) * mask;
+                let per_row = per_action.sum_dim_intlist(1, false, None) / mask.sum_dim_intlist(1, false, None);
+                per_row.mean(None)
+            }
+        };
         self.opt.zero_grad(self.active_rows);
         loss.backward();
         if self.hp.grad_clip > 0.0 {
@@ -445,7 +458,14 @@ mod tests {
         for i in 0..64 {
             let (tok, a) = (2 + i % 2, (i / 2) % 4);
             let r = if (tok == 2 && a == 1) || (tok == 3 && a == 2) { 1.0 } else { 0.0 };
-            learner.push(&Transition { obs: vec![tok], action: a, reward: r, next_obs: vec![tok], terminated: true });
+            learner.push(&Transition {
+                obs: vec![tok],
+                action: a,
+                reward: r,
+                next_obs: vec![tok],
+                terminated: true,
+                positives: None,
+            });
         }
         let first: f64 = (0..5).map(|_| learner.update().unwrap_or_else(|e| panic!("{e}"))).sum::<f64>() / 5.0;
         for _ in 0..300 {
@@ -460,12 +480,47 @@ mod tests {
     }
 
     #[test]
+    fn full_feedback_rows_teach_every_action_from_one_transition_each() {
+        tch::manual_seed(0);
+        let cfg = NetConfig { kind: NetKind::Mlp, embedding_dim: 8, hidden: vec![16], ..NetConfig::paper(10, 4) };
+        let hp = Hyper { gamma: 0.0, ..hyper() };
+        let mut learner = Learner::new(&cfg, 4, &hp, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        // One transition per token; the actions taken (0) earned nothing, but in hindsight
+        // actions 1 and 3 (token 2) and 2 (token 3) would have paid 1, 0.5 and 1.
+        for (tok, positives) in [(2, vec![(1, 1.0), (3, 0.5)]), (3, vec![(2, 1.0)])] {
+            let positives = Some(positives);
+            learner.push(&Transition {
+                obs: vec![tok],
+                action: 0,
+                reward: 0.0,
+                next_obs: vec![tok],
+                terminated: true,
+                positives,
+            });
+        }
+        for _ in 0..400 {
+            learner.update().unwrap_or_else(|e| panic!("{e}"));
+        }
+        let q = learner.q_values(&Tensor::from_slice(&[2i64, 3]).view([2, 1]));
+        let q = Vec::<f32>::try_from(q.view([-1])).unwrap_or_else(|e| panic!("{e}"));
+        let want = [0.0, 1.0, 0.0, 0.5, 0.0, 0.0, 1.0, 0.0];
+        assert!(q.iter().zip(want).all(|(q, w)| (q - w).abs() < 0.1), "Q {q:?} vs {want:?}");
+    }
+
+    #[test]
     fn target_network_follows_every_target_every_updates() {
         tch::manual_seed(1);
         let cfg = NetConfig { kind: NetKind::Mlp, embedding_dim: 4, hidden: vec![], ..NetConfig::paper(10, 2) };
         let hp = Hyper { target_every: 3, double: false, ..hyper() };
         let mut learner = Learner::new(&cfg, 2, &hp, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
-        learner.push(&Transition { obs: vec![2], action: 0, reward: 1.0, next_obs: vec![2], terminated: false });
+        learner.push(&Transition {
+            obs: vec![2],
+            action: 0,
+            reward: 1.0,
+            next_obs: vec![2],
+            terminated: false,
+            positives: None,
+        });
         let same = |l: &Learner| l.online_vars.iter().zip(&l.target_vars).all(|(a, b)| a.equal(b));
         assert!(same(&learner));
         for i in 1..=3 {

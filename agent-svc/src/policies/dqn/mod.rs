@@ -35,7 +35,7 @@ use std::{
 use anyhow::{anyhow, Context};
 use protocol::StateMsg;
 use rand::Rng;
-use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
+use rand_chacha::ChaCha8Rng;
 use tch::{nn, Device, Tensor};
 
 use self::{
@@ -99,17 +99,23 @@ pub struct DqnArgs {
     /// faster than the learner; a live service should keep answering and drop.
     #[arg(long, env = "DQN_BACKPRESSURE")]
     pub dqn_backpressure: bool,
-    /// Hindsight relabelling: the next state shows the user's next product, which is always among
-    /// the later ones, so recommending it would have earned reward 1; also learn from that
-    /// counterfactual transition. It uses only what the state stream shows.
-    #[arg(long, env = "DQN_HINDSIGHT", default_value_t = true, action = clap::ArgAction::Set)]
-    pub dqn_hindsight: bool,
-    /// Future hindsight (the "future" strategy of hindsight experience replay): when an episode
-    /// ends, every product the user went on to see would have paid reward 1 at each earlier
-    /// step; learn from up to this many of them per step (0: off). Only what the stream showed.
-    /// Off by default: with 4, `make eval` measured a lower reward rate (see docs/DQN.md).
-    #[arg(long, env = "DQN_HINDSIGHT_FUTURE", default_value_t = 0)]
-    pub dqn_hindsight_future: usize,
+    /// What is learned in hindsight from the states that follow, besides the action taken:
+    /// `off` nothing; `next` also that the user's next product (shown by the next state) would
+    /// have paid reward 1; `future` (full feedback) at the episode's end, each step learns a
+    /// target for every action: `decay^(k-1)` for a product the user went on to see `k` steps
+    /// later (see `--dqn-hindsight-decay`), 0 for all others. Sound here because a
+    /// recommendation never changes what the user does next. Uses only what the stream showed.
+    #[arg(long, env = "DQN_HINDSIGHT", value_enum, default_value_t = Hindsight::Future)]
+    pub dqn_hindsight: Hindsight,
+    /// `future` hindsight: the target of a product first seen `k` steps later is `decay^(k-1)`.
+    /// 1 is exactly the env's reward (any later product pays 1); lower values favour what comes
+    /// soon, a sharper estimate from few episodes (measured in docs/DQN.md).
+    #[arg(long, env = "DQN_HINDSIGHT_DECAY", default_value_t = 0.6)]
+    pub dqn_hindsight_decay: f64,
+    /// Put the product's own id (its ASIN, as observed in the state) among the tokens the
+    /// network reads, so it can tell apart products with similar text.
+    #[arg(long, env = "DQN_ID_TOKEN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dqn_id_token: bool,
     /// Double DQN: the online network picks the next action, the target network values it.
     #[arg(long, env = "DQN_DOUBLE", default_value_t = true, action = clap::ArgAction::Set)]
     pub dqn_double: bool,
@@ -178,6 +184,7 @@ impl DqnArgs {
             // The MLP has no LSTM layers: keep its shape free of the unused flag.
             lstm_units: if self.dqn_net == NetKind::Lstm { self.dqn_lstm_units.clone() } else { Vec::new() },
             hidden: self.dqn_hidden.clone(),
+            lead_token: self.dqn_id_token && self.dqn_net == NetKind::Mlp,
         }
     }
 
@@ -240,6 +247,7 @@ impl DqnArgs {
             "--dqn-train-ratio and --dqn-grad-clip must be >= 0"
         );
         anyhow::ensure!(self.dqn_queue > 0, "--dqn-queue must be positive");
+        anyhow::ensure!(unit(self.dqn_hindsight_decay), "--dqn-hindsight-decay must be in [0, 1]");
         Ok(())
     }
 
@@ -251,6 +259,17 @@ impl DqnArgs {
         let frac = step as f64 / self.dqn_eps_decay_steps as f64;
         self.dqn_eps_start + (self.dqn_eps_end - self.dqn_eps_start) * frac
     }
+}
+
+/// What the DQN learns in hindsight (see `--dqn-hindsight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hindsight {
+    /// Only the transition of the action taken.
+    Off,
+    /// Also the next product, relabelled with reward 1.
+    Next,
+    /// Full feedback at the episode's end: the reward of every action at every step.
+    Future,
 }
 
 /// Sets libtorch's intra-op thread count (process-wide); 0 leaves libtorch's default.
@@ -268,6 +287,9 @@ pub fn epsilon_greedy<R: Rng>(greedy: u32, n: u32, eps: f64, rng: &mut R) -> (u3
     let action = if eps > 0.0 && rng.random::<f64>() < eps { rng.random_range(0..n) } else { greedy.min(n - 1) };
     (action, if action == greedy { 1.0 - eps + explore } else { explore })
 }
+
+/// Episodes whose steps `--dqn-hindsight future` holds at most, waiting for their end.
+const MAX_OPEN_EPISODES: usize = 100_000;
 
 /// The network that chooses actions, and the learner behind it.
 struct Live {
@@ -307,9 +329,9 @@ pub struct Dqn {
     broken: Option<String>,
     eval: bool,
     mismatched: u64,
-    /// Steps of the episodes in flight, for future-product hindsight at their end.
-    episodes: HashMap<String, Vec<Transition>>,
-    future_rng: ChaCha8Rng,
+    /// Steps of the episodes in flight with the product each led to, for full feedback at
+    /// their end (`--dqn-hindsight future`).
+    episodes: HashMap<String, Vec<(Transition, i64)>>,
 }
 
 impl std::fmt::Debug for Dqn {
@@ -367,27 +389,39 @@ impl Dqn {
             eval: false,
             mismatched: 0,
             episodes: HashMap::new(),
-            future_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed),
         })
     }
 
-    /// The hindsight transitions of a finished episode: at each step, up to
-    /// `--dqn-hindsight-future` of the products seen after it, each paying reward 1 (the
-    /// immediate next product is already learned at its step).
-    fn future_hindsight(&mut self, steps: &[Transition], seen_after: &[i64]) -> Vec<Transition> {
-        let k = self.args.dqn_hindsight_future;
-        let mut out = Vec::new();
-        for (t, step) in steps.iter().enumerate() {
-            // seen_after[t] is the product at step t + 1; later ones start at t + 1.
-            let later = &seen_after[(t + 1).min(seen_after.len())..];
-            for _ in 0..k.min(later.len()) {
-                let a = later[self.future_rng.random_range(0..later.len())];
-                if a != step.action {
-                    out.push(Transition { action: a, reward: 1.0, ..step.clone() });
+    /// The full-feedback transitions of a finished episode. `steps` holds each step with the
+    /// product shown next; the products shown after step `t` (from `t + 1` on) are those the user
+    /// reviewed later: a product first seen `k` steps after `t` gets the target `decay^(k-1)`.
+    fn full_feedback(steps: Vec<(Transition, i64)>, decay: f64) -> Vec<Transition> {
+        let shown: Vec<i64> = steps.iter().map(|(_, next)| *next).collect();
+        steps
+            .into_iter()
+            .enumerate()
+            .map(|(t, (step, _))| {
+                let mut positives: Vec<(i64, f32)> = Vec::new();
+                let mut weight = 1.0;
+                for &product in &shown[t..] {
+                    if !positives.iter().any(|&(p, _)| p == product) {
+                        positives.push((product, weight as f32));
+                    }
+                    weight *= decay;
                 }
-            }
+                Transition { positives: Some(positives), ..step }
+            })
+            .collect()
+    }
+
+    /// The text the network reads for a state: its metadata text, after its product id when
+    /// `--dqn-id-token` is on.
+    fn text_of(&self, s: &StateMsg) -> String {
+        if self.args.dqn_id_token {
+            format!("{} {}", s.observation.asin, s.observation.text)
+        } else {
+            s.observation.text.clone()
         }
-        out
     }
 
     fn vocab(&self) -> MutexGuard<'_, Vocab> {
@@ -455,9 +489,10 @@ impl Dqn {
     /// Q-values `[states, n_actions]` of the inference copy; the live net must exist.
     fn q_values(&mut self, states: &[&StateMsg]) -> Option<Tensor> {
         let (max_tokens, grow) = (self.args.dqn_max_tokens, !self.eval);
+        let texts: Vec<String> = states.iter().map(|s| self.text_of(s)).collect();
         let rows: Vec<Vec<i64>> = {
             let mut vocab = self.vocab();
-            states.iter().map(|s| vocab.encode(&s.observation.text, max_tokens, grow)).collect()
+            texts.iter().map(|t| vocab.encode(t, max_tokens, grow)).collect()
         };
         let live = self.live.as_ref()?;
         let refs: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
@@ -503,14 +538,16 @@ impl Dqn {
     /// What the learner stores for `fb`.
     fn transition(&self, fb: &Feedback<'_>) -> Transition {
         let max_tokens = self.args.dqn_max_tokens;
+        let (prev, next) = (self.text_of(fb.prev), self.text_of(fb.next));
         let mut vocab = self.vocab();
         Transition {
-            obs: vocab.encode(&fb.prev.observation.text, max_tokens, true),
+            obs: vocab.encode(&prev, max_tokens, true),
             action: i64::from(fb.action),
             reward: fb.reward as f32,
-            next_obs: vocab.encode(&fb.next.observation.text, max_tokens, true),
+            next_obs: vocab.encode(&next, max_tokens, true),
             // Truncation (the step limit) is no end of the episode: keep bootstrapping.
             terminated: fb.next.terminated,
+            positives: None,
         }
     }
 
@@ -571,29 +608,35 @@ impl Policy for Dqn {
             return;
         }
         let Some(tx) = live.inbox_tx.clone() else { return };
+        let n_actions = live.n_actions;
         let t = self.transition(fb);
         let next = fb.next.observation.index;
-        let n_actions = live.n_actions;
-        let hindsight = (self.args.dqn_hindsight && next != fb.action && next < n_actions).then(|| Transition {
-            action: i64::from(next),
-            reward: 1.0,
-            ..t.clone()
-        });
-        let mut future = Vec::new();
-        if self.args.dqn_hindsight_future > 0 && next < n_actions {
-            // Remember the step with the product it led to, as `action`.
-            let steps = self.episodes.entry(fb.next.episode_id.clone()).or_default();
-            steps.push(Transition { action: i64::from(next), ..t.clone() });
-            if fb.next.terminated || fb.next.truncated {
-                let steps = self.episodes.remove(&fb.next.episode_id).unwrap_or_default();
-                let seen_after: Vec<i64> = steps.iter().map(|s| s.action).collect();
-                future = self.future_hindsight(&steps, &seen_after);
+        let batch: Vec<Transition> = match self.args.dqn_hindsight {
+            Hindsight::Off => vec![t],
+            Hindsight::Next => {
+                let relabelled = (next != fb.action && next < n_actions).then(|| Transition {
+                    action: i64::from(next),
+                    reward: 1.0,
+                    ..t.clone()
+                });
+                std::iter::once(t).chain(relabelled).collect()
             }
-            if self.episodes.len() > 100_000 {
-                self.episodes.clear();
+            Hindsight::Future => {
+                if self.episodes.len() >= MAX_OPEN_EPISODES && !self.episodes.contains_key(&fb.next.episode_id) {
+                    // Episodes that never ended (e.g. cut by a restart) would pile up: forget them.
+                    tracing::warn!(open = self.episodes.len(), "dqn forgets the steps of unfinished episodes");
+                    self.episodes.clear();
+                }
+                self.episodes.entry(fb.next.episode_id.clone()).or_default().push((t, i64::from(next)));
+                if fb.next.terminated || fb.next.truncated {
+                    let steps = self.episodes.remove(&fb.next.episode_id).unwrap_or_default();
+                    Self::full_feedback(steps, self.args.dqn_hindsight_decay)
+                } else {
+                    Vec::new()
+                }
             }
-        }
-        for t in std::iter::once(t).chain(hindsight).chain(future) {
+        };
+        for t in batch {
             if self.args.dqn_backpressure {
                 if tx.send(ToLearner::Transition(t)).is_err() {
                     tracing::error!("dqn learner stopped; transition lost");

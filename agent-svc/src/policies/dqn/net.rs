@@ -38,6 +38,10 @@ pub struct NetConfig {
     pub lstm_units: Vec<i64>,
     /// Widths of the dense ReLU layers before the output.
     pub hidden: Vec<i64>,
+    /// `mlp` only: also feed the first token's embedding on its own, next to the average (the
+    /// product id when `--dqn-id-token` puts it first), so one token is not drowned by the rest.
+    #[serde(default)]
+    pub lead_token: bool,
 }
 
 impl NetConfig {
@@ -50,6 +54,7 @@ impl NetConfig {
             embedding_dim: 64,
             lstm_units: vec![64, 64, 32],
             hidden: vec![64, 32],
+            lead_token: false,
         }
     }
 
@@ -76,6 +81,7 @@ pub struct Net {
     lstms: Vec<nn::LSTM>,
     hidden: Vec<nn::Linear>,
     out: nn::Linear,
+    lead_token: bool,
 }
 
 impl Net {
@@ -88,7 +94,8 @@ impl Net {
         tch::no_grad(|| {
             let _ = embedding.ws.get(PAD).zero_();
         });
-        let mut width = cfg.embedding_dim;
+        let lead_token = cfg.lead_token && cfg.kind == NetKind::Mlp;
+        let mut width = if lead_token { 2 * cfg.embedding_dim } else { cfg.embedding_dim };
         let mut lstms = Vec::new();
         if cfg.kind == NetKind::Lstm {
             for (i, &units) in cfg.lstm_units.iter().enumerate() {
@@ -113,8 +120,13 @@ impl Net {
             hidden.push(nn::linear(p / format!("dense{i}"), width, units, Default::default()));
             width = units;
         }
-        let out = nn::linear(p / "q", width, n_actions, Default::default());
-        Self { kind: cfg.kind, embedding, lstms, hidden, out }
+        // The output weights start at zero, so every Q-value starts equal to its bias: a randomly
+        // initialised output adds noise to all n_actions values, and full-feedback rows (which
+        // regress every action at once) remove that noise fastest by silencing the hidden ReLUs
+        // for good (measured: the Q-values became the same for every state).
+        let out_cfg = nn::LinearConfig { ws_init: nn::Init::Const(0.0), ..Default::default() };
+        let out = nn::linear(p / "q", width, n_actions, out_cfg);
+        Self { kind: cfg.kind, embedding, lstms, hidden, out, lead_token }
     }
 
     /// Q-values `[batch, n_actions]` for token ids `[batch, tokens]` (int64, padded with 0).
@@ -141,7 +153,12 @@ impl Net {
             NetKind::Mlp => {
                 let mask = ids.ne(PAD).to_kind(Kind::Float).unsqueeze(-1);
                 let count = mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
-                (emb * &mask).sum_dim_intlist(1, false, Kind::Float) / count
+                let mean = (&emb * &mask).sum_dim_intlist(1, false, Kind::Float) / count;
+                if self.lead_token {
+                    Tensor::cat(&[mean, emb.select(1, 0)], 1)
+                } else {
+                    mean
+                }
             }
         };
         for layer in &self.hidden {
@@ -213,12 +230,17 @@ mod tests {
 
     #[test]
     fn both_nets_output_one_q_value_per_action() {
-        for cfg in [NetConfig::paper(100, 8), NetConfig { kind: NetKind::Mlp, ..NetConfig::paper(100, 8) }] {
+        let mlp = NetConfig { kind: NetKind::Mlp, ..NetConfig::paper(100, 8) };
+        for cfg in [NetConfig::paper(100, 8), mlp.clone(), NetConfig { lead_token: true, ..mlp }] {
             let vs = nn::VarStore::new(Device::Cpu);
             let net = Net::new(&vs.root(), &cfg, 1289);
             let q = net.forward(&ids());
             assert_eq!(q.size(), [3, 1289], "{:?}", cfg.kind);
             assert_eq!(q.kind(), Kind::Float);
+            let dense0: i64 =
+                vs.variables().iter().filter(|(n, _)| n.starts_with("dense0.weight")).map(|(_, t)| t.size()[1]).sum();
+            let want = if cfg.lead_token { 128 } else { 64 };
+            assert_eq!(dense0, want, "{cfg:?}: the lead token doubles the input");
         }
     }
 

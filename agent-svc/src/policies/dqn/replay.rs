@@ -1,7 +1,11 @@
 //! The replay buffer: the last `capacity` transitions, sampled uniformly into training batches.
 //!
-//! Invariant: storage is allocated once (fixed-width token rows), so pushing never allocates and
-//! a full buffer overwrites its oldest transition.
+//! Two kinds of transition share the buffer: an ordinary one teaches the Q-value of the action
+//! taken; a *full-feedback* one carries the reward of every action (all actions outside its
+//! `positives` earned 0), learned on the whole row of Q-values (see `--dqn-hindsight future`).
+//!
+//! Invariant: storage is allocated once (fixed-width token and positive rows), so pushing never
+//! allocates and a full buffer overwrites its oldest transition.
 
 use rand::Rng;
 use tch::{Device, Kind, Tensor};
@@ -21,7 +25,14 @@ pub struct Transition {
     pub next_obs: Vec<i64>,
     /// The next state ended the episode: no bootstrapping from it (truncation does not count).
     pub terminated: bool,
+    /// Full feedback: `(action, target reward)` for the actions that would have earned a reward
+    /// in this state (every other action earned 0); `None` for an ordinary transition, where
+    /// only `action` is known.
+    pub positives: Option<Vec<(i64, f32)>>,
 }
+
+/// Most positive actions a full-feedback transition keeps (later ones are cut).
+pub const MAX_POSITIVES: usize = 64;
 
 /// A training batch, as tensors on the learner's device.
 #[derive(Debug)]
@@ -36,6 +47,10 @@ pub struct Batch {
     pub next_obs: Tensor,
     /// `[batch]` float, 1 where the next state terminated the episode.
     pub terminated: Tensor,
+    /// Present when the batch holds a full-feedback transition: `(rewards, mask)`, both
+    /// `[batch, n_actions]` float. A full-feedback row has its reward for every action and a
+    /// mask of ones; an ordinary row has its reward at its action and a one-hot mask.
+    pub full: Option<(Tensor, Tensor)>,
 }
 
 /// A ring buffer of transitions with fixed-width token rows.
@@ -50,6 +65,13 @@ pub struct Replay {
     actions: Vec<i64>,
     rewards: Vec<f32>,
     terminated: Vec<f32>,
+    /// Positive actions of full-feedback slots, `MAX_POSITIVES` per slot, and their rewards.
+    positives: Vec<i32>,
+    pos_rewards: Vec<f32>,
+    /// Positives held per slot; `NOT_FULL` marks an ordinary transition.
+    pos_len: Vec<u8>,
+    /// Full-feedback transitions held.
+    full_held: usize,
     len: usize,
     pos: usize,
 }
@@ -68,6 +90,10 @@ impl Replay {
             actions: vec![0; capacity],
             rewards: vec![0.0; capacity],
             terminated: vec![0.0; capacity],
+            positives: vec![0; capacity * MAX_POSITIVES],
+            pos_rewards: vec![0.0; capacity * MAX_POSITIVES],
+            pos_len: vec![NOT_FULL; capacity],
+            full_held: 0,
             len: 0,
             pos: 0,
         }
@@ -102,6 +128,21 @@ impl Replay {
         self.actions[i] = t.action;
         self.rewards[i] = t.reward;
         self.terminated[i] = if t.terminated { 1.0 } else { 0.0 };
+        self.full_held -= usize::from(self.pos_len[i] != NOT_FULL);
+        self.pos_len[i] = match &t.positives {
+            None => NOT_FULL,
+            Some(p) => {
+                let n = p.len().min(MAX_POSITIVES);
+                let slots = i * MAX_POSITIVES..i * MAX_POSITIVES + n;
+                for ((a, r), &(action, reward)) in
+                    self.positives[slots.clone()].iter_mut().zip(&mut self.pos_rewards[slots]).zip(&p[..n])
+                {
+                    (*a, *r) = (i32::try_from(action).unwrap_or(i32::MAX), reward);
+                }
+                self.full_held += 1;
+                n as u8
+            }
+        };
         self.pos = (self.pos + 1) % self.capacity;
         self.len = (self.len + 1).min(self.capacity);
     }
@@ -123,11 +164,21 @@ impl Replay {
             reward: self.rewards[i],
             next_obs: self.next_obs[i * w..i * w + usize::from(self.next_len[i])].to_vec(),
             terminated: self.terminated[i] > 0.5,
+            positives: self
+                .positives_of(i)
+                .map(|(p, r)| p.iter().map(|&a| i64::from(a)).zip(r.iter().copied()).collect()),
         }
     }
 
-    /// The transitions in `slots` as tensors; token columns cut to the longest state drawn.
-    pub fn batch(&self, slots: &[usize], device: Device) -> Batch {
+    fn positives_of(&self, i: usize) -> Option<(&[i32], &[f32])> {
+        let n = self.pos_len[i];
+        let slots = i * MAX_POSITIVES..i * MAX_POSITIVES + usize::from(n);
+        (n != NOT_FULL).then(|| (&self.positives[slots.clone()], &self.pos_rewards[slots]))
+    }
+
+    /// The transitions in `slots` as tensors for an action space of `n_actions`; token columns
+    /// cut to the longest state drawn.
+    pub fn batch(&self, slots: &[usize], n_actions: i64, device: Device) -> Batch {
         let tokens = |rows: &[i64], lens: &[u16]| {
             let width = slots.iter().map(|&i| usize::from(lens[i])).max().unwrap_or(0).max(1);
             let mut flat = Vec::with_capacity(slots.len() * width);
@@ -141,15 +192,45 @@ impl Replay {
             Tensor::from_slice(&picked).to_kind(Kind::Float).to_device(device)
         };
         let actions: Vec<i64> = slots.iter().map(|&i| self.actions[i]).collect();
+        let full = (self.full_held > 0 && slots.iter().any(|&i| self.pos_len[i] != NOT_FULL)).then(|| {
+            let n = usize::try_from(n_actions).unwrap_or(0);
+            let (mut rewards, mut mask) = (vec![0f32; slots.len() * n], vec![0f32; slots.len() * n]);
+            for (row, &i) in slots.iter().enumerate() {
+                let (r, m) = (&mut rewards[row * n..(row + 1) * n], &mut mask[row * n..(row + 1) * n]);
+                let at = |a: i64| usize::try_from(a).ok().filter(|&a| a < n);
+                match self.positives_of(i) {
+                    Some((actions, rewards)) => {
+                        m.fill(1.0);
+                        for (&a, &reward) in actions.iter().zip(rewards) {
+                            if let Some(a) = at(i64::from(a)) {
+                                r[a] = reward;
+                            }
+                        }
+                    }
+                    None => {
+                        if let Some(a) = at(self.actions[i]) {
+                            (r[a], m[a]) = (self.rewards[i], 1.0);
+                        }
+                    }
+                }
+            }
+            let shape = [slots.len() as i64, n_actions];
+            let dense = |v: &[f32]| Tensor::from_slice(v).view(shape).to_device(device);
+            (dense(&rewards), dense(&mask))
+        });
         Batch {
             obs: tokens(&self.obs, &self.obs_len),
             actions: Tensor::from_slice(&actions).to_device(device),
             rewards: pick_f(&self.rewards),
             next_obs: tokens(&self.next_obs, &self.next_len),
             terminated: pick_f(&self.terminated),
+            full,
         }
     }
 }
+
+/// `pos_len` of an ordinary transition.
+const NOT_FULL: u8 = u8::MAX;
 
 #[cfg(test)]
 mod tests {
@@ -163,6 +244,7 @@ mod tests {
             reward: i as f32,
             next_obs: vec![i + 3],
             terminated: i % 2 == 0,
+            positives: None,
         }
     }
 
@@ -195,7 +277,8 @@ mod tests {
         let mut counts = [0usize; 10];
         slots.iter().for_each(|&s| counts[s] += 1);
         assert!(counts.iter().all(|&c| (1_700..2_300).contains(&c)), "{counts:?}");
-        let b = r.batch(&[0, 1, 2], Device::Cpu);
+        let b = r.batch(&[0, 1, 2], 10, Device::Cpu);
+        assert!(b.full.is_none(), "ordinary transitions only: no dense rows");
         assert_eq!(b.obs.size(), [3, 3], "cut to the longest state drawn");
         assert_eq!(b.next_obs.size(), [3, 1]);
         assert_eq!(Vec::<i64>::try_from(&b.actions).unwrap_or_else(|e| panic!("{e}")), [0, 1, 2]);
@@ -204,5 +287,27 @@ mod tests {
             Vec::<i64>::try_from(b.obs.view([-1])).unwrap_or_else(|e| panic!("{e}")),
             [2, 0, 0, 3, 3, 0, 4, 4, 4]
         );
+    }
+
+    #[test]
+    fn full_feedback_rows_are_dense_and_ordinary_rows_one_hot() {
+        let mut r = Replay::new(3, 2);
+        r.push(&t(1));
+        let positives = vec![(0, 1.0), (3, 0.5), (99, 1.0)];
+        r.push(&Transition { positives: Some(positives.clone()), ..t(2) });
+        assert_eq!(r.get(1).positives, Some(positives));
+        let b = r.batch(&[0, 1], 4, Device::Cpu);
+        let (rewards, mask) = b.full.unwrap_or_else(|| panic!("a full-feedback row was drawn"));
+        let flat = |x: &Tensor| Vec::<f32>::try_from(x.view([-1])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(flat(&rewards), [0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.5], "row 0: reward 1 at action 1");
+        assert_eq!(flat(&mask), [0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0], "out-of-range positive 99 ignored");
+        // Overwriting the full slot leaves no full transition behind.
+        r.push(&t(3));
+        r.push(&t(4));
+        r.push(&t(5));
+        assert!(r.batch(&[0, 1, 2], 4, Device::Cpu).full.is_none());
+        let long: Vec<(i64, f32)> = (0..100).map(|a| (a, 1.0)).collect();
+        r.push(&Transition { positives: Some(long), ..t(6) });
+        assert_eq!(r.get(2).positives.map(|p| p.len()), Some(MAX_POSITIVES), "cut to MAX_POSITIVES");
     }
 }

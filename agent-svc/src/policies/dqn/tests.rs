@@ -33,6 +33,9 @@ fn small(dir: Option<&std::path::Path>) -> DqnArgs {
         dqn_sync_every: 10,
         dqn_checkpoint_every: 0,
         checkpoint_dir: dir.map(Into::into),
+        // The toy problems below pay for the action itself, not for products seen later.
+        dqn_hindsight: Hindsight::Off,
+        dqn_id_token: false,
         ..DqnArgs::default()
     }
 }
@@ -179,4 +182,72 @@ fn resumes_from_its_checkpoint_and_refuses_another_action_space() {
     let wrong_net = DqnArgs { dqn_hidden: vec![8], ..args };
     let e = Dqn::new(&wrong_net, 5).err().unwrap_or_else(|| panic!("loaded a checkpoint of another network"));
     assert!(e.to_string().contains("another network"), "{e}");
+}
+
+#[test]
+fn full_feedback_targets_decay_with_the_distance_to_each_later_product() {
+    let step = |action: i64, reward: f32| Transition {
+        obs: vec![2],
+        action,
+        reward,
+        next_obs: vec![3],
+        terminated: false,
+        positives: None,
+    };
+    // Products shown after each step: 5, then 6, then 5 again (episode end).
+    let steps = vec![(step(9, 1.0), 5), (step(1, 0.0), 6), (step(2, 0.0), 5)];
+    let full = Dqn::full_feedback(steps.clone(), 0.5);
+    let positives: Vec<Vec<(i64, f32)>> = full.iter().map(|t| t.positives.clone().unwrap_or_default()).collect();
+    assert_eq!(positives, [vec![(5, 1.0), (6, 0.5)], vec![(6, 1.0), (5, 0.5)], vec![(5, 1.0)]]);
+    assert_eq!(full.iter().map(|t| t.action).collect::<Vec<_>>(), [9, 1, 2], "actions taken are kept");
+    let exact = Dqn::full_feedback(steps, 1.0);
+    assert!(
+        exact.iter().flat_map(|t| t.positives.clone().unwrap_or_default()).all(|(_, r)| r == 1.0),
+        "decay 1: the env's reward"
+    );
+}
+
+#[test]
+fn future_hindsight_learns_products_seen_later_without_choosing_them() {
+    // Episodes start on a "red" or "blue" product; red users go on to see products 3 then 4,
+    // blue users 7 then 8. The agent acts uniformly at random (epsilon 1) and is paid only when
+    // it happens to pick one of them; full feedback teaches it all of them anyway.
+    let args = DqnArgs {
+        dqn_hindsight: Hindsight::Future,
+        dqn_id_token: true,
+        dqn_eps_start: 1.0,
+        dqn_eps_end: 1.0,
+        dqn_gamma: 0.0,
+        ..small(None)
+    };
+    let mut dqn = Dqn::new(&args, 7).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let product = |color: &str, index: u32, step: u32, episode: usize| {
+        let mut s = state(color, 10, step);
+        s.observation.index = index;
+        s.observation.asin = format!("P{index}");
+        s.episode_id = format!("ep-{episode}");
+        s
+    };
+    for episode in 0..400 {
+        let (color, later) = if episode % 2 == 0 { ("red", [3, 4]) } else { ("blue", [7, 8]) };
+        let mut s = product(color, if color == "red" { 0 } else { 1 }, 0, episode);
+        for (i, &p) in later.iter().enumerate() {
+            let (a, _) = dqn.act(&[&s], &mut rng)[0];
+            let mut next = product(color, p, s.step + 1, episode);
+            next.reward = if later[i..].contains(&a) { 1.0 } else { 0.0 };
+            next.terminated = i + 1 == later.len();
+            dqn.learn(&Feedback { prev: &s, prev_index: 0, action: a, reward: next.reward, next: &next });
+            s = next;
+        }
+        if episode % 20 == 19 {
+            dqn.flush(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e:#}"));
+        }
+    }
+    dqn.flush(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+    dqn.set_eval(true);
+    let (red, blue) = (product("red", 0, 0, 9_000), product("blue", 1, 0, 9_001));
+    let mut top: Vec<Vec<u32>> = dqn.top_k(&[&red, &blue], 2);
+    top.iter_mut().for_each(|t| t.sort_unstable());
+    assert_eq!(top, [vec![3, 4], vec![7, 8]], "the two products each kind of user sees later rank first");
 }
