@@ -18,7 +18,7 @@ use agent_svc::policies::dqn::{
 use clap::Parser;
 use rand::Rng;
 use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -86,11 +86,15 @@ fn main() -> anyhow::Result<()> {
     let actions: Vec<i64> = (0..a.batch).map(|_| rng.random_range(0..a.n_actions)).collect();
     let rewards: Vec<f32> = (0..a.batch).map(|_| f32::from(u8::from(rng.random_bool(0.2)))).collect();
     let terminated: Vec<f32> = (0..a.batch).map(|_| f32::from(u8::from(rng.random_bool(0.1)))).collect();
+    // The benchmark's network has no wide table: the product indices are read by nothing.
+    let items = Tensor::zeros([a.batch], (Kind::Int64, Device::Cpu));
     let batch = Batch {
         obs: obs.shallow_clone(),
+        items: items.shallow_clone(),
         actions: Tensor::from_slice(&actions),
         rewards: Tensor::from_slice(&rewards),
         next_obs,
+        next_items: items.shallow_clone(),
         terminated: Tensor::from_slice(&terminated),
         // Ordinary transitions, as the PyTorch side learns them.
         full: None,
@@ -107,12 +111,12 @@ fn main() -> anyhow::Result<()> {
     let update_s = start.elapsed().as_secs_f64();
 
     for _ in 0..20 {
-        let _ = learner.q_values(&obs);
+        let _ = learner.q_values(&obs, &items);
     }
     let mut ms: Vec<f64> = (0..a.runs.max(1))
         .map(|_| {
             let t = Instant::now();
-            let q = learner.q_values(&obs);
+            let q = learner.q_values(&obs, &items);
             let elapsed = t.elapsed().as_secs_f64() * 1e3;
             debug_assert_eq!(q.size(), [a.batch, a.n_actions]);
             elapsed

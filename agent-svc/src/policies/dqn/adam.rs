@@ -1,14 +1,47 @@
 //! Adam as PyTorch computes it (`torch.optim.Adam` without weight decay or AMSGrad), plus
-//! gradient-norm clipping, with one shortcut that changes no result: the embedding's rows at or
-//! beyond `active_rows` are skipped.
+//! gradient-norm clipping, with one shortcut that changes no result and one lazy variable.
 //!
-//! Invariant (the caller's): no token id at or beyond `active_rows` has ever been in a batch.
-//! The vocabulary hands out ids in order, so the rows past the words seen so far never had a
-//! gradient: their gradient, both moments and therefore Adam's step are exactly zero, and
-//! skipping them is exact. On the sample data 314 of 20,002 rows are in use, and the dense
-//! update of the whole table would dominate the cost of a learner step.
+//! - The embedding's rows at or beyond `active` are skipped. Invariant (the caller's): no token
+//!   id at or beyond `active` has ever been in a batch. The vocabulary hands out ids in order,
+//!   so the rows past the words seen so far never had a gradient: their gradient, both moments
+//!   and therefore Adam's step are exactly zero, and skipping them is exact. On the sample data
+//!   314 of 20,002 rows are in use, and the dense update of the whole table would dominate the
+//!   cost of a learner step.
+//! - The wide table (`--dqn-wide`, one row per product) is updated lazily, as PyTorch's
+//!   `SparseAdam` and TensorFlow Addons' `LazyAdam` do: only the rows of the batch's products
+//!   have their moments and weights updated; the other rows' moments do not decay meanwhile.
+//!   A batch touches at most 64 of its rows, and the dense update of n_actions² floats would
+//!   cost more than the rest of the step. Invariant (the caller's): the table's gradient is
+//!   zero outside the rows it names.
 
 use tch::{nn::VarStore, Tensor};
+
+/// How a variable's rows are updated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Update {
+    /// Every element, every step.
+    Dense,
+    /// The first `active` rows only (the embedding).
+    Prefix,
+    /// The rows named by the step only (the wide table).
+    Lazy,
+}
+
+/// The rows the current gradient can be non-zero in, for the row-sparse variables.
+#[derive(Debug, Clone, Copy)]
+pub struct Rows<'a> {
+    /// Embedding rows in use: `0..active`.
+    pub active: i64,
+    /// Distinct rows of the wide table in the batch (`None`: the table got no gradient).
+    pub lazy: Option<&'a Tensor>,
+}
+
+impl Rows<'_> {
+    /// Every embedding row active, no wide table.
+    pub fn prefix(active: i64) -> Self {
+        Self { active, lazy: None }
+    }
+}
 
 /// One trainable variable and its moments.
 #[derive(Debug)]
@@ -16,15 +49,14 @@ struct Param {
     value: Tensor,
     m: Tensor,
     v: Tensor,
-    /// The embedding table: only its first `active_rows` rows are touched.
-    row_limited: bool,
+    update: Update,
 }
 
 impl Param {
-    /// `t` cut to the rows in use (the whole tensor unless row-limited).
-    fn rows(&self, t: &Tensor, active_rows: i64) -> Tensor {
-        if self.row_limited && active_rows < t.size()[0] {
-            t.narrow(0, 0, active_rows.max(0))
+    /// `t` cut to the rows in use (the whole tensor unless row-limited); a view, written in place.
+    fn rows(&self, t: &Tensor, rows: Rows<'_>) -> Tensor {
+        if self.update == Update::Prefix && rows.active < t.size()[0] {
+            t.narrow(0, 0, rows.active.max(0))
         } else {
             t.shallow_clone()
         }
@@ -44,8 +76,9 @@ pub struct Adam {
 
 impl Adam {
     /// Adam with PyTorch's defaults (betas 0.9, 0.999, eps 1e-8) over `vs`'s trainable
-    /// variables; the variable named `row_limited` (if any) is updated only on its active rows.
-    pub fn new(vs: &VarStore, lr: f64, row_limited: &str) -> Self {
+    /// variables; the variable named `row_limited` (if any) is updated only on its active rows,
+    /// the one named `lazy` (if any) only on the rows each step names.
+    pub fn new(vs: &VarStore, lr: f64, row_limited: &str, lazy: &str) -> Self {
         let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let params = named
@@ -53,7 +86,13 @@ impl Adam {
             .map(|(name, value)| Param {
                 m: value.zeros_like(),
                 v: value.zeros_like(),
-                row_limited: name == row_limited,
+                update: if name == row_limited {
+                    Update::Prefix
+                } else if name == lazy {
+                    Update::Lazy
+                } else {
+                    Update::Dense
+                },
                 value,
             })
             .collect();
@@ -65,36 +104,48 @@ impl Adam {
         self.steps
     }
 
-    /// Zeroes the gradients (of the active rows: the others are zero already).
-    pub fn zero_grad(&self, active_rows: i64) {
-        for p in &self.params {
+    /// Zeroes the gradients (of the active rows: the others are zero already; a lazy variable's
+    /// gradient is zeroed by the step that applied it).
+    pub fn zero_grad(&self, rows: Rows<'_>) {
+        for p in self.params.iter().filter(|p| p.update != Update::Lazy) {
             let g = p.value.grad();
             if g.defined() {
-                let _ = p.rows(&g, active_rows).zero_();
+                let _ = p.rows(&g, rows).zero_();
             }
         }
     }
 
+    /// The gradients that can be non-zero, each cut to its rows (copies for a lazy variable).
+    fn grads(&self, rows: Rows<'_>) -> Vec<(&Param, Tensor)> {
+        self.params
+            .iter()
+            .map(|p| (p, p.value.grad()))
+            .filter(|(_, g)| g.defined())
+            .filter_map(|(p, g)| match (p.update, rows.lazy) {
+                (Update::Lazy, None) => None,
+                (Update::Lazy, Some(r)) => Some((p, g.index_select(0, r))),
+                _ => Some((p, p.rows(&g, rows))),
+            })
+            .collect()
+    }
+
     /// Scales the gradients so that their global L2 norm is at most `max`; returns the norm
     /// before clipping.
-    pub fn clip_grad_norm(&self, max: f64, active_rows: i64) -> Result<f64, tch::TchError> {
+    pub fn clip_grad_norm(&self, max: f64, rows: Rows<'_>) -> Result<f64, tch::TchError> {
         tch::no_grad(|| {
-            let grads: Vec<Tensor> = self
-                .params
-                .iter()
-                .map(|p| (p, p.value.grad()))
-                .filter(|(_, g)| g.defined())
-                .map(|(p, g)| p.rows(&g, active_rows))
-                .collect();
+            let grads = self.grads(rows);
             if grads.is_empty() {
                 return Ok(0.0);
             }
-            let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+            let norms: Vec<Tensor> = grads.iter().map(|(_, g)| g.norm()).collect();
             let total = f64::try_from(Tensor::stack(&norms, 0).norm())?;
             let coef = max / (total + 1e-6);
             if coef < 1.0 {
-                for g in &grads {
+                for (p, g) in &grads {
                     let _ = g.shallow_clone().f_mul_scalar_(coef)?;
+                    if let (Update::Lazy, Some(r)) = (p.update, rows.lazy) {
+                        let _ = p.value.grad().f_index_copy_(0, r, g)?;
+                    }
                 }
             }
             Ok(total)
@@ -102,23 +153,18 @@ impl Adam {
     }
 
     /// One Adam step from the current gradients.
-    pub fn step(&mut self, active_rows: i64) -> Result<(), tch::TchError> {
+    pub fn step(&mut self, rows: Rows<'_>) -> Result<(), tch::TchError> {
         self.steps += 1;
         let bc1 = 1.0 - self.beta1.powi(self.steps);
         let bc2_sqrt = (1.0 - self.beta2.powi(self.steps)).sqrt();
         let step_size = self.lr / bc1;
         tch::no_grad(|| {
-            for p in &self.params {
-                let g = p.value.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let (g, mut m, mut v, mut w) = (
-                    p.rows(&g, active_rows),
-                    p.rows(&p.m, active_rows),
-                    p.rows(&p.v, active_rows),
-                    p.rows(&p.value, active_rows),
-                );
+            for (p, g) in self.grads(rows) {
+                let lazy = rows.lazy.filter(|_| p.update == Update::Lazy);
+                let (mut m, mut v, mut w) = match lazy {
+                    Some(r) => (p.m.index_select(0, r), p.v.index_select(0, r), p.value.index_select(0, r)),
+                    None => (p.rows(&p.m, rows), p.rows(&p.v, rows), p.rows(&p.value, rows)),
+                };
                 // m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2 (as lerps: one
                 // pass each, one temporary).
                 let _ = m.f_lerp_(&g, 1.0 - self.beta1)?;
@@ -128,6 +174,14 @@ impl Adam {
                 let mut denom = v.sqrt();
                 let _ = denom.f_div_scalar_(bc2_sqrt)?.f_add_scalar_(self.eps)?.f_div_scalar_(-step_size)?;
                 let _ = w.f_addcdiv_(&m, &denom)?;
+                if let Some(r) = lazy {
+                    // Write the rows back, and clear their gradient for the next backward pass.
+                    let (mut pm, mut pv, mut pw) = (p.m.shallow_clone(), p.v.shallow_clone(), p.value.shallow_clone());
+                    let _ = pm.f_index_copy_(0, r, &m)?;
+                    let _ = pv.f_index_copy_(0, r, &v)?;
+                    let _ = pw.f_index_copy_(0, r, &w)?;
+                    let _ = p.value.grad().f_index_fill_(0, r, 0.0)?;
+                }
             }
             Ok(())
         })
@@ -160,20 +214,20 @@ mod tests {
                 NetConfig { kind, embedding_dim: 8, lstm_units: vec![4], hidden: vec![8], ..NetConfig::paper(40, 4) };
             let (a, na, b, nb) = twins(&cfg);
             let mut reference = nn::Adam::default().build(&a, 1e-2).unwrap_or_else(|e| panic!("{e}"));
-            let mut ours = Adam::new(&b, 1e-2, "embedding.weight");
+            let mut ours = Adam::new(&b, 1e-2, "embedding.weight", "");
             // Ids below 10 only: rows 10.. are never used, and skipped by `ours`.
             let x = batch_ids(&[&[2, 3, 9], &[4, 5], &[7]], Device::Cpu);
             for _ in 0..5 {
-                let loss = na.forward(&x).pow_tensor_scalar(2).mean(Kind::Float);
+                let loss = na.forward(&x, None).pow_tensor_scalar(2).mean(Kind::Float);
                 reference.zero_grad();
                 loss.backward();
                 reference.clip_grad_norm(0.5);
                 reference.step();
-                let loss = nb.forward(&x).pow_tensor_scalar(2).mean(Kind::Float);
-                ours.zero_grad(10);
+                let loss = nb.forward(&x, None).pow_tensor_scalar(2).mean(Kind::Float);
+                ours.zero_grad(Rows::prefix(10));
                 loss.backward();
-                ours.clip_grad_norm(0.5, 10).unwrap_or_else(|e| panic!("{e}"));
-                ours.step(10).unwrap_or_else(|e| panic!("{e}"));
+                ours.clip_grad_norm(0.5, Rows::prefix(10)).unwrap_or_else(|e| panic!("{e}"));
+                ours.step(Rows::prefix(10)).unwrap_or_else(|e| panic!("{e}"));
             }
             let (va, vb) = (a.variables(), b.variables());
             for (name, t) in &va {
@@ -181,5 +235,50 @@ mod tests {
             }
             assert_eq!(ours.steps(), 5);
         }
+    }
+
+    #[test]
+    fn the_lazy_table_is_adam_on_the_rows_named_and_leaves_the_others() {
+        tch::manual_seed(4);
+        let cfg =
+            NetConfig { kind: NetKind::Mlp, embedding_dim: 4, hidden: vec![4], wide: true, ..NetConfig::paper(10, 4) };
+        let (a, na, b, nb) = twins(&cfg);
+        let mut reference = nn::Adam::default().build(&a, 1e-2).unwrap_or_else(|e| panic!("{e}"));
+        let mut ours = Adam::new(&b, 1e-2, "embedding.weight", "wide");
+        // Six actions: the table has 7 rows. A batch naming every row: lazy is plain Adam.
+        let x = batch_ids(&[&[2], &[3], &[4], &[2], &[3], &[4], &[5]], Device::Cpu);
+        let all = Tensor::arange(7, (Kind::Int64, Device::Cpu));
+        let rows = Rows { active: 12, lazy: Some(&all) };
+        for _ in 0..4 {
+            let loss = (na.forward(&x, Some(&all)) - 1.0).square().mean(Kind::Float);
+            reference.zero_grad();
+            loss.backward();
+            reference.clip_grad_norm(0.5);
+            reference.step();
+            let loss = (nb.forward(&x, Some(&all)) - 1.0).square().mean(Kind::Float);
+            ours.zero_grad(rows);
+            loss.backward();
+            ours.clip_grad_norm(0.5, rows).unwrap_or_else(|e| panic!("{e}"));
+            ours.step(rows).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let (va, vb) = (a.variables(), b.variables());
+        for (name, t) in &va {
+            assert!(t.allclose(&vb[name], 1e-5, 1e-6, false), "{name} differs");
+        }
+        // A batch of product 1 only: row 1 moves, every other row stays as it was.
+        let before = vb["wide"].copy();
+        let one = Tensor::from_slice(&[1i64, 1]);
+        let x = batch_ids(&[&[2], &[3]], Device::Cpu);
+        let rows = Rows { active: 12, lazy: Some(&Tensor::from_slice(&[1i64])) };
+        let loss = (nb.forward(&x, Some(&one)) - 1.0).square().mean(Kind::Float);
+        ours.zero_grad(rows);
+        loss.backward();
+        ours.step(rows).unwrap_or_else(|e| panic!("{e}"));
+        let moved = (vb["wide"].copy() - before).abs().sum_dim_intlist(1, false, Kind::Float);
+        let moved = Vec::<f32>::try_from(moved).unwrap_or_else(|e| panic!("{e}"));
+        assert!(moved[1] > 0.0, "{moved:?}");
+        assert!(moved.iter().enumerate().all(|(i, &d)| i == 1 || d == 0.0), "{moved:?}");
+        let grad = vb["wide"].grad();
+        assert_eq!(f64::try_from(grad.abs().sum(Kind::Float)).unwrap_or(1.0), 0.0, "gradient cleared");
     }
 }

@@ -251,10 +251,10 @@ mod tests {
         let net2 = Net::new(&online2.root(), &cfg, 7);
         let target_net2 = Net::new(&target2.root(), &cfg, 7);
         let x = batch_ids(&[&[2, 3, 4], &[5]], Device::Cpu);
-        assert!(!net.forward(&x).allclose(&net2.forward(&x), 1e-6, 1e-6, false));
+        assert!(!net.forward(&x, None).allclose(&net2.forward(&x, None), 1e-6, 1e-6, false));
         ckpt.load_into(&mut online2, Some(&mut target2)).unwrap_or_else(|e| panic!("{e}"));
-        assert!(net.forward(&x).equal(&net2.forward(&x)), "same Q-values on the same input");
-        assert!(_t.forward(&x).equal(&target_net2.forward(&x)));
+        assert!(net.forward(&x, None).equal(&net2.forward(&x, None)), "same Q-values on the same input");
+        assert!(_t.forward(&x, None).equal(&target_net2.forward(&x, None)));
         assert!(load(&dir.path().join("none")).unwrap_or_else(|e| panic!("{e}")).is_none());
     }
 

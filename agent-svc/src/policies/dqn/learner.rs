@@ -21,7 +21,7 @@ use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
 use tch::{nn, Device, Reduction, Tensor};
 
 use super::{
-    adam::Adam,
+    adam::{Adam, Rows},
     checkpoint::{self, Meta},
     net::{self, Net, NetConfig},
     replay::{Batch, Replay, Transition},
@@ -145,13 +145,19 @@ pub struct Learner {
 impl Learner {
     /// A learner with freshly initialised networks (the target a copy of the online one).
     pub fn new(net_cfg: &NetConfig, n_actions: i64, hp: &Hyper, device: Device) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !net_cfg.wide || n_actions <= net::MAX_WIDE_ACTIONS,
+            "--dqn-wide needs an action space of at most {} products (its table has one row per \
+             product and one column per action); this one has {n_actions}",
+            net::MAX_WIDE_ACTIONS
+        );
         let online_vs = nn::VarStore::new(device);
         let online = Net::new(&online_vs.root(), net_cfg, n_actions);
         let target_vs = nn::VarStore::new(device);
         let target = Net::new(&target_vs.root(), net_cfg, n_actions);
         let (online_vars, target_vars) = (net::vars(&online_vs), net::vars(&target_vs));
         net::assign(&target_vars, &online_vars).context("failed to copy the online network into the target")?;
-        let opt = Adam::new(&online_vs, hp.lr, "embedding.weight");
+        let opt = Adam::new(&online_vs, hp.lr, "embedding.weight", "wide");
         Ok(Self {
             hp: hp.clone(),
             net_cfg: net_cfg.clone(),
@@ -206,8 +212,8 @@ impl Learner {
     }
 
     /// Online Q-values for token ids (no gradient), e.g. for checks.
-    pub fn q_values(&self, ids: &Tensor) -> Tensor {
-        tch::no_grad(|| self.online.forward(ids))
+    pub fn q_values(&self, ids: &Tensor, items: &Tensor) -> Tensor {
+        tch::no_grad(|| self.online.forward(ids, Some(items)))
     }
 
     /// One gradient step on a batch sampled from the replay buffer; returns the loss.
@@ -223,10 +229,10 @@ impl Learner {
     /// every action of those rows (reward of the action plus the same bootstrapped value: the
     /// next state does not depend on the action there); each row weighs the same in the loss.
     pub fn update_on(&mut self, b: &Batch) -> anyhow::Result<f64> {
-        let q = self.online.forward(&b.obs);
+        let q = self.online.forward(&b.obs, Some(&b.items));
         let target = tch::no_grad(|| {
-            let next_q_target = self.target.forward(&b.next_obs);
-            let next_q_online = self.hp.double.then(|| self.online.forward(&b.next_obs));
+            let next_q_target = self.target.forward(&b.next_obs, Some(&b.next_items));
+            let next_q_online = self.hp.double.then(|| self.online.forward(&b.next_obs, Some(&b.next_items)));
             td_targets(&b.rewards, &b.terminated, next_q_online.as_ref(), &next_q_target, self.hp.gamma)
         });
         let loss = match &b.full {
@@ -241,12 +247,15 @@ impl Learner {
                 per_row.mean(None)
             }
         };
-        self.opt.zero_grad(self.active_rows);
+        // The wide table's rows this batch reads (its gradient is zero elsewhere).
+        let lazy = self.net_cfg.wide.then(|| self.online.wide_rows(&b.items).internal_unique(true, false).0);
+        let rows = Rows { active: self.active_rows, lazy: lazy.as_ref() };
+        self.opt.zero_grad(rows);
         loss.backward();
         if self.hp.grad_clip > 0.0 {
-            self.opt.clip_grad_norm(self.hp.grad_clip, self.active_rows)?;
+            self.opt.clip_grad_norm(self.hp.grad_clip, rows)?;
         }
-        self.opt.step(self.active_rows)?;
+        self.opt.step(rows)?;
         self.updates += 1;
         if self.updates % self.hp.target_every.max(1) == 0 {
             net::blend(&self.target_vars, &self.online_vars, self.hp.tau).context("target update failed")?;
@@ -460,9 +469,11 @@ mod tests {
             let r = if (tok == 2 && a == 1) || (tok == 3 && a == 2) { 1.0 } else { 0.0 };
             learner.push(&Transition {
                 obs: vec![tok],
+                item: 0,
                 action: a,
                 reward: r,
                 next_obs: vec![tok],
+                next_item: 0,
                 terminated: true,
                 positives: None,
             });
@@ -473,7 +484,7 @@ mod tests {
         }
         let last: f64 = (0..5).map(|_| learner.update().unwrap_or_else(|e| panic!("{e}"))).sum::<f64>() / 5.0;
         assert!(last < first * 0.1, "loss {first} -> {last}");
-        let q = learner.q_values(&Tensor::from_slice(&[2i64, 3]).view([2, 1]));
+        let q = learner.q_values(&Tensor::from_slice(&[2i64, 3]).view([2, 1]), &Tensor::from_slice(&[0i64, 0]));
         let best = Vec::<i64>::try_from(q.argmax(1, false)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(best, [1, 2]);
         assert_eq!(learner.updates(), 310);
@@ -491,9 +502,11 @@ mod tests {
             let positives = Some(positives);
             learner.push(&Transition {
                 obs: vec![tok],
+                item: 0,
                 action: 0,
                 reward: 0.0,
                 next_obs: vec![tok],
+                next_item: 0,
                 terminated: true,
                 positives,
             });
@@ -501,10 +514,45 @@ mod tests {
         for _ in 0..400 {
             learner.update().unwrap_or_else(|e| panic!("{e}"));
         }
-        let q = learner.q_values(&Tensor::from_slice(&[2i64, 3]).view([2, 1]));
+        let q = learner.q_values(&Tensor::from_slice(&[2i64, 3]).view([2, 1]), &Tensor::from_slice(&[0i64, 0]));
         let q = Vec::<f32>::try_from(q.view([-1])).unwrap_or_else(|e| panic!("{e}"));
         let want = [0.0, 1.0, 0.0, 0.5, 0.0, 0.0, 1.0, 0.0];
         assert!(q.iter().zip(want).all(|(q, w)| (q - w).abs() < 0.1), "Q {q:?} vs {want:?}");
+    }
+
+    #[test]
+    fn the_wide_table_learns_what_the_text_cannot_tell_apart() {
+        tch::manual_seed(0);
+        // Every state has the same text; only the product index tells product 1 (next: action
+        // 2) from product 2 (next: action 0). The deep part alone cannot separate them.
+        let deep = NetConfig { kind: NetKind::Mlp, embedding_dim: 8, hidden: vec![16], ..NetConfig::paper(10, 4) };
+        let hp = Hyper { gamma: 0.0, lr: 0.01, ..hyper() };
+        let mut best = Vec::new();
+        for cfg in [deep.clone(), NetConfig { wide: true, ..deep }] {
+            let mut learner = Learner::new(&cfg, 4, &hp, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+            for (item, good) in [(1, 2), (2, 0)] {
+                learner.push(&Transition {
+                    obs: vec![5],
+                    item,
+                    action: 3,
+                    reward: 0.0,
+                    next_obs: vec![5],
+                    next_item: item,
+                    terminated: true,
+                    positives: Some(vec![(good, 1.0)]),
+                });
+            }
+            for _ in 0..300 {
+                learner.update().unwrap_or_else(|e| panic!("{e}"));
+            }
+            let q = learner.q_values(&Tensor::from_slice(&[5i64, 5]).view([2, 1]), &Tensor::from_slice(&[1i64, 2]));
+            best.push(Vec::<i64>::try_from(q.argmax(1, false)).unwrap_or_else(|e| panic!("{e}")));
+        }
+        assert_eq!(best[0][0], best[0][1], "without the table both products look alike");
+        assert_eq!(best[1], [2, 0], "with it each product gets its own best action");
+        let too_big = NetConfig { wide: true, ..NetConfig::paper(10, 4) };
+        let err = Learner::new(&too_big, net::MAX_WIDE_ACTIONS + 1, &hp, Device::Cpu).err();
+        assert!(err.is_some_and(|e| e.to_string().contains("--dqn-wide")), "refused above the limit");
     }
 
     #[test]
@@ -515,9 +563,11 @@ mod tests {
         let mut learner = Learner::new(&cfg, 2, &hp, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
         learner.push(&Transition {
             obs: vec![2],
+            item: 0,
             action: 0,
             reward: 1.0,
             next_obs: vec![2],
+            next_item: 0,
             terminated: false,
             positives: None,
         });

@@ -116,6 +116,12 @@ pub struct DqnArgs {
     /// network reads, so it can tell apart products with similar text.
     #[arg(long, env = "DQN_ID_TOKEN", default_value_t = true, action = clap::ArgAction::Set)]
     pub dqn_id_token: bool,
+    /// Add a wide table to the network: a learned Q-value offset for every (state's product,
+    /// action) pair, next to the deep part that reads the text (Wide & Deep). It memorises
+    /// product-to-product effects; it costs n_actions² floats per copy and is refused above
+    /// 4,096 actions.
+    #[arg(long, env = "DQN_WIDE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dqn_wide: bool,
     /// Double DQN: the online network picks the next action, the target network values it.
     #[arg(long, env = "DQN_DOUBLE", default_value_t = true, action = clap::ArgAction::Set)]
     pub dqn_double: bool,
@@ -185,6 +191,7 @@ impl DqnArgs {
             lstm_units: if self.dqn_net == NetKind::Lstm { self.dqn_lstm_units.clone() } else { Vec::new() },
             hidden: self.dqn_hidden.clone(),
             lead_token: self.dqn_id_token && self.dqn_net == NetKind::Mlp,
+            wide: self.dqn_wide,
         }
     }
 
@@ -497,7 +504,9 @@ impl Dqn {
         let live = self.live.as_ref()?;
         let refs: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
         let ids = net::batch_ids(&refs, self.device);
-        Some(tch::no_grad(|| live.net.forward(&ids)))
+        let items: Vec<i64> = states.iter().map(|s| i64::from(s.observation.index)).collect();
+        let items = Tensor::from_slice(&items).to_device(self.device);
+        Some(tch::no_grad(|| live.net.forward(&ids, Some(&items))))
     }
 
     /// Waits until the learner owes no update (or `timeout` passes); returns its update count.
@@ -542,9 +551,11 @@ impl Dqn {
         let mut vocab = self.vocab();
         Transition {
             obs: vocab.encode(&prev, max_tokens, true),
+            item: i64::from(fb.prev.observation.index),
             action: i64::from(fb.action),
             reward: fb.reward as f32,
             next_obs: vocab.encode(&next, max_tokens, true),
+            next_item: i64::from(fb.next.observation.index),
             // Truncation (the step limit) is no end of the episode: keep bootstrapping.
             terminated: fb.next.terminated,
             positives: None,

@@ -5,6 +5,12 @@
 //! as Keras' `Bidirectional(LSTM(..))` does), dense layers with ReLU, a linear output. `mlp`: the
 //! same embedding averaged over the non-padding tokens, then the same dense layers and output.
 //!
+//! `wide` (either network) adds a learned table of Q-value offsets with one row per current
+//! product (the state's product index) and one column per action, as the "wide" part of Google's
+//! Wide & Deep (Cheng et al., 2016): `Q(s, a) = deep(s)[a] + W[item(s), a]`. The deep part
+//! generalises over text; the table memorises product-to-product effects that the deep part's
+//! narrow layers cannot hold for every product (measured in docs/DQN.md).
+//!
 //! Invariant: two nets built from the same [`NetConfig`] and action count have the same variables
 //! under the same names, so weights move between them by name ([`Net::vars`] order).
 
@@ -42,7 +48,16 @@ pub struct NetConfig {
     /// product id when `--dqn-id-token` puts it first), so one token is not drowned by the rest.
     #[serde(default)]
     pub lead_token: bool,
+    /// A wide table of Q-value offsets indexed by the state's product (`n_actions + 1` rows, the
+    /// last for a product index out of range) and action; its size grows with the square of
+    /// the action space, so it is refused above [`MAX_WIDE_ACTIONS`].
+    #[serde(default)]
+    pub wide: bool,
 }
+
+/// Largest action space a wide table is built for: 4,096² floats are 64 MiB per copy, and the
+/// learner holds five (online, target, Adam's two moments, the inference copy).
+pub const MAX_WIDE_ACTIONS: i64 = 4096;
 
 impl NetConfig {
     /// The reference paper's network: embedding 64, BiLSTM 64, 64, 32, dense 64, 32.
@@ -55,6 +70,7 @@ impl NetConfig {
             lstm_units: vec![64, 64, 32],
             hidden: vec![64, 32],
             lead_token: false,
+            wide: false,
         }
     }
 
@@ -82,6 +98,8 @@ pub struct Net {
     hidden: Vec<nn::Linear>,
     out: nn::Linear,
     lead_token: bool,
+    wide: Option<Tensor>,
+    n_actions: i64,
 }
 
 impl Net {
@@ -126,11 +144,31 @@ impl Net {
         // for good (measured: the Q-values became the same for every state).
         let out_cfg = nn::LinearConfig { ws_init: nn::Init::Const(0.0), ..Default::default() };
         let out = nn::linear(p / "q", width, n_actions, out_cfg);
-        Self { kind: cfg.kind, embedding, lstms, hidden, out, lead_token }
+        // Zero: the table starts neutral and only learns what the deep part misses.
+        let wide = cfg.wide.then(|| p.var("wide", &[n_actions + 1, n_actions], nn::Init::Const(0.0)));
+        Self { kind: cfg.kind, embedding, lstms, hidden, out, lead_token, wide, n_actions }
     }
 
-    /// Q-values `[batch, n_actions]` for token ids `[batch, tokens]` (int64, padded with 0).
-    pub fn forward(&self, ids: &Tensor) -> Tensor {
+    /// Q-values `[batch, n_actions]` for token ids `[batch, tokens]` (int64, padded with 0) and,
+    /// for the wide table, the states' product indices `[batch]` (int64; an index outside
+    /// `0..n_actions` reads the table's spare row). Without `items` the table adds nothing.
+    pub fn forward(&self, ids: &Tensor, items: Option<&Tensor>) -> Tensor {
+        let q = self.deep(ids);
+        match (&self.wide, items) {
+            (Some(table), Some(items)) => q + table.index_select(0, &self.wide_rows(items)),
+            _ => q,
+        }
+    }
+
+    /// The wide table's rows for product indices `items`: the index itself, or the spare row
+    /// `n_actions` for an index outside `0..n_actions`.
+    pub fn wide_rows(&self, items: &Tensor) -> Tensor {
+        let n = self.n_actions;
+        items.where_scalarother(&items.ge(0).logical_and(&items.lt(n)), n)
+    }
+
+    /// The deep part: text tokens to Q-values.
+    fn deep(&self, ids: &Tensor) -> Tensor {
         let emb = self.embedding.forward(ids);
         let mut x = match self.kind {
             NetKind::Lstm => {
@@ -234,7 +272,7 @@ mod tests {
         for cfg in [NetConfig::paper(100, 8), mlp.clone(), NetConfig { lead_token: true, ..mlp }] {
             let vs = nn::VarStore::new(Device::Cpu);
             let net = Net::new(&vs.root(), &cfg, 1289);
-            let q = net.forward(&ids());
+            let q = net.forward(&ids(), None);
             assert_eq!(q.size(), [3, 1289], "{:?}", cfg.kind);
             assert_eq!(q.kind(), Kind::Float);
             let dense0: i64 =
@@ -242,6 +280,25 @@ mod tests {
             let want = if cfg.lead_token { 128 } else { 64 };
             assert_eq!(dense0, want, "{cfg:?}: the lead token doubles the input");
         }
+    }
+
+    #[test]
+    fn the_wide_table_adds_the_row_of_the_states_product() {
+        let cfg = NetConfig { kind: NetKind::Mlp, wide: true, ..NetConfig::paper(50, 4) };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Net::new(&vs.root(), &cfg, 5);
+        let table = vs.variables()["wide"].shallow_clone();
+        assert_eq!(table.size(), [6, 5], "one row per product and a spare row");
+        tch::no_grad(|| {
+            table.shallow_clone().copy_(&Tensor::arange(30, (Kind::Float, Device::Cpu)).view([6, 5]));
+        });
+        let x = batch_ids(&[&[2], &[2], &[2], &[2]], Device::Cpu);
+        let deep = net.forward(&x, None);
+        let items = Tensor::from_slice(&[0i64, 3, 5, -1]);
+        let offset = net.forward(&x, Some(&items)) - &deep;
+        let rows: Vec<f32> = Vec::try_from(offset.select(1, 1)).unwrap_or_else(|e| panic!("{e}"));
+        // Rows 0 and 3; index 5 and -1 are outside 0..5 and read the spare row (row 5).
+        assert_eq!(rows, [1.0, 16.0, 26.0, 26.0]);
     }
 
     #[test]
@@ -274,9 +331,9 @@ mod tests {
         let (a, b) = (nn::VarStore::new(Device::Cpu), nn::VarStore::new(Device::Cpu));
         let (na, nb) = (Net::new(&a.root(), &cfg, 5), Net::new(&b.root(), &cfg, 5));
         let x = ids();
-        assert!(!na.forward(&x).allclose(&nb.forward(&x), 1e-6, 1e-6, false));
+        assert!(!na.forward(&x, None).allclose(&nb.forward(&x, None), 1e-6, 1e-6, false));
         assign(&vars(&b), &snapshot(&vars(&a))).unwrap_or_else(|e| panic!("{e}"));
-        assert!(na.forward(&x).allclose(&nb.forward(&x), 1e-6, 1e-6, false));
+        assert!(na.forward(&x, None).allclose(&nb.forward(&x, None), 1e-6, 1e-6, false));
         let (va, vb) = (vars(&a), vars(&b));
         let before = vb[0].copy();
         tch::no_grad(|| {

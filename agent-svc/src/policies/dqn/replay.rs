@@ -17,12 +17,16 @@ use super::vocab::PAD;
 pub struct Transition {
     /// Token ids of the state acted on (at most `max_tokens`, unpadded).
     pub obs: Vec<i64>,
+    /// The product index of the state acted on (the wide table's row).
+    pub item: i64,
     /// The action taken.
     pub action: i64,
     /// The reward it earned.
     pub reward: f32,
     /// Token ids of the state it led to.
     pub next_obs: Vec<i64>,
+    /// The product index of the state it led to.
+    pub next_item: i64,
     /// The next state ended the episode: no bootstrapping from it (truncation does not count).
     pub terminated: bool,
     /// Full feedback: `(action, target reward)` for the actions that would have earned a reward
@@ -39,12 +43,16 @@ pub const MAX_POSITIVES: usize = 64;
 pub struct Batch {
     /// `[batch, tokens]` int64 token ids of the states acted on.
     pub obs: Tensor,
+    /// `[batch]` int64 product indices of the states acted on.
+    pub items: Tensor,
     /// `[batch]` int64 actions.
     pub actions: Tensor,
     /// `[batch]` float rewards.
     pub rewards: Tensor,
     /// `[batch, tokens]` int64 token ids of the next states.
     pub next_obs: Tensor,
+    /// `[batch]` int64 product indices of the next states.
+    pub next_items: Tensor,
     /// `[batch]` float, 1 where the next state terminated the episode.
     pub terminated: Tensor,
     /// Present when the batch holds a full-feedback transition: `(rewards, mask)`, both
@@ -62,6 +70,8 @@ pub struct Replay {
     obs_len: Vec<u16>,
     next_obs: Vec<i64>,
     next_len: Vec<u16>,
+    items: Vec<i64>,
+    next_items: Vec<i64>,
     actions: Vec<i64>,
     rewards: Vec<f32>,
     terminated: Vec<f32>,
@@ -87,6 +97,8 @@ impl Replay {
             obs_len: vec![0; capacity],
             next_obs: vec![PAD; capacity * width],
             next_len: vec![0; capacity],
+            items: vec![0; capacity],
+            next_items: vec![0; capacity],
             actions: vec![0; capacity],
             rewards: vec![0.0; capacity],
             terminated: vec![0.0; capacity],
@@ -125,6 +137,7 @@ impl Replay {
         };
         put(&mut self.obs, &mut self.obs_len, &t.obs);
         put(&mut self.next_obs, &mut self.next_len, &t.next_obs);
+        (self.items[i], self.next_items[i]) = (t.item, t.next_item);
         self.actions[i] = t.action;
         self.rewards[i] = t.reward;
         self.terminated[i] = if t.terminated { 1.0 } else { 0.0 };
@@ -160,9 +173,11 @@ impl Replay {
         let w = self.width;
         Transition {
             obs: self.obs[i * w..i * w + usize::from(self.obs_len[i])].to_vec(),
+            item: self.items[i],
             action: self.actions[i],
             reward: self.rewards[i],
             next_obs: self.next_obs[i * w..i * w + usize::from(self.next_len[i])].to_vec(),
+            next_item: self.next_items[i],
             terminated: self.terminated[i] > 0.5,
             positives: self
                 .positives_of(i)
@@ -191,7 +206,10 @@ impl Replay {
             let picked: Vec<f32> = slots.iter().map(|&i| v[i]).collect();
             Tensor::from_slice(&picked).to_kind(Kind::Float).to_device(device)
         };
-        let actions: Vec<i64> = slots.iter().map(|&i| self.actions[i]).collect();
+        let pick_i = |v: &[i64]| {
+            let picked: Vec<i64> = slots.iter().map(|&i| v[i]).collect();
+            Tensor::from_slice(&picked).to_device(device)
+        };
         let full = (self.full_held > 0 && slots.iter().any(|&i| self.pos_len[i] != NOT_FULL)).then(|| {
             let n = usize::try_from(n_actions).unwrap_or(0);
             let (mut rewards, mut mask) = (vec![0f32; slots.len() * n], vec![0f32; slots.len() * n]);
@@ -220,9 +238,11 @@ impl Replay {
         });
         Batch {
             obs: tokens(&self.obs, &self.obs_len),
-            actions: Tensor::from_slice(&actions).to_device(device),
+            items: pick_i(&self.items),
+            actions: pick_i(&self.actions),
             rewards: pick_f(&self.rewards),
             next_obs: tokens(&self.next_obs, &self.next_len),
+            next_items: pick_i(&self.next_items),
             terminated: pick_f(&self.terminated),
             full,
         }
@@ -240,9 +260,11 @@ mod tests {
     fn t(i: i64) -> Transition {
         Transition {
             obs: vec![i + 2; (i as usize % 3) + 1],
+            item: 10 + i,
             action: i,
             reward: i as f32,
             next_obs: vec![i + 3],
+            next_item: 11 + i,
             terminated: i % 2 == 0,
             positives: None,
         }
@@ -282,6 +304,8 @@ mod tests {
         assert_eq!(b.obs.size(), [3, 3], "cut to the longest state drawn");
         assert_eq!(b.next_obs.size(), [3, 1]);
         assert_eq!(Vec::<i64>::try_from(&b.actions).unwrap_or_else(|e| panic!("{e}")), [0, 1, 2]);
+        assert_eq!(Vec::<i64>::try_from(&b.items).unwrap_or_else(|e| panic!("{e}")), [10, 11, 12]);
+        assert_eq!(Vec::<i64>::try_from(&b.next_items).unwrap_or_else(|e| panic!("{e}")), [11, 12, 13]);
         assert_eq!(Vec::<f32>::try_from(&b.terminated).unwrap_or_else(|e| panic!("{e}")), [1.0, 0.0, 1.0]);
         assert_eq!(
             Vec::<i64>::try_from(b.obs.view([-1])).unwrap_or_else(|e| panic!("{e}")),

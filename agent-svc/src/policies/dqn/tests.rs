@@ -147,7 +147,8 @@ fn learns_a_two_context_problem_well_beyond_random() {
 #[test]
 fn resumes_from_its_checkpoint_and_refuses_another_action_space() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let args = small(Some(dir.path()));
+    // With the wide table, so that its rows go through the checkpoint too.
+    let args = DqnArgs { dqn_wide: true, ..small(Some(dir.path())) };
     let mut dqn = Dqn::new(&args, 2).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(dqn.save().is_ok(), "nothing to save before the first state");
     let mut rng = ChaCha8Rng::seed_from_u64(2);
@@ -188,9 +189,11 @@ fn resumes_from_its_checkpoint_and_refuses_another_action_space() {
 fn full_feedback_targets_decay_with_the_distance_to_each_later_product() {
     let step = |action: i64, reward: f32| Transition {
         obs: vec![2],
+        item: 0,
         action,
         reward,
         next_obs: vec![3],
+        next_item: 0,
         terminated: false,
         positives: None,
     };
