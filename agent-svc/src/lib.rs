@@ -144,8 +144,17 @@ impl AgentArgs {
 }
 
 fn default_replica_id() -> String {
+    format!("{}-{}", host_name(), std::process::id())
+}
+
+/// This machine's host name (`/etc/hostname`; in a container, the container's id), or `agent`.
+pub(crate) fn host_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-    format!("{}-{}", if host.is_empty() { "agent" } else { &host }, std::process::id())
+    if host.is_empty() {
+        "agent".into()
+    } else {
+        host
+    }
 }
 
 /// Answers states over `link` until `shutdown` or the link closes; returns the counters.

@@ -55,7 +55,8 @@ COPY --from=builder /out/agent-svc /usr/local/bin/agent-svc
 # Fail the build, not the first start, if a shared library is missing.
 RUN if ldd /usr/local/bin/agent-svc | grep 'not found'; then exit 1; fi
 USER 10001:10001
-# Owned by the service user, so a fresh named volume mounted here (compose: agent-checkpoints) is writable.
-ENV CHECKPOINT_DIR=/checkpoints
+# Owned by the service user, so a fresh named volume mounted here (compose: agent-checkpoints) is writable;
+# one subfolder per container ({host}: its id), so replicas sharing the volume keep apart.
+ENV CHECKPOINT_DIR=/checkpoints/{host}
 ENTRYPOINT ["/usr/local/bin/agent-svc"]
 CMD ["run"]

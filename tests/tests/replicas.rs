@@ -1,6 +1,7 @@
-//! Agent replicas as separate processes in one consumer group: the state topic's partitions are
-//! shared among them; one replica killed with SIGKILL mid-run, the survivors take over its
-//! partitions and every episode still completes, each step accepted once.
+//! DQN agent replicas as separate processes in one consumer group: the state topic's partitions
+//! are shared among them; one replica killed with SIGKILL mid-run, the survivors take over its
+//! partitions and every episode still completes, each step accepted once; each replica learns
+//! from the episodes it serves (its model version moves).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -47,10 +48,17 @@ async fn survivors_take_over_a_killed_replica_and_every_episode_completes() {
     let mut replicas = Replicas(Vec::new());
     for id in ["r0", "r1", "r2"] {
         let mut cmd = Command::new(agent_binary());
+        // A small MLP DQN, so that three learners and the env share two cores comfortably.
         cmd.args([
             "run",
             "--policy",
-            "popularity",
+            "dqn",
+            "--dqn-net",
+            "mlp",
+            "--dqn-hidden",
+            "64",
+            "--dqn-learning-starts",
+            "200",
             "--group-id",
             &group,
             "--offset-reset",
@@ -115,6 +123,13 @@ async fn survivors_take_over_a_killed_replica_and_every_episode_completes() {
         last_r1.is_some_and(|l| steps.iter().any(|(s, r)| *s > l && *r != "r1"))
     });
     assert!(taken_over, "no episode of r1 was continued by a survivor");
+    // Each survivor learned from the episodes it served: its later actions come from weights
+    // that went through updates (model version = learner updates behind the weights).
+    for id in ["r0", "r2"] {
+        let newest = actions.iter().filter(|a| a.replica_id == id).filter_map(|a| a.model_version).max();
+        assert!(newest.is_some_and(|v| v > 0), "{id} never answered with learned weights: {newest:?}");
+        assert!(actions.iter().filter(|a| a.replica_id == id).all(|a| a.policy == "dqn"));
+    }
     drop(replicas);
     topics.delete().await;
 }

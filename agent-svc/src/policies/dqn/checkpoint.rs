@@ -110,6 +110,12 @@ pub fn file_in(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
 }
 
+/// `dir` with every `{host}` replaced by `host`, so that replicas sharing one volume (compose's
+/// `--scale`) each get a folder of their own.
+pub fn expand_dir(dir: &Path, host: &str) -> PathBuf {
+    PathBuf::from(dir.to_string_lossy().replace("{host}", host))
+}
+
 /// Writes `path` atomically: `write` fills a temporary file in the same folder, which is synced
 /// and renamed over `path`; on any error the temporary file is removed and `path` is untouched.
 pub fn write_atomic<F>(path: &Path, write: F) -> io::Result<()>
@@ -276,6 +282,13 @@ mod tests {
         fs::write(&path, b"garbage").unwrap_or_else(|e| panic!("{e}"));
         let e = load(&path).err().unwrap_or_else(|| panic!("loaded garbage"));
         assert!(matches!(e, CheckpointError::Corrupt { .. }), "{e}");
+    }
+
+    #[test]
+    fn host_placeholders_give_each_replica_its_folder() {
+        assert_eq!(expand_dir(Path::new("/checkpoints/{host}"), "3f2a9c"), Path::new("/checkpoints/3f2a9c"));
+        assert_eq!(expand_dir(Path::new("/ckpt/{host}-{host}"), "a"), Path::new("/ckpt/a-a"));
+        assert_eq!(expand_dir(Path::new("target/sim"), "a"), Path::new("target/sim"), "no placeholder: as given");
     }
 
     #[test]

@@ -154,7 +154,9 @@ pub struct DqnArgs {
     #[arg(long, env = "DQN_CHECKPOINT_EVERY", default_value_t = 2_000)]
     pub dqn_checkpoint_every: u64,
     /// Folder of the DQN checkpoint (`dqn.ckpt`), loaded at start when present, written every
-    /// `--dqn-checkpoint-every` updates and on shutdown; none when unset. One folder per replica.
+    /// `--dqn-checkpoint-every` updates and on shutdown; none when unset. One folder per replica:
+    /// `{host}` in it is replaced by the host name (a container's id), e.g. `/checkpoints/{host}`
+    /// for replicas started by `docker compose up --scale`.
     #[arg(long, env = "CHECKPOINT_DIR")]
     pub checkpoint_dir: Option<PathBuf>,
     /// libtorch device: `cpu`, `cuda` or `cuda:N` (CUDA needs the full torch install).
@@ -360,7 +362,10 @@ impl Dqn {
         let device = args.device()?;
         pin_threads(args.dqn_threads);
         let net_cfg = args.net_config();
-        let checkpoint = args.checkpoint_dir.as_deref().map(checkpoint::file_in);
+        let checkpoint = args
+            .checkpoint_dir
+            .as_deref()
+            .map(|dir| checkpoint::file_in(&checkpoint::expand_dir(dir, &crate::host_name())));
         let resume = match &checkpoint {
             Some(path) => checkpoint::load(path)?,
             None => None,
