@@ -1,6 +1,7 @@
 //! The offline evaluation harness on the sample: a learned baseline with a small training budget
 //! must beat random on held-out users with non-overlapping 95% intervals, and the report has the
-//! shape `make eval` promises.
+//! shape `make eval` promises; the DQN (small MLP with the wide table) must learn, from 400
+//! training episodes, to beat random and popularity on users it never saw.
 
 use std::sync::Arc;
 
@@ -42,4 +43,51 @@ async fn cooccurrence_beats_random_on_test_users() {
         random.reward_rate
     );
     assert!(cooc.hr10.beats(&random.hr10), "cooccurrence {:?} vs random {:?}", cooc.hr10, random.hr10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dqn_learns_to_beat_random_and_popularity_on_test_users() {
+    let sample = repo_root().join("data/sample").display().to_string();
+    let flags = [
+        "--dqn-net",
+        "mlp",
+        "--dqn-hidden",
+        "64",
+        "--dqn-wide",
+        "true",
+        "--dqn-backpressure",
+        "--dqn-gamma",
+        "0",
+        "--dqn-lr",
+        "0.003",
+        "--dqn-eps-decay-steps",
+        "1000",
+        "--dqn-learning-starts",
+        "200",
+    ];
+    let cli = Cli::parse_from(["eval", "--dataset", &sample].into_iter().chain(flags));
+    let dataset = Arc::new(cli.dataset.load(true).unwrap_or_else(|e| panic!("{e}")));
+    let cfg = EvalConfig { train_episodes: 400, concurrency: 32, max_steps: 50, seed: 7 };
+    let mut results = Vec::new();
+    for policy in [
+        agent_svc::policies::PolicyKind::Random,
+        agent_svc::policies::PolicyKind::Popularity,
+        agent_svc::policies::PolicyKind::Dqn,
+    ] {
+        let mut args = cli.agent.clone();
+        args.policy = policy;
+        let (report, _) = evaluate(dataset.clone(), args.build(), &cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
+        results.push(report);
+    }
+    let (random, popularity, dqn) = (&results[0], &results[1], &results[2]);
+    // Measured: reward rate 0.34 (random 0.005, popularity 0.21), HR@10 0.54 (popularity 0.11).
+    assert!(dqn.reward_rate.beats(&random.reward_rate), "dqn {:?} vs random {:?}", dqn.reward_rate, random.reward_rate);
+    assert!(
+        dqn.reward_rate.mean > popularity.reward_rate.mean,
+        "dqn {:?} vs popularity {:?}",
+        dqn.reward_rate,
+        popularity.reward_rate
+    );
+    assert!(dqn.hr10.beats(&popularity.hr10), "dqn {:?} vs popularity {:?}", dqn.hr10, popularity.hr10);
+    assert!(dqn.ndcg10.beats(&popularity.ndcg10), "dqn {:?} vs popularity {:?}", dqn.ndcg10, popularity.ndcg10);
 }
