@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DATASET=${DATASET:-data/sample} EPISODES=${EPISODES:-200} POLICY=${POLICY:-dqn}
-export DQN_NET=${DQN_NET:-mlp} DQN_GAMMA=${DQN_GAMMA:-0} DQN_LR=${DQN_LR:-0.003} DQN_HIDDEN=${DQN_HIDDEN:-256}
+export DQN_NET=${DQN_NET:-mlp} DQN_GAMMA=${DQN_GAMMA:-0} DQN_LR=${DQN_LR:-0.003} DQN_HIDDEN=${DQN_HIDDEN:-64}
 export DQN_EPS_DECAY_STEPS=${DQN_EPS_DECAY_STEPS:-3000} DQN_WIDE=${DQN_WIDE:-true}
 TRANSPORT=${TRANSPORT:-kafka}
 out=target/sim
