@@ -36,13 +36,6 @@ pub struct Rows<'a> {
     pub lazy: Option<&'a Tensor>,
 }
 
-impl Rows<'_> {
-    /// Every embedding row active, no wide table.
-    pub fn prefix(active: i64) -> Self {
-        Self { active, lazy: None }
-    }
-}
-
 /// One trainable variable and its moments.
 #[derive(Debug)]
 struct Param {
@@ -224,10 +217,10 @@ mod tests {
                 reference.clip_grad_norm(0.5);
                 reference.step();
                 let loss = nb.forward(&x, None).pow_tensor_scalar(2).mean(Kind::Float);
-                ours.zero_grad(Rows::prefix(10));
+                ours.zero_grad(Rows { active: 10, lazy: None });
                 loss.backward();
-                ours.clip_grad_norm(0.5, Rows::prefix(10)).unwrap_or_else(|e| panic!("{e}"));
-                ours.step(Rows::prefix(10)).unwrap_or_else(|e| panic!("{e}"));
+                ours.clip_grad_norm(0.5, Rows { active: 10, lazy: None }).unwrap_or_else(|e| panic!("{e}"));
+                ours.step(Rows { active: 10, lazy: None }).unwrap_or_else(|e| panic!("{e}"));
             }
             let (va, vb) = (a.variables(), b.variables());
             for (name, t) in &va {
