@@ -3,13 +3,19 @@
 //! when the read began. The policies then rebuild RecoGym's log from them
 //! (`policies::recogym::logs::log_from_messages`) and train before serving.
 //!
-//! A plain assigned consumer: no group, nothing committed, nothing written.
+//! A plain assigned consumer: no group, nothing committed, nothing written. Each record is
+//! validated against the schema it was written with, looked up in the registry
+//! ([`read_run_checked`]); a record that cannot be decoded is counted and skipped, a registry
+//! that cannot be reached fails the read.
 
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context;
-use common::kafka::{KafkaArgs, Topics};
-use protocol::{ActionMsg, Codec, Envelope, Message, RecoStateMsg};
+use common::{
+    kafka::{KafkaArgs, Topics},
+    registry::{DecodeError, Registry, RegistryArgs, SchemaResolver},
+};
+use protocol::{topics::value_subject, ActionMsg, Codec, Decoded, Envelope, Message, RecoStateMsg};
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     Message as _, Offset, TopicPartitionList,
@@ -30,12 +36,42 @@ pub struct RunMessages {
 
 /// Reads the states and actions of `env_id` from `topics` (their state and action topics),
 /// starting at `since_ms` (milliseconds since the epoch, by record timestamp) or at the
-/// beginning. Blocking: call it from a blocking thread.
-pub fn read_run(
+/// beginning, each record checked against the schema it was written with, looked up in the
+/// registry of `registry` under its topic's subject.
+pub async fn read_run_checked(
+    kafka: &KafkaArgs,
+    registry: &RegistryArgs,
+    topics: &Topics,
+    env_id: &str,
+    since_ms: Option<i64>,
+) -> anyhow::Result<RunMessages> {
+    let writers =
+        Writers::Registry(SchemaResolver::registry(Registry::new(registry)), tokio::runtime::Handle::current());
+    let (kafka, topics, env_id) = (kafka.clone(), topics.clone(), env_id.to_string());
+    tokio::task::spawn_blocking(move || read_with(&kafka, &topics, &env_id, since_ms, &writers))
+        .await
+        .context("log reader panicked")?
+}
+
+/// The writer's schema of each record, from the registry (lookups run on the runtime of the
+/// handle, from the blocking reader thread).
+enum Writers {
+    Registry(SchemaResolver, tokio::runtime::Handle),
+}
+
+impl Writers {
+    fn decode<T: Message>(&self, codec: &Codec<T>, topic: &str, payload: &[u8]) -> Result<Decoded<T>, DecodeError> {
+        let Self::Registry(resolver, runtime) = self;
+        runtime.block_on(resolver.decode(codec, &value_subject(topic), payload))
+    }
+}
+
+fn read_with(
     kafka: &KafkaArgs,
     topics: &Topics,
     env_id: &str,
     since_ms: Option<i64>,
+    writers: &Writers,
 ) -> anyhow::Result<RunMessages> {
     let mut out = RunMessages::default();
     // Records carry their env id as `"env_id":"<id>"`: records of other runs are skipped
@@ -43,38 +79,50 @@ pub fn read_run(
     let needle = format!("\"env_id\":{}", serde_json::to_string(env_id)?);
     let states: Codec<RecoStateMsg> = Codec::new(0)?;
     let actions: Codec<ActionMsg> = Codec::new(0)?;
-    read_topic(kafka, &topics.state_topic, since_ms, |payload| {
-        keep(&states, payload, env_id, &needle, &mut out.states, &mut out.other_runs, &mut out.undecodable)
+    let state_topic = topics.state_topic.as_str();
+    read_topic(kafka, state_topic, since_ms, |payload| {
+        let decode = || writers.decode(&states, state_topic, payload);
+        keep(decode, payload, env_id, &needle, &mut out.states, &mut out.other_runs, &mut out.undecodable)
     })?;
-    read_topic(kafka, &topics.action_topic, since_ms, |payload| {
-        keep(&actions, payload, env_id, &needle, &mut out.actions, &mut out.other_runs, &mut out.undecodable)
+    let action_topic = topics.action_topic.as_str();
+    read_topic(kafka, action_topic, since_ms, |payload| {
+        let decode = || writers.decode(&actions, action_topic, payload);
+        keep(decode, payload, env_id, &needle, &mut out.actions, &mut out.other_runs, &mut out.undecodable)
     })?;
     Ok(out)
 }
 
+/// Keeps a record of the run; only records that name its env id are decoded.
 fn keep<T: Message + Envelope>(
-    codec: &Codec<T>,
+    decode: impl FnOnce() -> Result<Decoded<T>, DecodeError>,
     payload: &[u8],
     env_id: &str,
     needle: &str,
     into: &mut Vec<T>,
     other: &mut u64,
     bad: &mut u64,
-) {
+) -> anyhow::Result<()> {
     if !payload.windows(needle.len()).any(|w| w == needle.as_bytes()) {
         *other += 1;
-        return;
+        return Ok(());
     }
-    match codec.decode(payload) {
+    match decode() {
         Ok(d) if d.msg.env_id() == env_id => into.push(d.msg),
         Ok(_) => *other += 1,
+        Err(e) if e.is_retryable() => return Err(e).context("failed to read the training logs"),
         Err(_) => *bad += 1,
     }
+    Ok(())
 }
 
 /// Calls `f` with the value of every record of `topic` from `since_ms` (or the start) up to
-/// each partition's end as it was when the read began.
-fn read_topic(kafka: &KafkaArgs, topic: &str, since_ms: Option<i64>, mut f: impl FnMut(&[u8])) -> anyhow::Result<()> {
+/// each partition's end as it was when the read began; stops at the first error of `f`.
+fn read_topic(
+    kafka: &KafkaArgs,
+    topic: &str,
+    since_ms: Option<i64>,
+    mut f: impl FnMut(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(30);
     let group = format!("agent-train-{}-{}", std::process::id(), common::kafka::now_ms());
     let consumer: BaseConsumer = kafka
@@ -130,7 +178,7 @@ fn read_topic(kafka: &KafkaArgs, topic: &str, since_ms: Option<i64>, mut f: impl
         last_progress = std::time::Instant::now();
         let Some(&end) = ends.get(&m.partition()) else { continue };
         if m.offset() < end {
-            f(m.payload().unwrap_or_default());
+            f(m.payload().unwrap_or_default())?;
         }
         if m.offset() + 1 >= end {
             ends.remove(&m.partition());

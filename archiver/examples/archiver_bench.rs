@@ -21,7 +21,10 @@ use archiver::{
     CassandraArgs,
 };
 use clap::{Parser, Subcommand};
-use common::kafka::KafkaArgs;
+use common::{
+    kafka::KafkaArgs,
+    registry::{Registry, RegistryArgs},
+};
 use futures::StreamExt;
 use protocol::{wire, ActionMsg, ProductObs, StateMsg, SCHEMA_VERSION};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -55,6 +58,10 @@ enum Command {
         /// Partitions of created topics.
         #[arg(long, default_value_t = 6)]
         partitions: i32,
+        /// Where the two topics' schemas are registered (the archiver decodes each record
+        /// against the schema its id names, registered under its topic's subject).
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Time a plain loop of prepared inserts of the same rows into a fresh keyspace.
     Baseline {
@@ -135,7 +142,9 @@ fn generate(seed: u64, n: u64, mut emit: impl FnMut(Msg)) {
                     step,
                     user_id: user.clone(),
                     n_actions: N_ACTIONS,
+                    catalog: None,
                     observation: product(&mut rng),
+                    last_action: None,
                     reward: if step > 0 && rng.random_bool(0.16) { 1.0 } else { 0.0 },
                     next_item_hit: false,
                     terminated: last && steps < 50,
@@ -200,11 +209,12 @@ async fn create_topics(kafka: &KafkaArgs, topics: &[&str], partitions: i32) -> a
     Ok(())
 }
 
+/// Writes the generated messages, framed with `ids` (state, action) as the registry gave them.
 fn produce(
     kafka: &KafkaArgs,
     gen: &GenArgs,
-    state_topic: &str,
-    action_topic: &str,
+    (state_topic, action_topic): (&str, &str),
+    (state_id, action_id): (u32, u32),
 ) -> anyhow::Result<serde_json::Value> {
     let producer: BaseProducer = kafka
         .client_config()
@@ -223,12 +233,11 @@ fn produce(
         if failed.is_some() {
             return;
         }
-        // The schema id is irrelevant to the archiver's decoding; 1 is a plausible one.
-        let (topic, key, payload) = match &msg {
-            Msg::State(s) => (state_topic, s.episode_id.clone(), serde_json::to_vec(s)),
-            Msg::Action(a) => (action_topic, a.episode_id.clone(), serde_json::to_vec(a)),
+        let (topic, id, key, payload) = match &msg {
+            Msg::State(s) => (state_topic, state_id, s.episode_id.clone(), serde_json::to_vec(s)),
+            Msg::Action(a) => (action_topic, action_id, a.episode_id.clone(), serde_json::to_vec(a)),
         };
-        let Ok(payload) = payload.map(|p| wire::frame(1, &p)) else { return };
+        let Ok(payload) = payload.map(|p| wire::frame(id, &p)) else { return };
         bytes += payload.len() as u64;
         if matches!(msg, Msg::State(_)) {
             states += 1;
@@ -330,9 +339,14 @@ async fn baseline(cassandra: &CassandraArgs, gen: &GenArgs, concurrency: usize) 
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let out = match cli.command {
-        Command::Produce { kafka, gen, state_topic, action_topic, partitions } => {
+        Command::Produce { kafka, gen, state_topic, action_topic, partitions, registry } => {
+            use protocol::{schema::schema_of, topics::value_subject};
             create_topics(&kafka, &[&state_topic, &action_topic], partitions).await?;
-            tokio::task::spawn_blocking(move || produce(&kafka, &gen, &state_topic, &action_topic)).await??
+            let registry = Registry::new(&registry);
+            let state_id = registry.register(&value_subject(&state_topic), &schema_of::<StateMsg>()).await?;
+            let action_id = registry.register(&value_subject(&action_topic), &schema_of::<ActionMsg>()).await?;
+            let ids = (state_id, action_id);
+            tokio::task::spawn_blocking(move || produce(&kafka, &gen, (&state_topic, &action_topic), ids)).await??
         }
         Command::Baseline { cassandra, gen, concurrency } => baseline(&cassandra, &gen, concurrency).await?,
     };

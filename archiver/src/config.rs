@@ -3,7 +3,10 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use common::kafka::{KafkaArgs, Topics};
+use common::{
+    kafka::{KafkaArgs, Topics},
+    registry::RegistryArgs,
+};
 
 use crate::dates::TimeOfDay;
 
@@ -40,6 +43,10 @@ pub struct RunArgs {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub topics: Topics,
+    /// Where the writer schemas of the records are looked up (a lookup that fails is retried
+    /// for `--retry-for`, then the run fails without committing).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     #[command(flatten)]
     pub cassandra: CassandraArgs,
     /// Consumer group whose committed offsets say where the archive stands.

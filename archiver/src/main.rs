@@ -120,8 +120,7 @@ async fn report(args: &ReportArgs) -> anyhow::Result<()> {
     let data = archiver::report::read(&session, &args.cassandra.keyspace).await?;
     archiver::report::draw(&data, &args.out, args.width, args.height)?;
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&data).context("failed to serialise the report")?;
-        std::fs::write(path, json).with_context(|| format!("failed to write {}", path.display()))?;
+        archiver::write_json_atomically(path, &data)?;
     }
     println!(
         "{}",

@@ -1,5 +1,7 @@
-//! From Kafka records to archive rows: decoding (schema-validated), the rows each message becomes
-//! and the summary of a finished episode. Pure: no I/O, so all of it is unit-tested here.
+//! From Kafka records to archive rows: decoding (validated against each record's writer schema,
+//! which the reader fetches from the registry beforehand: [`Decoder::missing_schema`]), the rows
+//! each message becomes and the summary of a finished episode. Pure: no I/O, so all of it is
+//! unit-tested here.
 //!
 //! Invariant: every row of a message carries the message's Kafka identity (topic, partition,
 //! offset) in its primary key and is a function of the message alone, so copying a message twice
@@ -11,7 +13,10 @@ use std::{
     sync::Arc,
 };
 
-use protocol::{topics::dead_letter as dlq, ActionMsg, Codec, StateMsg};
+use protocol::{
+    topics::{dead_letter as dlq, value_subject},
+    wire, ActionMsg, Codec, ProtocolError, StateMsg, WriterSchema, WriterSchemas,
+};
 use scylla::{
     value::{CqlDate, CqlTimestamp, MaybeUnset},
     SerializeRow,
@@ -192,21 +197,55 @@ impl fmt::Display for Table {
     }
 }
 
-/// Decodes records of the state and action topics with the protocol's codecs.
+/// Decodes records of the state and action topics with the protocol's codecs, each against the
+/// schema it was written with, which must be registered under its topic's subject
+/// (`<topic>-value`). Holds every writer schema learned so far, and the ids found unusable.
 #[derive(Debug)]
 pub struct Decoder {
     states: Codec<StateMsg>,
     actions: Codec<ActionMsg>,
+    writers: WriterSchemas,
+    /// Ids the registry does not know, or whose schema is unusable, with the reason.
+    refused: HashMap<u32, String>,
 }
 
 impl Decoder {
-    /// Compiles both schemas.
-    pub fn new() -> Result<Self, protocol::ProtocolError> {
+    /// Compiles both schemas; knows no writer schema yet.
+    pub fn new() -> Result<Self, ProtocolError> {
         // The id only matters for encoding; decoding reads the writer's id from each frame.
-        Ok(Self { states: Codec::new(0)?, actions: Codec::new(0)? })
+        Ok(Self {
+            states: Codec::new(0)?,
+            actions: Codec::new(0)?,
+            writers: WriterSchemas::new(),
+            refused: HashMap::new(),
+        })
+    }
+
+    /// The schema id of `payload`, a record of a topic of `role`, when its writer schema must be
+    /// looked up before [`Self::decode`] (framed, and the id neither learned nor refused yet).
+    pub fn missing_schema(&self, role: Role, payload: Option<&[u8]>) -> Option<u32> {
+        if role == Role::DeadLetter {
+            return None;
+        }
+        let (id, _) = wire::unframe(payload?).ok()?;
+        (self.writers.get(id).is_none() && !self.refused.contains_key(&id)).then_some(id)
+    }
+
+    /// Records what the registry said about `id`: its schema, or why records framed with it
+    /// can never be decoded (unknown id, unusable schema).
+    pub fn learn(&mut self, id: u32, found: Result<WriterSchema, ProtocolError>) {
+        match found {
+            Ok(schema) => {
+                self.writers.insert(schema);
+            }
+            Err(reason) => {
+                self.refused.insert(id, reason.to_string());
+            }
+        }
     }
 
     /// Turns a record into an item; a record that cannot be decoded becomes `Item::Rejected`.
+    /// A framed record whose id was never [learned](Self::learn) is rejected as unknown.
     pub fn decode(&self, role: Role, raw: RawRecord) -> Item {
         let pos = Position { topic: raw.topic, partition: raw.partition, offset: raw.offset };
         if role == Role::DeadLetter {
@@ -226,21 +265,24 @@ impl Decoder {
             let reason = "null value (a tombstone), not a message".to_string();
             return Item::Rejected { pos, reason, key: raw.key, payload: Vec::new(), kafka_ts: raw.timestamp_ms };
         };
-        let decoded = match role {
-            Role::State => self.states.decode(&payload).map(|d| Item::State {
-                pos: pos.clone(),
-                schema_id: d.schema_id,
-                msg: Box::new(d.msg),
-            }),
-            _ => self.actions.decode(&payload).map(|d| Item::Action {
-                pos: pos.clone(),
-                schema_id: d.schema_id,
-                msg: d.msg,
-            }),
+        let subject = value_subject(&pos.topic);
+        let refused = wire::unframe(&payload).ok().and_then(|(id, _)| self.refused.get(&id));
+        let decoded: Result<Item, String> = match (refused, role) {
+            (Some(reason), _) => Err(reason.clone()),
+            (None, Role::State) => self
+                .states
+                .decode_from(&payload, &self.writers, &subject)
+                .map(|d| Item::State { pos: pos.clone(), schema_id: d.schema_id, msg: Box::new(d.msg) })
+                .map_err(|e| e.to_string()),
+            (None, _) => self
+                .actions
+                .decode_from(&payload, &self.writers, &subject)
+                .map(|d| Item::Action { pos: pos.clone(), schema_id: d.schema_id, msg: d.msg })
+                .map_err(|e| e.to_string()),
         };
-        decoded.unwrap_or_else(|e| Item::Rejected {
+        decoded.unwrap_or_else(|reason| Item::Rejected {
             pos,
-            reason: e.to_string(),
+            reason,
             key: raw.key,
             payload,
             kafka_ts: raw.timestamp_ms,
@@ -623,9 +665,33 @@ mod tests {
         }
     }
 
+    /// A decoder that learned what a registry would say of ids 1 and 3 (actions of topic `a`),
+    /// 9 (states of topic `s`) and 8 (unknown).
+    fn decoder() -> Decoder {
+        let mut d = Decoder::new().unwrap_or_else(|e| panic!("{e}"));
+        for id in [1, 3] {
+            d.learn(id, WriterSchema::local::<ActionMsg>(id, "a-value"));
+        }
+        d.learn(9, WriterSchema::local::<StateMsg>(9, "s-value"));
+        d.learn(8, Err(ProtocolError::UnknownSchemaId(8)));
+        d
+    }
+
+    #[test]
+    fn only_framed_records_of_ids_not_yet_looked_up_need_a_lookup() {
+        let d = decoder();
+        let framed = |id| Some(wire::frame(id, b"{}"));
+        assert_eq!(d.missing_schema(Role::State, framed(4).as_deref()), Some(4));
+        assert_eq!(d.missing_schema(Role::Action, framed(1).as_deref()), None, "learned");
+        assert_eq!(d.missing_schema(Role::Action, framed(8).as_deref()), None, "refused");
+        assert_eq!(d.missing_schema(Role::DeadLetter, framed(4).as_deref()), None);
+        assert_eq!(d.missing_schema(Role::State, Some(b"junk".as_slice())), None);
+        assert_eq!(d.missing_schema(Role::State, None), None);
+    }
+
     #[test]
     fn states_and_actions_decode_and_go_to_their_tables() {
-        let d = Decoder::new().unwrap_or_else(|e| panic!("{e}"));
+        let d = decoder();
         let codec: Codec<StateMsg> = Codec::new(9).unwrap_or_else(|e| panic!("{e}"));
         let bytes = codec.encode(&examples::state()).unwrap_or_else(|e| panic!("{e}"));
         let item = d.decode(Role::State, raw("s", 7, Some(bytes)));
@@ -643,14 +709,18 @@ mod tests {
 
     #[test]
     fn undecodable_records_are_rejected_with_their_reason_and_bytes() {
-        let d = Decoder::new().unwrap_or_else(|e| panic!("{e}"));
+        let d = decoder();
         let mut bad = examples::action();
         bad.ps = 3.0;
+        let action = serde_json::to_vec(&examples::action()).unwrap_or_default();
         let cases: Vec<(Option<Vec<u8>>, &str)> = vec![
             (Some(b"not json at all".to_vec()), "wire format"),
             (Some(wire::frame(1, b"{oops")), "invalid json"),
             (Some(wire::frame(1, &serde_json::to_vec(&bad).unwrap_or_default())), "/ps"),
             (Some(wire::frame(1, &serde_json::to_vec(&examples::state()).unwrap_or_default())), "schema violation"),
+            (Some(wire::frame(77, &action)), "unknown schema id 77"),
+            (Some(wire::frame(8, &action)), "unknown schema id 8"),
+            (Some(wire::frame(9, &action)), "schema id 9 belongs to subject s-value, not a-value"),
             (None, "null value"),
         ];
         for (payload, why) in cases {
@@ -668,7 +738,7 @@ mod tests {
 
     #[test]
     fn dead_letters_keep_their_headers() {
-        let d = Decoder::new().unwrap_or_else(|e| panic!("{e}"));
+        let d = decoder();
         let mut r = raw("dlq", 4, Some(b"junk".to_vec()));
         r.headers = vec![
             (dlq::REASON.into(), "bad wire format".into()),

@@ -14,7 +14,7 @@ use std::{
 
 use futures::{stream::FuturesUnordered, StreamExt};
 
-use common::kafka::now_ms;
+use common::{kafka::now_ms, registry::Registry};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ use crate::{
     metrics::{Outcome, Summary},
     rows::{Decoder, EpisodeTracker, Item, Role, Table},
     sink::{self, Retry, Sink, SinkError, TableCounts},
-    source::{Batch, Source},
+    source::{Batch, SchemaLookup, Source},
 };
 
 /// How long the reader may see no message while partitions are still short of their end.
@@ -119,12 +119,16 @@ async fn copy_batches(
     shutdown: &CancellationToken,
 ) -> Result<Outcome, String> {
     let bar = progress_bar(pending, args.no_progress);
-    let decoder = Decoder::new().map_err(|e| e.to_string())?;
+    let mut decoder = Decoder::new().map_err(|e| e.to_string())?;
+    let schemas =
+        SchemaLookup::new(Registry::new(&args.registry), tokio::runtime::Handle::current(), args.retry_for.into());
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(2);
     let stop_reader = shutdown.child_token();
     let reader = {
         let (source, stop, batch_size) = (source.clone(), stop_reader.clone(), args.batch_size as usize);
-        tokio::task::spawn_blocking(move || source.read(&decoder, batch_size, &batch_tx, &stop, STALL_AFTER))
+        tokio::task::spawn_blocking(move || {
+            source.read(&mut decoder, &schemas, batch_size, &batch_tx, &stop, STALL_AFTER)
+        })
     };
     let (written_tx, written_rx) = mpsc::channel::<Written>(8);
     let run_id = summary.run_id;

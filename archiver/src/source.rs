@@ -11,7 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::kafka::KafkaArgs;
+use common::{
+    kafka::KafkaArgs,
+    registry::{DecodeError, Registry},
+};
+use protocol::{ProtocolError, WriterSchema};
 use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer},
     error::KafkaError,
@@ -42,6 +46,59 @@ pub enum SourceError {
     /// Reading made no progress for too long.
     #[error("no progress for {0:?} with partitions still short of their end offsets: {1}")]
     Stalled(Duration, String),
+    /// The schema registry could not say which schema a record was written with.
+    #[error("schema registry unavailable for {waited:?}, looking up schema id {id}: {reason}")]
+    Registry {
+        /// The schema id looked up.
+        id: u32,
+        /// How long the lookup was retried.
+        waited: Duration,
+        /// The last failure.
+        reason: String,
+    },
+}
+
+/// Looks writer schemas up in the registry for the reader's blocking thread, waiting out a
+/// registry that cannot be reached (backoff 100 ms doubling to 5 s) for up to `retry_for`.
+#[derive(Debug, Clone)]
+pub struct SchemaLookup {
+    registry: Registry,
+    runtime: tokio::runtime::Handle,
+    retry_for: Duration,
+}
+
+impl SchemaLookup {
+    /// Lookups in `registry`, run on `runtime`, retried for `retry_for`.
+    pub fn new(registry: Registry, runtime: tokio::runtime::Handle, retry_for: Duration) -> Self {
+        Self { registry, runtime, retry_for }
+    }
+
+    /// What the registry says of `id`: its schema, or why records framed with it can never be
+    /// decoded. `Err` only when the registry could not answer for `retry_for`, or `stop` was
+    /// cancelled meanwhile. Blocking: call it from a blocking thread.
+    pub fn fetch(&self, id: u32, stop: &CancellationToken) -> Result<Result<WriterSchema, ProtocolError>, SourceError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let error = match self.runtime.block_on(self.registry.writer_schema(id)) {
+                Ok(schema) => return Ok(Ok(schema)),
+                Err(DecodeError::Record(reason)) => return Ok(Err(reason)),
+                Err(e @ DecodeError::Registry(_)) => e,
+            };
+            let waited = started.elapsed();
+            if waited >= self.retry_for || stop.is_cancelled() {
+                return Err(SourceError::Registry { id, waited, reason: error.to_string() });
+            }
+            tracing::warn!(error = %error, id, retry_in = ?pause, "schema registry unavailable, retrying");
+            self.runtime.block_on(async {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(pause) => {}
+                }
+            });
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
 }
 
 fn kafka(what: &str) -> impl FnOnce(KafkaError) -> SourceError + '_ {
@@ -177,7 +234,8 @@ impl Source {
     /// (blocking: run in a blocking task). Returns whether every partition reached its end.
     pub fn read(
         &self,
-        decoder: &Decoder,
+        decoder: &mut Decoder,
+        schemas: &SchemaLookup,
         batch_size: usize,
         batch_tx: &mpsc::Sender<Batch>,
         stop: &CancellationToken,
@@ -223,6 +281,15 @@ impl Source {
                         timestamp_ms: m.timestamp().to_millis(),
                         headers: if role == Role::DeadLetter { headers_of(&m) } else { Vec::new() },
                     };
+                    if let Some(id) = decoder.missing_schema(role, raw.payload.as_deref()) {
+                        match schemas.fetch(id, stop) {
+                            Ok(found) => decoder.learn(id, found),
+                            Err(_) if stop.is_cancelled() => return Ok(false),
+                            Err(e) => return Err(e),
+                        }
+                        // Time spent waiting on the registry is no stall of Kafka.
+                        last_progress = Instant::now();
+                    }
                     batch.items.push(decoder.decode(role, raw));
                     batch.last.insert(key.clone(), offset);
                     if offset + 1 >= end {

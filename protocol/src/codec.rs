@@ -2,7 +2,9 @@
 //! JSON Schema, framed in the Confluent wire format.
 //!
 //! Invariant: `encode` never returns bytes that break the schema, so a message that violates it
-//! is refused before it reaches a producer; `decode` applies the same check on the way in.
+//! is refused before it reaches a producer. On the way in, `decode_written` (and
+//! `decode_from`) validate a record against the schema it was written with, the one its frame
+//! names; `decode` checks against the reader's own schema only.
 
 use std::marker::PhantomData;
 
@@ -10,7 +12,12 @@ use schemars::JsonSchema;
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
-use crate::{schema::schema_of, wire, ProtocolError};
+use crate::{
+    schema::schema_of,
+    wire,
+    writer::{WriterSchema, WriterSchemas},
+    ProtocolError,
+};
 
 /// What a [`Codec`] can carry: a type that serialises to JSON and back and has a JSON Schema.
 /// Implemented for every such type; lets other crates be generic over message types without
@@ -56,13 +63,7 @@ impl<T: Serialize + DeserializeOwned + JsonSchema> Codec<T> {
 
     /// Checks a JSON value against the schema, listing every violation.
     pub fn validate(&self, value: &Value) -> Result<(), ProtocolError> {
-        let errors: Vec<String> =
-            self.validator.iter_errors(value).map(|e| format!("{} at '{}'", e, e.instance_path())).collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ProtocolError::SchemaViolation(errors))
-        }
+        violations(&self.validator, value)
     }
 
     /// Serialises, validates and frames a message.
@@ -72,13 +73,56 @@ impl<T: Serialize + DeserializeOwned + JsonSchema> Codec<T> {
         Ok(wire::frame(self.schema_id, &serde_json::to_vec(&value)?))
     }
 
-    /// Unframes, parses and validates a message. Messages written with another schema id are
-    /// accepted when they satisfy this schema (BACKWARD compatibility).
+    /// Unframes, parses and validates a message against the reader's schema only (`T`'s own),
+    /// whatever schema id the frame names: a record written under a newer schema with a field
+    /// `T` does not know is refused. Consumers of a topic use [`Self::decode_written`] (through
+    /// `common::registry`); this stays for callers not switched yet and for checks of what a
+    /// producer of this build writes.
     pub fn decode(&self, bytes: &[u8]) -> Result<Decoded<T>, ProtocolError> {
         let (schema_id, payload) = wire::unframe(bytes)?;
         let value: Value = serde_json::from_slice(payload)?;
         self.validate(&value)?;
         Ok(Decoded { schema_id, msg: serde_json::from_value(value)? })
+    }
+
+    /// Decodes a consumed record against the schema it was written with: unframes, checks that
+    /// `writer` is the schema the frame names, validates the payload against it and
+    /// deserialises into `T`, ignoring fields `T` does not know (the writer's schema allowed
+    /// them). The subject is not checked here: see [`WriterSchemas::for_subject`].
+    pub fn decode_written(&self, bytes: &[u8], writer: &WriterSchema) -> Result<Decoded<T>, ProtocolError> {
+        let (schema_id, payload) = wire::unframe(bytes)?;
+        if schema_id != writer.id() {
+            return Err(ProtocolError::WriterMismatch { framed: schema_id, writer: writer.id() });
+        }
+        let value: Value = serde_json::from_slice(payload)?;
+        writer.validate(&value)?;
+        Ok(Decoded { schema_id, msg: serde_json::from_value(value)? })
+    }
+
+    /// Decodes a record of a topic whose subject is `subject`, with its writer's schema taken
+    /// from `writers` by the frame's id: an id not held is an unknown id, one registered for
+    /// other subjects only is refused. For callers whose cache already holds every id the
+    /// registry knows (or that have no registry).
+    pub fn decode_from(
+        &self,
+        bytes: &[u8],
+        writers: &WriterSchemas,
+        subject: &str,
+    ) -> Result<Decoded<T>, ProtocolError> {
+        let (schema_id, _) = wire::unframe(bytes)?;
+        let writer = writers.for_subject(schema_id, subject)?;
+        self.decode_written(bytes, &writer)
+    }
+}
+
+/// Every violation of `value` against `validator`, or `Ok`.
+pub(crate) fn violations(validator: &jsonschema::Validator, value: &Value) -> Result<(), ProtocolError> {
+    let errors: Vec<String> =
+        validator.iter_errors(value).map(|e| format!("{} at '{}'", e, e.instance_path())).collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ProtocolError::SchemaViolation(errors))
     }
 }
 

@@ -6,12 +6,18 @@
 //! Kafka key is `episode_id`, so all steps of one episode stay in order on one partition.
 //! Field constraints written here (`length`, `range`) end up in the JSON Schema and are enforced
 //! by [`crate::Codec`] before a message is produced.
+//!
+//! The schemas are closed (`#[schemars(deny_unknown_fields)]`: `additionalProperties: false`), so
+//! a producer cannot write a field the schema does not name; serde itself ignores unknown fields,
+//! so a reader built before an optional field was added still reads records that carry it, once
+//! they validated against their writer's schema ([`crate::writer`]).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Version of the message layout; bumped on every change to the types in this module.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version of the message layout; bumped on every change to the types in this module (3: the
+/// optional `last_action` and `catalog` of [`StateMsg`]; 2: the optional `ps_all` of [`ActionMsg`]).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Fields every message carries; lets transports and the archiver treat both topics alike.
 pub trait Envelope {
@@ -41,11 +47,14 @@ pub trait StepState: Envelope {
     /// The product the state points at, for policies that key on it (fashion: the current
     /// product; RecoGym: the last organic view it carries, 0 when it carries none).
     fn product_index(&self) -> u32;
+    /// The action the env applied at the previous step, which `reward` pays (None at step 0,
+    /// and in fashion states written before the field existed).
+    fn last_action(&self) -> Option<u32>;
 }
 
 /// The product a user is looking at: the observation of the Amazon Fashion environment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct ProductObs {
     /// Amazon product id.
     #[schemars(length(min = 1, max = 64))]
@@ -68,7 +77,7 @@ pub struct ProductObs {
 
 /// One step of an episode, published by `env-svc` to `fashion_state`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct StateMsg {
     /// Always [`SCHEMA_VERSION`] for messages written by this build.
     #[schemars(range(min = 1))]
@@ -87,8 +96,19 @@ pub struct StateMsg {
     /// Size of the action space: actions are product indices `0..n_actions`.
     #[schemars(range(min = 1))]
     pub n_actions: u32,
+    /// Fingerprint of the action space, so that an agent can tell two catalogues of the same
+    /// size apart: hex xxh3-64 of the product ids joined in index order (16 lowercase hex
+    /// digits); absent from states written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{16}$"))]
+    pub catalog: Option<String>,
     /// The current product.
     pub observation: ProductObs,
+    /// The action the env applied at the previous step, whose reward `reward` reports (None at
+    /// step 0): lets an agent replica that takes over an episode credit the reward to the action
+    /// the env really applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action: Option<u32>,
     /// Reward for the action answered to the previous step (0 at step 0).
     #[schemars(range(min = 0.0, max = 1.0))]
     pub reward: f64,
@@ -108,7 +128,7 @@ pub struct StateMsg {
 /// The agent's answer to a step, published by `agent-svc` to `fashion_action` or
 /// `recogym_action`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct ActionMsg {
     /// Always [`SCHEMA_VERSION`] for messages written by this build.
     #[schemars(range(min = 1))]
@@ -146,7 +166,7 @@ pub struct ActionMsg {
 
 /// One organic page view of a RecoGym user: `product` viewed at the user's clock `t`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct OrganicView {
     /// The user's clock when the view happened (one tick per transition of the user's chain).
     pub t: u64,
@@ -158,7 +178,7 @@ pub struct OrganicView {
 /// `recogym_state`. An episode is one user; step `t` is the user's `t`-th opportunity to be
 /// shown a recommendation; the last state (terminated) says the user left and is not answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct RecoStateMsg {
     /// Always [`SCHEMA_VERSION`] for messages written by this build.
     #[schemars(range(min = 1))]
@@ -236,6 +256,9 @@ impl StepState for StateMsg {
     fn product_index(&self) -> u32 {
         self.observation.index
     }
+    fn last_action(&self) -> Option<u32> {
+        self.last_action
+    }
 }
 
 impl StepState for RecoStateMsg {
@@ -261,6 +284,9 @@ impl StepState for RecoStateMsg {
     fn product_index(&self) -> u32 {
         self.organic.last().map_or(0, |v| v.product)
     }
+    fn last_action(&self) -> Option<u32> {
+        self.last_action
+    }
 }
 
 /// Example messages for tests, docs and benchmarks; valid against their schemas.
@@ -276,6 +302,7 @@ pub mod examples {
             step: 0,
             user_id: "A1B2C3".into(),
             n_actions: 1024,
+            catalog: None,
             observation: ProductObs {
                 asin: "B00ABCDEF1".into(),
                 index: 17,
@@ -284,6 +311,7 @@ pub mod examples {
                 colors: vec!["Black".into()],
                 keywords: vec!["dress".into(), "fabric".into()],
             },
+            last_action: None,
             reward: 0.0,
             next_item_hit: false,
             terminated: false,

@@ -183,6 +183,7 @@ impl RecoArgs {
             concurrency: self.concurrency.max(1),
             max_steps: 0,
             action_timeout: self.action_timeout,
+            max_resends: 30,
             split: env_svc::data::Split::All,
             seed: 0,
         }
@@ -329,7 +330,9 @@ async fn training_log(args: &RecoArgs, world: Arc<World>, transport: Transport) 
             let (summary, env_id) = play(args, world, users, core, Transport::Kafka, "logging").await?;
             let run_s = started.elapsed().as_secs_f64();
             let read = Instant::now();
-            let log = agent_svc::read_training_log(&args.kafka, &args.topics(), &env_id, Some(since_ms)).await?;
+            let (kafka, registry, topics) = (&args.kafka, &args.registry, &args.topics());
+            let run = agent_svc::train_logs::read_run_checked(kafka, registry, topics, &env_id, Some(since_ms)).await?;
+            let log = agent_svc::policies::recogym::logs::log_from_messages(&run.states, &run.actions);
             let mut record = record_of("logging", &env_id, &summary, 0.0);
             record.run_s = run_s;
             tracing::info!(seconds = read.elapsed().as_secs_f64(), rows = log.rows.len(), "logging run read back");

@@ -15,35 +15,35 @@ use std::collections::{HashMap, HashSet};
 use agent_svc::policies::recogym::logs::{log_from_messages, strip_after_leaving};
 use common::registry::{Registry, RegistryArgs};
 use env_svc::{checker::check_recogym_run, metrics::Summary};
-use protocol::{topics::value_subject, wire, ActionMsg, Envelope, RecoStateMsg};
-use streamrec_tests::{read_topic, registry_url, simulate_recogym_over_kafka, unique, TestTopics};
+use protocol::{topics::value_subject, ActionMsg, Envelope, RecoStateMsg};
+use streamrec_tests::{decode_values, read_topic, registry_url, simulate_recogym_over_kafka, unique, TestTopics};
 
 const TRAIN_USERS: u64 = 150;
 const AB_USERS: u64 = 150;
 
-/// Every record of `topic`, checked against the schema registered for its subject and decoded.
-async fn read_validated<T: serde::de::DeserializeOwned>(topic: &str) -> Vec<(Option<Vec<u8>>, T)> {
+/// Every record of `topic`, decoded as the services decode it (against its writer's schema,
+/// which must be registered under the topic's subject), and framed with the id of the subject's
+/// latest version.
+async fn read_validated<T: protocol::Message + Send + 'static>(topic: &str) -> Vec<(Option<Vec<u8>>, T)> {
     let registry = Registry::new(&RegistryArgs { schema_registry_url: registry_url() });
     let registered = registry.latest(&value_subject(topic)).await.unwrap_or_else(|e| panic!("{topic}: {e}"));
-    let schema: serde_json::Value = serde_json::from_str(&registered.schema).unwrap_or_else(|e| panic!("{e}"));
-    let validator = jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("registered schema: {e}"));
     let topic = topic.to_string();
-    let records = tokio::task::spawn_blocking(move || read_topic(&topic))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    records
-        .into_iter()
-        .map(|r| {
-            let (id, payload) = wire::unframe(&r.payload).unwrap_or_else(|e| panic!("bad frame: {e}"));
-            assert_eq!(id, registered.id, "framed with another schema id than the registered one");
-            let value: serde_json::Value = serde_json::from_slice(payload).unwrap_or_else(|e| panic!("{e}"));
-            if let Err(e) = validator.validate(&value) {
-                panic!("a record breaks the registered schema: {e}: {value}");
-            }
-            (r.key, serde_json::from_value(value).unwrap_or_else(|e| panic!("{e}")))
-        })
-        .collect()
+    tokio::task::spawn_blocking(move || {
+        let records = read_topic(&topic).unwrap_or_else(|e| panic!("{e}"));
+        let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.payload.clone()).collect();
+        let decoded = decode_values::<T>(&topic, &payloads).unwrap_or_else(|e| panic!("{e:#}"));
+        records
+            .into_iter()
+            .zip(decoded)
+            .map(|(r, d)| {
+                let d = d.unwrap_or_else(|e| panic!("a record of {topic} is refused: {e}"));
+                assert_eq!(d.schema_id, registered.id, "framed with another schema id than the registered one");
+                (r.key, d.msg)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn world() -> recogym::World {
@@ -127,13 +127,12 @@ async fn recogym_through_kafka_trained_organic_count_beats_random_on_the_same_us
     assert_eq!(from_kafka, generated, "the pipeline logs what recogym::generate_logs logs");
 
     // The same test in process gives the same counts.
-    use clap::Parser;
-    #[derive(Debug, Parser)]
+    #[derive(Debug, clap::Parser)]
     struct Cli {
         #[command(flatten)]
         args: sim::recogym::RecoArgs,
     }
-    let cli = Cli::parse_from([
+    let cli: Cli = streamrec_tests::parse_flags([
         "sim",
         "--recogym-users",
         &ab,

@@ -4,8 +4,8 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::registry::{Registry, RegistryArgs};
-use protocol::{messages::examples, topics, Codec, StateMsg};
+use common::registry::{Registry, RegistryArgs, SchemaResolver, TopicCodec};
+use protocol::{messages::examples, schema::schema_of, topics, Codec, StateMsg};
 use rdkafka::{
     admin::{AdminOptions, NewTopic, TopicReplication},
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -36,7 +36,14 @@ async fn acks_all_message_reaches_a_consumer_group_and_offsets_commit() {
         .unwrap_or_else(|e| panic!("create topic: {e}"));
     assert!(created.iter().all(Result::is_ok), "{created:?}");
 
-    let codec: Codec<StateMsg> = Codec::new(1).unwrap_or_else(|e| panic!("{e}"));
+    // The topic's subject gets the state schema, as the services register theirs.
+    let registry = Registry::new(&RegistryArgs { schema_registry_url: registry_url() });
+    let id = registry
+        .register(&topics::value_subject(&topic), &schema_of::<StateMsg>())
+        .await
+        .unwrap_or_else(|e| panic!("register: {e}"));
+    let codec: TopicCodec<StateMsg> =
+        TopicCodec::new(Codec::new(id).unwrap_or_else(|e| panic!("{e}")), &topic, SchemaResolver::registry(registry));
     let producer: FutureProducer = config()
         .set("acks", "all")
         .set("enable.idempotence", "true")
@@ -69,7 +76,8 @@ async fn acks_all_message_reaches_a_consumer_group_and_offsets_commit() {
             .await
             .unwrap_or_else(|_| panic!("only {received} of {} messages arrived", sent.len()))
             .unwrap_or_else(|e| panic!("recv: {e}"));
-        let decoded = codec.decode(m.payload().unwrap_or_default()).unwrap_or_else(|e| panic!("decode: {e}"));
+        let decoded =
+            codec.decode_record(m.payload().unwrap_or_default()).await.unwrap_or_else(|e| panic!("decode: {e}"));
         assert_eq!(m.key(), Some(decoded.msg.episode_id.as_bytes()), "the key is the episode id");
         got.entry(decoded.msg.episode_id.clone()).or_default().push(decoded.msg.step);
         received += 1;

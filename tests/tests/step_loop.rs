@@ -4,13 +4,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use clap::Parser;
+use common::registry::TopicCodec;
 use env_svc::{checker::check_run, data::Dataset};
-use protocol::{wire, ActionMsg, Codec, StateMsg};
-use streamrec_tests::{read_run, read_topic, repo_root, TestTopics};
+use protocol::{schema::schema_of, topics::value_subject, wire, ActionMsg, StateMsg};
+use streamrec_tests::{parse_flags, read_run, read_topic, repo_root, wait_for_async, TestTopics};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 struct SimCli {
     #[command(flatten)]
     dataset: env_svc::data::DatasetArgs,
@@ -25,18 +25,21 @@ fn sample() -> String {
 }
 
 fn load_sample() -> Dataset {
-    let cli = SimCli::parse_from(["sim", "--dataset", &sample()]);
+    let cli: SimCli = parse_flags(["sim", "--dataset", &sample()]);
     cli.dataset.load(true).unwrap_or_else(|e| panic!("sample dataset: {e}"))
 }
 
-fn decode_all<T: serde::de::DeserializeOwned + schemars::JsonSchema + serde::Serialize>(
+/// Decodes records as the services do, against their writer's schema (`codec`'s resolver).
+async fn decode_all<T: protocol::Message>(
+    codec: &TopicCodec<T>,
     records: impl IntoIterator<Item = (Option<Vec<u8>>, Vec<u8>)>,
 ) -> Vec<(Option<Vec<u8>>, T)> {
-    let codec: Codec<T> = Codec::new(0).unwrap_or_else(|e| panic!("{e}"));
-    records
-        .into_iter()
-        .map(|(k, p)| (k, codec.decode(&p).unwrap_or_else(|e| panic!("a record on the topic is invalid: {e}")).msg))
-        .collect()
+    let mut out = Vec::new();
+    for (k, p) in records {
+        let decoded = codec.decode_record(&p).await;
+        out.push((k, decoded.unwrap_or_else(|e| panic!("a record on the topic is invalid: {e}")).msg));
+    }
+    out
 }
 
 async fn run_over_kafka(
@@ -83,19 +86,23 @@ async fn malformed_and_schema_violating_actions_are_dead_lettered_while_the_run_
     let producer: FutureProducer = streamrec_tests::kafka_config().create().unwrap_or_else(|e| panic!("{e}"));
     let mut bad_schema = protocol::messages::examples::action();
     bad_schema.ps = 2.0;
-    let bad_schema = wire::frame(1, &serde_json::to_vec(&bad_schema).unwrap_or_default());
+    // Framed with the id the action subject has, as the env registers it: only the payload is bad.
+    let action_id = streamrec_tests::registry()
+        .register(&value_subject(&topics.action), &schema_of::<ActionMsg>())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bad_schema = wire::frame(action_id, &serde_json::to_vec(&bad_schema).unwrap_or_default());
     let poison: Vec<(&str, Vec<u8>)> = vec![("ep-junk", b"this is not json".to_vec()), ("ep-schema", bad_schema)];
 
     // Inject once the env has started publishing (its action consumer is positioned by then).
     let state_topic = topics.state.clone();
     let action_topic = topics.action.clone();
     let inject = tokio::spawn(async move {
-        for _ in 0..600 {
-            if streamrec_tests::topic_size(&state_topic).unwrap_or(0) > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_async("the env's first state", Duration::from_secs(60), || {
+            let published = streamrec_tests::topic_size(&state_topic).unwrap_or(0) > 0;
+            async move { published.then_some(()) }
+        })
+        .await;
         for (key, payload) in &poison {
             producer
                 .send(FutureRecord::to(&action_topic).key(*key).payload(payload), Duration::from_secs(30))
@@ -124,19 +131,16 @@ async fn malformed_and_schema_violating_actions_are_dead_lettered_while_the_run_
 async fn memory_transport_passes_the_same_checker() {
     let dataset = Arc::new(load_sample());
     for policy in ["random", "popularity"] {
-        let cli = SimCli::parse_from(["sim", "--episodes", "200", "--concurrency", "64", "--policy", policy]);
+        let cli: SimCli = parse_flags(["sim", "--episodes", "200", "--concurrency", "64", "--policy", policy]);
         let outcome = sim::run_memory(dataset.clone(), &cli.episodes, &cli.agent, 256, CancellationToken::new())
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(outcome.summary.episodes, 200);
-        let states =
-            decode_all::<StateMsg>(outcome.recording.states.iter().map(|r| (r.key.clone(), r.payload.clone())));
-        let actions: Vec<ActionMsg> = decode_all::<ActionMsg>(
-            outcome.recording.actions.iter().map(|(k, p)| (Some(k.clone().into_bytes()), p.clone())),
-        )
-        .into_iter()
-        .map(|(_, a)| a)
-        .collect();
+        let (state_codec, action_codec) = sim::memory_codecs::<StateMsg>().unwrap_or_else(|e| panic!("{e:#}"));
+        let records = outcome.recording.states.iter().map(|r| (r.key.clone(), r.payload.clone()));
+        let states = decode_all(&state_codec, records).await;
+        let records = outcome.recording.actions.iter().map(|(k, p)| (Some(k.clone().into_bytes()), p.clone()));
+        let actions: Vec<ActionMsg> = decode_all(&action_codec, records).await.into_iter().map(|(_, a)| a).collect();
         let violations = check_run(&dataset, 50, &states, &actions, &outcome.summary);
         assert!(violations.is_empty(), "{policy}: {:?}", &violations[..violations.len().min(5)]);
         assert_eq!(outcome.summary.resends, 0, "nothing is lost in memory");
