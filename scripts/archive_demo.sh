@@ -17,7 +17,8 @@ out=target/sim
 mkdir -p "$out"
 
 echo "==> building the archiver (release)"
-cargo build --release --locked -p archiver
+# The same packages as `make sim` builds, so that the features unify alike: a no-op after it.
+cargo build --release --locked -p env-svc -p agent-svc -p sim -p archiver
 bin=${CARGO_TARGET_DIR:-target}/release
 
 echo "==> archiver run-once: both topics into Cassandra keyspace $KEYSPACE (group $GROUP)"

@@ -5,10 +5,12 @@
 # writes it to target/sim/summary.json.
 #   DATASET=data/sample EPISODES=200 POLICY=dqn TRANSPORT=kafka
 # The DQN runs with the settings `make eval` measured (the MLP network with the wide table,
-# gamma 0, full-feedback hindsight); any DQN_* variable overrides them. It learns while it serves and checkpoints into
-# target/sim/checkpoints/<hash of the DQN_* settings>, so each `make sim` with the same settings
-# goes on from where the last one stopped (and other settings start from scratch instead of
-# being refused a checkpoint of another network shape).
+# gamma 0, full-feedback hindsight); any DQN_* variable overrides them. It learns while it serves
+# and checkpoints into target/sim/checkpoints/<hash of the DQN_* settings and the dataset>, so
+# each `make sim` with the same settings and data goes on from where the last one stopped, and
+# other settings or data start from scratch. (agent-svc itself refuses a checkpoint of another
+# network, action space or catalogue, so a clash is an error, never a silent mix.)
+# Either service failing fails the run: an agent that stops stops the env at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +24,7 @@ rm -f "$out/summary.json"
 
 scripts/libtorch.sh
 echo "==> building (release)"
-cargo build --release --locked -p env-svc -p agent-svc -p sim
+cargo build --release --locked -p env-svc -p agent-svc -p sim -p archiver
 bin=${CARGO_TARGET_DIR:-target}/release
 
 case $TRANSPORT in
@@ -30,15 +32,41 @@ case $TRANSPORT in
     echo "==> stack"
     deploy/local/stack.sh up
     echo "==> agent-svc run --policy $POLICY (log: $out/agent.log)"
-    ckpt=$out/checkpoints/$(env | grep '^DQN_' | sort | sha1sum | cut -c1-12)
+    # The dataset's identity: its resolved path and each file's name, size and time.
+    data_id=$(cd "$DATASET" && pwd -P && find . -maxdepth 1 -type f -printf '%f %s %T@\n' | sort)
+    ckpt=$out/checkpoints/$({ env | grep '^DQN_' | sort; echo "$data_id"; } | sha1sum | cut -c1-12)
     echo "    checkpoints: $ckpt"
     "$bin/agent-svc" run --policy "$POLICY" --checkpoint-dir "$ckpt" > "$out/agent.log" 2>&1 &
     agent=$!
-    trap 'kill -TERM "$agent" 2> /dev/null || true; wait "$agent" 2> /dev/null || true' EXIT
+    env_pid=""
+    cleanup() {
+      [[ -n $env_pid ]] && kill -TERM "$env_pid" 2> /dev/null
+      kill -TERM "$agent" 2> /dev/null || true
+      wait 2> /dev/null || true
+    }
+    trap cleanup EXIT
     echo "==> env-svc run: $EPISODES episodes on $DATASET through Kafka"
-    "$bin/env-svc" run --summary-json "$out/summary.json"
+    "$bin/env-svc" run --summary-json "$out/summary.json" &
+    env_pid=$!
+    # Whichever ends first: the env (normally), or the agent (a failure: stop the env too).
+    set +e
+    wait -n "$env_pid" "$agent"
+    first=$?
+    set -e
+    if ! kill -0 "$agent" 2> /dev/null; then
+      wait "$agent"
+      agent_rc=$?
+      echo "sim: agent-svc stopped (exit $agent_rc) before the env finished; its last lines:" >&2
+      tail -n 5 "$out/agent.log" >&2
+      exit 1
+    fi
+    env_pid=""
+    if ((first != 0)); then
+      echo "sim: env-svc failed (exit $first); agent log: $out/agent.log" >&2
+      exit "$first"
+    fi
     kill -TERM "$agent"
-    wait "$agent" || { echo "agent-svc failed, see $out/agent.log" >&2; exit 1; }
+    wait "$agent" || { echo "sim: agent-svc failed, see $out/agent.log" >&2; tail -n 5 "$out/agent.log" >&2; exit 1; }
     trap - EXIT
     echo "agent-svc: $(tail -n 1 "$out/agent.log")"
     echo

@@ -33,6 +33,16 @@ pub struct AgentStats {
     pub redelivered_old: u64,
     /// Records that could not be decoded (dead-lettered).
     pub dead_letters: u64,
+    /// Transitions whose state said the env applied another action than the one this replica
+    /// remembers choosing (another replica answered that step first): learned with the action
+    /// the env applied.
+    pub applied_elsewhere: u64,
+    /// Actions re-produced after a failed delivery.
+    pub delivery_retries: u64,
+    /// States whose action could not be delivered within the retry budget: dead-lettered.
+    pub undeliverable: u64,
+    /// Why the configured policy stopped serving, when `--policy-fallback` replaced it.
+    pub fell_back: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +57,8 @@ struct Last<S> {
 /// message of the environment it serves (`StateMsg` by default, `RecoStateMsg` for RecoGym).
 pub struct AgentCore<S = StateMsg> {
     policy: Box<dyn Policy<S>>,
+    /// Serves instead of `policy` once it fails, when the user asked for it.
+    fallback: Option<Box<dyn Policy<S>>>,
     rng: ChaCha8Rng,
     replica_id: String,
     max_state_age_ms: i64,
@@ -70,12 +82,36 @@ impl<S: StepState + Clone> AgentCore<S> {
     pub fn new(policy: Box<dyn Policy<S>>, seed: u64, replica_id: String, max_state_age_ms: i64) -> Self {
         Self {
             policy,
+            fallback: None,
             rng: ChaCha8Rng::seed_from_u64(seed),
             replica_id,
             max_state_age_ms,
             last: HashMap::new(),
             stats: AgentStats::default(),
         }
+    }
+
+    /// Serves `fallback` in place of the policy once the policy fails (`--policy-fallback`);
+    /// without one, a failing policy fails [`AgentCore::handle`].
+    pub fn with_fallback(mut self, fallback: Box<dyn Policy<S>>) -> Self {
+        self.fallback = Some(fallback);
+        self
+    }
+
+    /// The policy failed: switch to the fallback when there is one (loudly, once), else fail.
+    fn recover(&mut self, e: anyhow::Error) -> anyhow::Result<()> {
+        let Some(fallback) = self.fallback.take() else {
+            return Err(e.context(format!("policy {} failed", self.policy.name())));
+        };
+        let why = format!("{e:#}");
+        tracing::error!(
+            failed = self.policy.name(), serving = fallback.name(), error = %why,
+            "policy failed; the fallback asked for by --policy-fallback serves from now on, under its own name"
+        );
+        self.stats.fell_back =
+            Some(format!("{} failed: {why}; {} served instead", self.policy.name(), fallback.name()));
+        self.policy = fallback;
+        Ok(())
     }
 
     /// The policy, e.g. to evaluate or checkpoint it after a run.
@@ -94,8 +130,8 @@ impl<S: StepState + Clone> AgentCore<S> {
     }
 
     /// Answers a batch of states: `Some(action)` per state that needs one, `None` for terminal
-    /// or too old states.
-    pub fn handle(&mut self, states: &[S], now_ms: i64) -> Vec<Option<ActionMsg>> {
+    /// or too old states. Fails when the policy fails and no fallback was asked for.
+    pub fn handle(&mut self, states: &[S], now_ms: i64) -> anyhow::Result<Vec<Option<ActionMsg>>> {
         let mut out: Vec<Option<ActionMsg>> = vec![None; states.len()];
         let mut to_act = Vec::new();
         // Copies of one step within a batch (re-sends that queued up) share one choice.
@@ -130,16 +166,26 @@ impl<S: StepState + Clone> AgentCore<S> {
                 continue;
             }
             let last = last.filter(|l| l.step + 1 == state.step()).cloned();
-            self.policy.observe(state);
+            if let Err(e) = self.policy.observe(state) {
+                self.recover(e)?;
+            }
             if let Some(l) = last {
-                let prev_index = l.prev.product_index();
-                self.policy.learn(&Feedback {
+                // The reward is the one of the action the env applied: after a takeover or a
+                // re-send race, another replica's answer may have been applied instead of ours.
+                let action = state.last_action().unwrap_or(l.choice.action);
+                if action != l.choice.action {
+                    self.stats.applied_elsewhere += 1;
+                }
+                let feedback = Feedback {
                     prev: &l.prev,
-                    prev_index,
-                    action: l.choice.action,
+                    prev_index: l.prev.product_index(),
+                    action,
                     reward: state.reward(),
                     next: state,
-                });
+                };
+                if let Err(e) = self.policy.learn(&feedback) {
+                    self.recover(e)?;
+                }
                 self.stats.learned += 1;
                 self.stats.reward_sum += state.reward();
             }
@@ -155,7 +201,20 @@ impl<S: StepState + Clone> AgentCore<S> {
             }
         }
         let refs: Vec<&S> = to_act.iter().map(|&i| &states[i]).collect();
-        let choices = self.policy.act_full(&refs, &mut self.rng);
+        let choices = match self.policy.act_full(&refs, &mut self.rng) {
+            Ok(c) => c,
+            Err(e) => {
+                self.recover(e)?;
+                self.policy.act_full(&refs, &mut self.rng)?
+            }
+        };
+        anyhow::ensure!(
+            choices.len() == refs.len(),
+            "policy {} answered {} of {} states",
+            self.policy.name(),
+            choices.len(),
+            refs.len()
+        );
         for (&i, choice) in to_act.iter().zip(choices) {
             let state = &states[i];
             out[i] = Some(self.action_msg(state, choice.clone()));
@@ -168,7 +227,7 @@ impl<S: StepState + Clone> AgentCore<S> {
         }
         self.stats.actions += out.iter().filter(|a| a.is_some()).count() as u64;
         self.prune(now_ms);
-        out
+        Ok(out)
     }
 
     fn action_msg(&self, state: &S, choice: Choice) -> ActionMsg {
@@ -201,6 +260,7 @@ impl<S: StepState + Clone> AgentCore<S> {
 mod tests {
     use super::*;
     use crate::policies::{Popularity, Random};
+    use anyhow::Context;
     use protocol::messages::examples;
 
     fn state(ep: &str, step: u32, index: u32, reward: f64) -> StateMsg {
@@ -215,13 +275,13 @@ mod tests {
     }
 
     #[test]
-    fn answers_live_states_and_not_terminal_or_old_ones() {
+    fn answers_live_states_and_not_terminal_or_old_ones() -> anyhow::Result<()> {
         let mut core = AgentCore::new(Box::new(Random), 1, "r0".into(), 60_000);
         let mut terminal = state("e1", 3, 1, 1.0);
         terminal.terminated = true;
         let mut old = state("e2", 0, 1, 0.0);
         old.ts_ms = -100_000;
-        let out = core.handle(&[state("e0", 0, 4, 0.0), terminal, old], 2_000);
+        let out = core.handle(&[state("e0", 0, 4, 0.0), terminal, old], 2_000)?;
         let a = out[0].as_ref().unwrap_or_else(|| panic!("live state unanswered"));
         assert_eq!(
             (a.episode_id.as_str(), a.step, a.policy.as_str(), a.replica_id.as_str()),
@@ -230,31 +290,94 @@ mod tests {
         assert!(a.action < 20 && (a.ps - 0.05).abs() < 1e-12);
         assert!(out[1].is_none() && out[2].is_none());
         assert_eq!((core.stats.terminal, core.stats.skipped_old), (1, 1));
+        Ok(())
     }
 
     #[test]
-    fn resent_state_gets_the_same_action_and_is_learned_once() {
+    fn resent_state_gets_the_same_action_and_is_learned_once() -> anyhow::Result<()> {
         let mut core = AgentCore::new(Box::new(Popularity::new(0.0)), 1, "r0".into(), 60_000);
-        let first = core.handle(&[state("e", 0, 4, 0.0)], 1_000)[0].clone();
+        let first = core.handle(&[state("e", 0, 4, 0.0)], 1_000)?[0].clone();
         let mut resent = state("e", 0, 4, 0.0);
         resent.attempt = 1;
-        let again = core.handle(&[resent], 1_000)[0].clone();
+        let again = core.handle(&[resent], 1_000)?[0].clone();
         assert_eq!(first.map(|a| a.action), again.map(|a| a.action));
         // Copies of one step in the same batch get one choice.
         let batch: Vec<StateMsg> = (0..20).map(|_| state("f", 0, 4, 0.0)).collect();
-        let answers: Vec<u32> = core.handle(&batch, 1_000).into_iter().flatten().map(|a| a.action).collect();
+        let answers: Vec<u32> = core.handle(&batch, 1_000)?.into_iter().flatten().map(|a| a.action).collect();
         assert_eq!(answers.len(), 20);
         assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
-        core.handle(&[state("e", 1, 5, 1.0)], 1_000);
-        core.handle(&[state("e", 1, 5, 1.0)], 1_000);
+        core.handle(&[state("e", 1, 5, 1.0)], 1_000)?;
+        core.handle(&[state("e", 1, 5, 1.0)], 1_000)?;
         assert_eq!((core.stats.learned, core.stats.reanswered), (1, 21));
         // Step 0 of `e` re-delivered after step 1 was answered: skipped, memory kept.
-        let old = core.handle(&[state("e", 0, 4, 0.0)], 1_000);
+        let old = core.handle(&[state("e", 0, 4, 0.0)], 1_000)?;
         assert!(old[0].is_none());
         assert_eq!(core.stats.redelivered_old, 1);
-        let again = core.handle(&[state("e", 1, 5, 1.0)], 1_000)[0].clone();
+        let again = core.handle(&[state("e", 1, 5, 1.0)], 1_000)?[0].clone();
         assert!(again.is_some(), "step 1 is still re-answered after the old copy");
         assert_eq!(core.stats.learned, 1);
         assert_eq!(core.stats.reward_sum, 1.0);
+        Ok(())
+    }
+
+    /// Records what it is asked to learn; fails every call once `fail` is set.
+    #[derive(Default)]
+    struct Recorder {
+        learned: std::sync::Arc<std::sync::Mutex<Vec<(u32, f64)>>>,
+        fail: bool,
+    }
+
+    impl Policy for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn act(&mut self, states: &[&StateMsg], _rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<(u32, f64)>> {
+            anyhow::ensure!(!self.fail, "the network is gone");
+            Ok(states.iter().map(|_| (3, 1.0)).collect())
+        }
+        fn learn(&mut self, fb: &Feedback<'_>) -> anyhow::Result<()> {
+            self.learned.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push((fb.action, fb.reward));
+            Ok(())
+        }
+        fn top_k(&mut self, states: &[&StateMsg], _k: usize) -> anyhow::Result<Vec<Vec<u32>>> {
+            Ok(vec![Vec::new(); states.len()])
+        }
+    }
+
+    #[test]
+    fn the_reward_is_credited_to_the_action_the_env_applied() -> anyhow::Result<()> {
+        let recorder = Recorder::default();
+        let learned = recorder.learned.clone();
+        let mut core = AgentCore::new(Box::new(recorder), 1, "r0".into(), 60_000);
+        assert_eq!(core.handle(&[state("e", 0, 4, 0.0)], 1_000)?[0].as_ref().map(|a| a.action), Some(3));
+        // Another replica's answer (7) was applied to step 0 before ours arrived.
+        let mut next = state("e", 1, 5, 1.0);
+        next.last_action = Some(7);
+        core.handle(&[next], 1_000)?;
+        // A state from an env that does not send `last_action`: our own answer is credited.
+        let mut old_env = state("e", 2, 6, 0.0);
+        old_env.last_action = None;
+        core.handle(&[old_env], 1_000)?;
+        assert_eq!(core.stats.applied_elsewhere, 1);
+        let learned = learned.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+        assert_eq!(learned, vec![(7, 1.0), (3, 0.0)], "step 0 credited to 7, step 1 to our own 3");
+        Ok(())
+    }
+
+    #[test]
+    fn a_failing_policy_fails_the_batch_unless_a_fallback_was_asked_for() -> anyhow::Result<()> {
+        let broken = || Box::new(Recorder { fail: true, ..Recorder::default() });
+        let mut core = AgentCore::new(broken(), 1, "r0".into(), 60_000);
+        let e = core.handle(&[state("e", 0, 4, 0.0)], 1_000).err().context("a failing policy answered")?;
+        assert!(format!("{e:#}").contains("policy recorder failed: the network is gone"), "{e:#}");
+
+        let mut core = AgentCore::new(broken(), 1, "r0".into(), 60_000).with_fallback(Box::new(Random));
+        let out = core.handle(&[state("e", 0, 4, 0.0)], 1_000)?;
+        let a = out[0].as_ref().context("the fallback did not answer")?;
+        assert_eq!(a.policy, "random", "actions carry the policy that really answered");
+        let why = core.stats.fell_back.clone().context("the fallback is not reported")?;
+        assert!(why.contains("recorder failed: the network is gone; random served instead"), "{why}");
+        assert_eq!(core.policy_name(), "random");
+        Ok(())
     }
 }

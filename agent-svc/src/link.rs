@@ -1,10 +1,15 @@
 //! The agent's side of a transport: batches of states in, actions out, and the positions of the
 //! states whose actions are durable. Kafka (`KafkaAgentLink`, one consumer group shared by all
 //! replicas) or in-process bounded channels (`MemoryAgentLink`).
+//!
+//! Invariant (Kafka): a state's offset is stored for commit only once every state before it in
+//! its partition is resolved (answered durably, dead-lettered durably, or needing no answer),
+//! and a partition revoked by a rebalance first commits what is resolved, then forgets what is
+//! in flight, so its new owner re-reads exactly the unresolved states.
 
 use std::{
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -12,11 +17,12 @@ use anyhow::Context;
 use common::{
     kafka::{KafkaArgs, Topics, TuningArgs},
     link::{dead_letter_kafka, Delivery, Raw},
-    offsets::OffsetTracker,
+    offsets::{OffsetTracker, Ticket},
 };
 use futures::FutureExt;
 use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
+    client::ClientContext,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     producer::{FutureProducer, FutureRecord, Producer},
     Message, Offset, TopicPartitionList,
 };
@@ -32,21 +38,77 @@ pub trait AgentLink: Send {
     /// Sends an unusable record to the dead-letter destination with the reason.
     fn dead_letter(&self, raw: &Raw, reason: &str) -> Delivery;
     /// Marks a record read whose effect is not durable yet.
-    fn begin(&mut self, raw: &Raw);
-    /// Marks a record's effect durable; its position may now be committed.
-    fn done(&mut self, raw: &Raw);
+    fn begin(&mut self, raw: &Raw) -> Ticket;
+    /// Marks a record's effect durable (or the record resolved for good, e.g. dead-lettered);
+    /// its position may now be committed. A ticket of a partition revoked since is ignored.
+    fn done(&mut self, ticket: &Ticket);
     /// Name of the transport.
     fn name(&self) -> &'static str;
+}
+
+/// The state consumer's context: on a revocation it commits the offsets stored so far and
+/// forgets the revoked partitions' records in flight (their new owner re-reads them).
+/// Runs inside librdkafka's rebalance callback: it only takes a short lock and commits
+/// synchronously, as librdkafka allows there, and never awaits or spawns.
+#[derive(Debug, Clone, Default)]
+pub struct RebalanceContext {
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl RebalanceContext {
+    fn tracker(&self) -> MutexGuard<'_, OffsetTracker> {
+        // The tracker holds plain sets; a panic elsewhere cannot leave it inconsistent.
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else { return };
+        if tpl.count() == 0 {
+            return;
+        }
+        // Commit what is resolved while the partitions are still ours ...
+        let committed = consumer.commit_consumer_state(CommitMode::Sync);
+        // ... then forget what is not: the new owner re-reads it from the committed offset.
+        let mut tracker = self.tracker();
+        let dropped: usize = tpl.elements().iter().map(|e| tracker.revoke(e.topic(), e.partition())).sum();
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        match committed {
+            Ok(()) => tracing::info!(
+                ?partitions,
+                in_flight_dropped = dropped,
+                "partitions revoked; resolved offsets committed"
+            ),
+            // Nothing stored yet is a normal answer; anything else is worth a warning: the new
+            // owner then re-reads from the last commit that went through (at least once).
+            Err(e) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {
+                tracing::info!(?partitions, in_flight_dropped = dropped, "partitions revoked; nothing new to commit")
+            }
+            Err(e) => {
+                tracing::warn!(?partitions, in_flight_dropped = dropped, error = %e, "partitions revoked; commit failed")
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(?partitions, "partitions assigned");
+        }
+    }
 }
 
 /// Kafka: a consumer in the agents' group on the state topic, with offsets stored only once the
 /// answering action is acknowledged (auto-commit then commits what was stored), and an
 /// idempotent `acks=all` producer for actions and dead letters.
 pub struct KafkaAgentLink {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<RebalanceContext>,
     producer: FutureProducer,
     topics: Topics,
-    tracker: OffsetTracker,
+    context: RebalanceContext,
 }
 
 impl std::fmt::Debug for KafkaAgentLink {
@@ -65,17 +127,23 @@ impl KafkaAgentLink {
         group: &str,
         offset_reset: &str,
     ) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer = kafka
+        let context = RebalanceContext::default();
+        let consumer: StreamConsumer<RebalanceContext> = kafka
             .consumer_config(group, tuning)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", offset_reset)
-            .create()
+            .create_with_context(context.clone())
             .context("failed to create the state consumer")?;
         consumer.subscribe(&[&topics.state_topic]).context("failed to subscribe to the state topic")?;
         let producer: FutureProducer =
             kafka.producer_config(tuning).create().context("failed to create the action producer")?;
-        Ok(Self { consumer, producer, topics, tracker: OffsetTracker::default() })
+        Ok(Self { consumer, producer, topics, context })
+    }
+
+    /// States read whose answer is not durable yet, over the partitions owned.
+    pub fn in_flight(&self) -> usize {
+        self.context.tracker().in_flight()
     }
 
     /// Flushes the producer and commits the stored offsets synchronously (on shutdown).
@@ -83,8 +151,12 @@ impl KafkaAgentLink {
         if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
             tracing::warn!(error = %e, "action producer flush incomplete");
         }
-        if let Err(e) = self.consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-            tracing::debug!(error = %e, "final commit skipped");
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            Err(e) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "final commit failed; the states after the last commit will be re-read")
+            }
         }
     }
 
@@ -132,19 +204,21 @@ impl AgentLink for KafkaAgentLink {
         dead_letter_kafka(&self.producer, &self.topics.dead_letter_topic, raw, reason)
     }
 
-    fn begin(&mut self, raw: &Raw) {
-        self.tracker.begin(&raw.topic, raw.partition, raw.offset);
+    fn begin(&mut self, raw: &Raw) -> Ticket {
+        self.context.tracker().begin(&raw.topic, raw.partition, raw.offset)
     }
 
-    fn done(&mut self, raw: &Raw) {
-        if let Some(next) = self.tracker.complete(&raw.topic, raw.partition, raw.offset) {
+    fn done(&mut self, ticket: &Ticket) {
+        let next = self.context.tracker().complete(ticket);
+        if let Some(next) = next {
             let mut tpl = TopicPartitionList::new();
             let stored = tpl
-                .add_partition_offset(&raw.topic, raw.partition, Offset::Offset(next))
+                .add_partition_offset(&ticket.topic, ticket.partition, Offset::Offset(next))
                 .and_then(|()| self.consumer.store_offsets(&tpl));
-            // Fails for a partition revoked meanwhile: its new owner re-reads the record.
+            // Fails for a partition revoked between the two lines above: its new owner
+            // re-reads the record (at least once).
             if let Err(e) = stored {
-                tracing::debug!(error = %e, partition = raw.partition, "offset not stored");
+                tracing::debug!(error = %e, partition = ticket.partition, "offset not stored");
             }
         }
     }
@@ -160,6 +234,8 @@ pub struct MemoryAgentLink {
     state_rx: mpsc::Receiver<Raw>,
     action_tx: mpsc::Sender<Raw>,
     seq: i64,
+    /// Records begun and not done, as in Kafka (nothing is committed in memory).
+    tracker: OffsetTracker,
     /// Dead letters written so far, with their reasons.
     pub dead_letters: Arc<Mutex<Vec<(Raw, String)>>>,
 }
@@ -167,7 +243,7 @@ pub struct MemoryAgentLink {
 impl MemoryAgentLink {
     /// A link that reads states from `state_rx` and sends actions on `action_tx`.
     pub fn new(state_rx: mpsc::Receiver<Raw>, action_tx: mpsc::Sender<Raw>) -> Self {
-        Self { state_rx, action_tx, seq: 0, dead_letters: Arc::default() }
+        Self { state_rx, action_tx, seq: 0, tracker: OffsetTracker::default(), dead_letters: Arc::default() }
     }
 }
 
@@ -203,13 +279,23 @@ impl AgentLink for MemoryAgentLink {
         Box::pin(async { Ok(()) })
     }
 
-    fn begin(&mut self, _raw: &Raw) {
+    fn begin(&mut self, raw: &Raw) -> Ticket {
         self.seq += 1;
+        self.tracker.begin(&raw.topic, raw.partition, raw.offset)
     }
 
-    fn done(&mut self, _raw: &Raw) {}
+    fn done(&mut self, ticket: &Ticket) {
+        self.tracker.complete(ticket);
+    }
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+}
+
+impl MemoryAgentLink {
+    /// States read whose answer is not resolved yet (0 after a clean run).
+    pub fn in_flight(&self) -> usize {
+        self.tracker.in_flight()
     }
 }

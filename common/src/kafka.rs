@@ -84,6 +84,17 @@ pub struct TuningArgs {
     /// values only add empty fetch round trips (CPU), which made steps slower when measured.
     #[arg(long, env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 500)]
     pub fetch_wait_max_ms: u32,
+    /// Producer `message.timeout.ms`: how long librdkafka retries a record before it reports
+    /// the delivery as failed (the services then re-produce or re-send it themselves, within
+    /// their own bounds).
+    #[arg(long, env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 120_000)]
+    pub message_timeout_ms: u32,
+}
+
+impl Default for TuningArgs {
+    fn default() -> Self {
+        Self { linger_ms: 0, fetch_wait_max_ms: 500, message_timeout_ms: 120_000 }
+    }
 }
 
 impl KafkaArgs {
@@ -96,7 +107,7 @@ impl KafkaArgs {
             .set("linger.ms", tuning.linger_ms.to_string())
             .set("socket.nagle.disable", "true")
             .set("compression.type", "lz4")
-            .set("message.timeout.ms", "120000");
+            .set("message.timeout.ms", tuning.message_timeout_ms.to_string());
         cfg
     }
 

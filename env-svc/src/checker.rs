@@ -250,6 +250,7 @@ mod tests {
             env_id: "reco-gym-v1/c".into(),
             concurrency: 7,
             action_timeout: std::time::Duration::from_secs(1),
+            max_resends: 3,
         };
         let mut engine = Engine::new(cfg, RecoGymEnv::new(world, 10, 30, None));
         let now = Instant::now();
@@ -257,6 +258,7 @@ mod tests {
         let mut queue = engine.fill(now);
         while let Some(s) = queue.pop() {
             states.push((Some(s.episode_id.clone().into_bytes()), s.clone()));
+            queue.extend(engine.on_published(&s.episode_id, s.step, Ok(()), now));
             if s.terminated || s.truncated {
                 continue;
             }

@@ -64,6 +64,11 @@ pub struct EpisodeArgs {
     /// A step whose action has not arrived after this long is published again (e.g. 2s, 500ms).
     #[arg(long, env = "ACTION_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub action_timeout: Duration,
+    /// Re-sends of one state (after an action timeout or a failed publication) before its
+    /// episode fails; a run with a failed episode starts no new one and exits non-zero. With
+    /// the default timeout, 30 re-sends wait a minute for an agent.
+    #[arg(long, env = "MAX_RESENDS", default_value_t = 30)]
+    pub max_resends: u32,
     /// Users whose sequences become episodes (fashion).
     #[arg(long, env = "SPLIT", value_enum, default_value_t = Split::Train)]
     pub split: Split,

@@ -2,7 +2,10 @@
 //! (re-)publish, and what every incoming action means. The transports drive it.
 //!
 //! Invariant: each step of each episode is accepted exactly once; every other action for it is
-//! counted as a duplicate, stale, foreign or invalid, never applied.
+//! counted as a duplicate, stale, foreign or invalid, never applied. Every state is published
+//! until its publication is acknowledged (terminal states included), and re-sent at most
+//! `max_resends` times: an episode that needs more ends as failed, with the reason, and no new
+//! episode starts after a failure (the run's outcome is already a failure).
 
 use std::{
     collections::HashMap,
@@ -25,6 +28,20 @@ pub struct EngineConfig {
     pub concurrency: usize,
     /// A step whose action has not arrived after this long is published again.
     pub action_timeout: Duration,
+    /// Re-sends of one state (after an action timeout or a failed publication) before its
+    /// episode fails.
+    pub max_resends: u32,
+}
+
+/// An episode that could not be played to its end.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    /// The episode.
+    pub episode_id: String,
+    /// The step it was stuck on.
+    pub step: u32,
+    /// Why it failed.
+    pub reason: String,
 }
 
 /// What an incoming action turned out to be.
@@ -50,7 +67,19 @@ struct Active<E: Environment> {
     sent_at: Instant,
     /// Sum of the rewards paid so far.
     ret: f64,
+    /// Times `pending` was re-sent.
+    resends: u32,
 }
+
+/// An episode played to its end whose terminal state is not acknowledged yet.
+struct Closing<S> {
+    state: S,
+    ret: f64,
+    resends: u32,
+}
+
+/// Failures listed in the summary at most (all are counted).
+const MAX_FAILURES_LISTED: usize = 20;
 
 /// The episodes of one run of environment `E` and their accounting.
 pub struct Engine<E: Environment> {
@@ -59,6 +88,9 @@ pub struct Engine<E: Environment> {
     started: usize,
     exhausted: bool,
     active: HashMap<String, Active<E>>,
+    closing: HashMap<String, Closing<E::State>>,
+    /// The first failures, with their reasons.
+    failures: Vec<Failure>,
     run_prefix: String,
     /// Counters, latency histogram and returns of the run.
     pub metrics: Metrics,
@@ -78,7 +110,17 @@ impl<E: Environment> Engine<E> {
     /// An engine running `env`'s episodes.
     pub fn new(cfg: EngineConfig, env: E) -> Self {
         let run_prefix = format!("{}#", cfg.env_id);
-        Self { cfg, env, started: 0, exhausted: false, active: HashMap::new(), run_prefix, metrics: Metrics::default() }
+        Self {
+            cfg,
+            env,
+            started: 0,
+            exhausted: false,
+            active: HashMap::new(),
+            closing: HashMap::new(),
+            failures: Vec::new(),
+            run_prefix,
+            metrics: Metrics::default(),
+        }
     }
 
     /// The env and run id of every message.
@@ -101,9 +143,20 @@ impl<E: Environment> Engine<E> {
         self.active.len()
     }
 
-    /// True when every episode has been played to its end.
+    /// True when every episode has been played to its end (or failed) and every terminal
+    /// state is acknowledged.
     pub fn is_done(&self) -> bool {
-        self.active.is_empty() && self.exhausted
+        self.active.is_empty() && self.closing.is_empty() && self.exhausted
+    }
+
+    /// Episodes started so far.
+    pub fn started(&self) -> usize {
+        self.started
+    }
+
+    /// The first episodes that failed, with their reasons (`metrics.failed_episodes` counts all).
+    pub fn failures(&self) -> &[Failure] {
+        &self.failures
     }
 
     /// Starts episodes until `concurrency` run; returns their first states to publish. An
@@ -120,9 +173,9 @@ impl<E: Environment> Engine<E> {
             self.started += 1;
             out.push(state.clone());
             if state.terminated() || state.truncated() {
-                self.metrics.record_episode(0.0, 0);
+                self.closing.insert(id, Closing { state, ret: 0.0, resends: 0 });
             } else {
-                self.active.insert(id, Active { episode, pending: state, sent_at: now, ret: 0.0 });
+                self.active.insert(id, Active { episode, pending: state, sent_at: now, ret: 0.0, resends: 0 });
             }
         }
         out
@@ -169,29 +222,105 @@ impl<E: Environment> Engine<E> {
         let mut out = vec![state.clone()];
         if transition.terminated || transition.truncated {
             if let Some(done) = self.active.remove(&action.episode_id) {
-                self.metrics.record_episode(done.ret, state.step());
+                self.closing.insert(action.episode_id.clone(), Closing { state, ret: done.ret, resends: 0 });
             }
             out.extend(self.fill(now));
         } else {
             active.pending = state;
             active.sent_at = now;
+            active.resends = 0;
         }
         (Verdict::Accepted, out)
     }
 
-    /// States whose action is overdue, marked as another attempt; their clocks restart.
+    /// Takes the outcome of publishing step `step` of `episode_id`: a terminal state that is
+    /// acknowledged finishes its episode; a state whose publication failed is re-sent at once
+    /// (returned, to publish) while the episode still needs it, within `max_resends`.
+    pub fn on_published(
+        &mut self,
+        episode_id: &str,
+        step: u32,
+        result: Result<(), String>,
+        now: Instant,
+    ) -> Vec<E::State> {
+        let closing = self.closing.get(episode_id).filter(|c| c.state.step() == step).is_some();
+        let error = match result {
+            Ok(()) => {
+                if closing {
+                    if let Some(done) = self.closing.remove(episode_id) {
+                        self.metrics.record_episode(done.ret, done.state.step());
+                    }
+                }
+                return Vec::new();
+            }
+            Err(e) => e,
+        };
+        self.metrics.publish_errors += 1;
+        let reason = format!("publication failed {} times, last: {error}", self.cfg.max_resends + 1);
+        if closing {
+            let max = self.cfg.max_resends;
+            if let Some(c) = self.closing.get_mut(episode_id).filter(|c| c.resends < max) {
+                c.resends += 1;
+                c.state.mark_resent(common::kafka::now_ms());
+                self.metrics.resends += 1;
+                return vec![c.state.clone()];
+            }
+            self.fail(episode_id, step, reason, now);
+            return Vec::new();
+        }
+        let waiting = self.active.get(episode_id).is_some_and(|a| a.pending.step() == step);
+        if !waiting {
+            return Vec::new(); // an older copy; the episode has moved on
+        }
+        self.resend_or_fail(episode_id, now, reason).into_iter().collect()
+    }
+
+    /// Re-sends the state `episode_id` waits on, or fails the episode when it was re-sent
+    /// `max_resends` times already.
+    fn resend_or_fail(&mut self, episode_id: &str, now: Instant, reason: String) -> Option<E::State> {
+        let max = self.cfg.max_resends;
+        let active = self.active.get_mut(episode_id)?;
+        if active.resends >= max {
+            let step = active.pending.step();
+            self.fail(episode_id, step, reason, now);
+            return None;
+        }
+        active.resends += 1;
+        active.pending.mark_resent(common::kafka::now_ms());
+        active.sent_at = now;
+        self.metrics.resends += 1;
+        Some(active.pending.clone())
+    }
+
+    /// Ends an episode as failed; no new episode starts after it.
+    fn fail(&mut self, episode_id: &str, step: u32, reason: String, _now: Instant) {
+        self.active.remove(episode_id);
+        self.closing.remove(episode_id);
+        self.metrics.failed_episodes += 1;
+        if !self.exhausted {
+            tracing::error!(episode_id, step, %reason, "episode failed; no new episode starts, and the run will exit non-zero");
+        }
+        self.exhausted = true;
+        if self.failures.len() < MAX_FAILURES_LISTED {
+            self.failures.push(Failure { episode_id: episode_id.to_string(), step, reason });
+        }
+    }
+
+    /// States whose action is overdue, marked as another attempt; their clocks restart. An
+    /// episode whose state was re-sent `max_resends` times already fails instead.
     pub fn resends(&mut self, now: Instant) -> Vec<E::State> {
         let timeout = self.cfg.action_timeout;
-        let mut out = Vec::new();
-        for active in self.active.values_mut() {
-            if now.saturating_duration_since(active.sent_at) >= timeout {
-                active.pending.mark_resent(common::kafka::now_ms());
-                active.sent_at = now;
-                out.push(active.pending.clone());
-            }
-        }
-        self.metrics.resends += out.len() as u64;
-        out
+        let overdue: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(_, a)| now.saturating_duration_since(a.sent_at) >= timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let reason = format!(
+            "no action after {} re-sends, {:?} apart (is an agent serving this topic?)",
+            self.cfg.max_resends, timeout
+        );
+        overdue.into_iter().filter_map(|id| self.resend_or_fail(&id, now, reason.clone())).collect()
     }
 
     /// An episode id this run handed out (`<env_id>#<sequence>` with sequence < started).
@@ -211,7 +340,7 @@ mod tests {
     };
 
     fn config(env_id: &str, concurrency: usize) -> EngineConfig {
-        EngineConfig { env_id: env_id.into(), concurrency, action_timeout: Duration::from_millis(100) }
+        EngineConfig { env_id: env_id.into(), concurrency, action_timeout: Duration::from_millis(100), max_resends: 2 }
     }
 
     fn engine(episodes: usize, concurrency: usize) -> Engine<FashionEnv> {
@@ -234,13 +363,14 @@ mod tests {
         a
     }
 
-    /// Plays every episode of `e` answering `action`, each step also answered a second time;
-    /// returns the terminal states seen.
+    /// Plays every episode of `e` answering `action`, each step also answered a second time
+    /// and every publication acknowledged; returns the terminal states seen.
     fn play_out<E: Environment>(e: &mut Engine<E>, action: u32) -> usize {
         let t0 = Instant::now();
         let mut queue = e.fill(t0);
         let mut terminal = 0;
         while let Some(state) = queue.pop() {
+            assert!(e.on_published(state.episode_id(), state.step(), Ok(()), t0).is_empty());
             if state.terminated() || state.truncated() {
                 terminal += 1;
                 continue;
@@ -329,5 +459,61 @@ mod tests {
         // The answer to either copy is accepted once.
         assert_eq!(e.on_action(&answer(&first, 0), t0).0, Verdict::Accepted);
         assert_eq!(e.on_action(&answer(&again[0], 0), t0).0, Verdict::Duplicate);
+    }
+
+    #[test]
+    fn an_unanswered_episode_fails_after_its_resends_and_no_new_one_starts() {
+        let mut e = engine(5, 2);
+        let t0 = Instant::now();
+        let first = e.fill(t0);
+        assert_eq!(first.len(), 2);
+        let mut now = t0;
+        let mut resent = 0;
+        for _ in 0..2 {
+            now += Duration::from_millis(150);
+            resent += e.resends(now).len();
+        }
+        assert_eq!(resent, 4, "two re-sends of each episode (max_resends 2)");
+        now += Duration::from_millis(150);
+        assert!(e.resends(now).is_empty(), "the third timeout fails the episodes instead");
+        assert_eq!(e.metrics.failed_episodes, 2);
+        assert!(e.is_done(), "no new episode started after the failure: the run ends");
+        assert_eq!(e.started(), 2);
+        let f = &e.failures()[0];
+        assert!(f.reason.contains("no action after 2 re-sends"), "{f:?}");
+    }
+
+    #[test]
+    fn a_terminal_state_is_published_again_until_acknowledged() {
+        let mut e = engine(1, 1);
+        let t0 = Instant::now();
+        let mut s = e.fill(t0).remove(0);
+        while !(s.terminated || s.truncated) {
+            assert!(e.on_published(&s.episode_id, s.step, Ok(()), t0).is_empty());
+            s = e.on_action(&answer(&s, 0), t0).1.remove(0);
+        }
+        assert!(!e.is_done(), "the terminal state is not acknowledged yet");
+        assert_eq!(e.metrics.episodes, 0, "an episode ends when its terminal state is durable");
+        let again = e.on_published(&s.episode_id, s.step, Err("timed out".into()), t0);
+        assert_eq!(again.len(), 1, "a failed terminal publication is re-sent");
+        assert_eq!((again[0].step, again[0].attempt, again[0].terminated || again[0].truncated), (s.step, 1, true));
+        assert!(e.on_published(&s.episode_id, s.step, Ok(()), t0).is_empty());
+        assert!(e.is_done());
+        assert_eq!((e.metrics.episodes, e.metrics.failed_episodes, e.metrics.publish_errors), (1, 0, 1));
+    }
+
+    #[test]
+    fn a_failed_publication_is_resent_at_once_within_the_budget() {
+        let mut e = engine(1, 1);
+        let t0 = Instant::now();
+        let s = e.fill(t0).remove(0);
+        for attempt in 1..=2 {
+            let again = e.on_published(&s.episode_id, s.step, Err("not enough replicas".into()), t0);
+            assert_eq!(again.iter().map(|a| a.attempt).collect::<Vec<_>>(), vec![attempt]);
+        }
+        assert!(e.on_published(&s.episode_id, s.step, Err("not enough replicas".into()), t0).is_empty());
+        assert_eq!(e.metrics.failed_episodes, 1);
+        assert!(e.failures()[0].reason.contains("publication failed 3 times, last: not enough replicas"));
+        assert!(e.is_done());
     }
 }

@@ -24,7 +24,7 @@ use std::{
 use anyhow::Context;
 use common::kafka::EnvKind;
 use futures::{stream::FuturesUnordered, StreamExt};
-use protocol::{ActionMsg, Codec, Envelope};
+use protocol::{ActionMsg, Codec};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -34,49 +34,75 @@ use crate::{
     metrics::{Summary, SummaryHead},
 };
 
+/// A publication in flight: the step it carries (none for a dead letter) and its outcome.
+type Publication = futures::future::BoxFuture<'static, (Option<(String, u32)>, Result<(), String>)>;
+
+/// Encodes and publishes `states`, each tracked by its episode and step.
+fn publish<S: protocol::Message + protocol::StepState, L: EnvLink>(
+    link: &L,
+    codec: &Codec<S>,
+    states: Vec<S>,
+    deliveries: &mut FuturesUnordered<Publication>,
+) -> anyhow::Result<()> {
+    for state in states {
+        let payload = codec.encode(&state).context("env produced a state that breaks its schema")?;
+        let step = (state.episode_id().to_string(), state.step());
+        let delivery = link.publish(step.0.clone(), payload);
+        deliveries.push(Box::pin(async move { (Some(step), delivery.await) }));
+    }
+    Ok(())
+}
+
 /// Plays every episode of `engine` over `link` until done or `shutdown`; returns the summary.
+///
+/// Every state is published until acknowledged: a failed publication is re-sent at once and an
+/// unanswered state after `--action-timeout`, each within the episode's re-send budget; an
+/// episode that spends it fails (see [`Summary::ensure_complete`]).
 pub async fn drive<E: Environment, L: EnvLink>(
     engine: &mut Engine<E>,
     link: &mut L,
     state_codec: &Codec<E::State>,
-    action_codec: &Codec<ActionMsg>,
+    action_codec: &common::registry::TopicCodec<ActionMsg>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let mut deliveries = FuturesUnordered::new();
-    fn publish<S: protocol::Message + Envelope, L: EnvLink>(
-        link: &L,
-        codec: &Codec<S>,
-        states: Vec<S>,
-        deliveries: &mut FuturesUnordered<common::link::Delivery>,
-    ) -> anyhow::Result<()> {
-        for state in states {
-            let payload = codec.encode(&state).context("env produced a state that breaks its schema")?;
-            deliveries.push(link.publish(state.episode_id().to_string(), payload));
-        }
-        Ok(())
-    }
+    let mut deliveries: FuturesUnordered<Publication> = FuturesUnordered::new();
     publish(link, state_codec, engine.fill(Instant::now()), &mut deliveries)?;
     let tick_every = (engine.config().action_timeout / 4).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut interrupted = false;
     let mut progress = Progress::new();
+    let mut dead_letter_failures = 0u64;
 
     while !engine.is_done() {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => { interrupted = true; break; }
-            Some(result) = deliveries.next(), if !deliveries.is_empty() => {
-                if let Err(e) = result {
-                    engine.metrics.publish_errors += 1;
-                    tracing::warn!(error = %e, "state publication failed; the step will be re-sent");
+            Some((step, result)) = deliveries.next(), if !deliveries.is_empty() => {
+                match step {
+                    Some((episode_id, step)) => {
+                        if let Err(e) = &result {
+                            tracing::warn!(error = %e, episode_id, step, "state publication failed; re-sending it");
+                        }
+                        let again = engine.on_published(&episode_id, step, result, Instant::now());
+                        publish(link, state_codec, again, &mut deliveries)?;
+                    }
+                    None => if let Err(e) = result {
+                        // The action stays unapplied either way; a dead letter that cannot be
+                        // written is a loss of evidence, so the run reports it and fails.
+                        dead_letter_failures += 1;
+                        tracing::error!(error = %e, "dead letter not written");
+                    },
                 }
             }
             raw = link.next_action() => {
                 let raw = raw?;
                 let now = Instant::now();
-                let reason = match action_codec.decode(&raw.payload) {
+                let reason = match action_codec.decode_record_or_wait(&raw.payload, &shutdown).await {
+                    // Only when shut down while the registry could not be reached: the action is
+                    // neither applied nor dead-lettered.
+                    Err(e) if e.is_retryable() => { interrupted = true; break; }
                     Err(e) => { engine.metrics.decode_errors += 1; Some(e.to_string()) }
                     Ok(decoded) => match engine.on_action(&decoded.msg, now) {
                         (Verdict::Invalid(reason), _) => Some(reason),
@@ -86,7 +112,8 @@ pub async fn drive<E: Environment, L: EnvLink>(
                 if let Some(reason) = reason {
                     tracing::warn!(partition = raw.partition, offset = raw.offset, %reason, "action dead-lettered");
                     engine.metrics.dead_letters += 1;
-                    deliveries.push(link.dead_letter(&raw, &reason));
+                    let delivery = link.dead_letter(&raw, &reason);
+                    deliveries.push(Box::pin(async move { (None, delivery.await) }));
                 }
                 progress.update(engine);
             }
@@ -99,24 +126,35 @@ pub async fn drive<E: Environment, L: EnvLink>(
             }
         }
     }
-    // Every publication must be durable before the summary claims it.
+    // What is left in flight: dead letters, and (when interrupted) states of unfinished
+    // episodes. Wait for them so that the summary's counts are final.
     let drain = async {
-        while let Some(result) = deliveries.next().await {
-            if result.is_err() {
-                engine.metrics.publish_errors += 1;
+        while let Some((step, result)) = deliveries.next().await {
+            if let Err(e) = result {
+                match step {
+                    Some(_) => engine.metrics.publish_errors += 1,
+                    None => dead_letter_failures += 1,
+                }
+                tracing::warn!(error = %e, "publication failed while stopping");
             }
         }
     };
     if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
         tracing::warn!("some publications were still unacknowledged after 30 s");
     }
+    anyhow::ensure!(
+        dead_letter_failures == 0,
+        "{dead_letter_failures} dead letter(s) could not be written to the dead-letter topic"
+    );
     let head = SummaryHead {
         env_id: engine.env_id().to_string(),
         transport: link.name().into(),
         split: engine.env().label(),
         interrupted,
     };
-    Ok(engine.metrics.summary(head, started.elapsed()))
+    let mut summary = engine.metrics.summary(head, started.elapsed());
+    summary.failures = engine.failures().to_vec();
+    Ok(summary)
 }
 
 /// Logs progress every few seconds (a log line, not a bar: the service runs in containers).
@@ -151,7 +189,12 @@ pub fn engine_for(cfg: &config::EpisodeArgs, dataset: Arc<data::Dataset>, env_id
             dataset.users_in(cfg.split).into_iter().map(|u| u.user_id.as_str()).collect();
         dataset.users.iter().enumerate().filter(|(_, u)| wanted.contains(u.user_id.as_str())).map(|(i, _)| i).collect()
     };
-    let engine_cfg = EngineConfig { env_id, concurrency: cfg.concurrency.max(1), action_timeout: cfg.action_timeout };
+    let engine_cfg = EngineConfig {
+        env_id,
+        concurrency: cfg.concurrency.max(1),
+        action_timeout: cfg.action_timeout,
+        max_resends: cfg.max_resends,
+    };
     let env = FashionEnv::new(dataset, users, cfg.episodes, cfg.max_steps, cfg.seed, cfg.split_name());
     Engine::new(engine_cfg, env)
 }
@@ -175,8 +218,12 @@ pub fn recogym_engine_in(
     episodes: &config::EpisodeArgs,
     env_id: String,
 ) -> Engine<RecoGymEnv> {
-    let engine_cfg =
-        EngineConfig { env_id, concurrency: episodes.concurrency.max(1), action_timeout: episodes.action_timeout };
+    let engine_cfg = EngineConfig {
+        env_id,
+        concurrency: episodes.concurrency.max(1),
+        action_timeout: episodes.action_timeout,
+        max_resends: episodes.max_resends,
+    };
     let env = RecoGymEnv::new(world, recogym.recogym_first_user, recogym.recogym_users, recogym.recogym_max_steps);
     Engine::new(engine_cfg, env)
 }
@@ -236,4 +283,46 @@ pub fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> any
     }
     std::fs::write(path, serde_json::to_vec_pretty(value)?)
         .with_context(|| format!("failed to write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{link::MemoryEnvLink, testing::dataset_with_users};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_no_agent_the_run_ends_failed_instead_of_waiting_forever() -> anyhow::Result<()> {
+        let ds = Arc::new(dataset_with_users(8, &[&[1, 2, 3], &[4, 5, 6, 7]]));
+        let env = FashionEnv::new(ds, vec![0, 1], 10, 50, 1, "train");
+        let cfg = EngineConfig {
+            env_id: "fashion-v1/t".into(),
+            concurrency: 2,
+            action_timeout: Duration::from_millis(20),
+            max_resends: 3,
+        };
+        let mut engine = Engine::new(cfg, env);
+        // The agent's end is held open but never answers.
+        let (state_tx, mut state_rx) = mpsc::channel(64);
+        let (_action_tx, action_rx) = mpsc::channel(64);
+        let reader = tokio::spawn(async move {
+            let mut n = 0;
+            while state_rx.recv().await.is_some() {
+                n += 1;
+            }
+            n
+        });
+        let mut link = MemoryEnvLink::new(state_tx, action_rx);
+        let (states, actions) = common::registry::local_step_codecs()?;
+        let run = drive(&mut engine, &mut link, &states, &actions, CancellationToken::new());
+        let summary = tokio::time::timeout(Duration::from_secs(30), run).await.context("the env waited forever")??;
+        drop(link);
+        assert_eq!((summary.episodes, summary.failed_episodes, summary.resends), (0, 2, 6), "{summary}");
+        assert_eq!(reader.await?, 8, "two first states, each published 1 + 3 times");
+        let e = summary.ensure_complete().err().context("a failed run reported success")?;
+        assert!(e.to_string().contains("2 episode(s) of run fashion-v1/t failed"), "{e}");
+        assert!(summary.to_string().contains("FAILED episodes"), "{summary}");
+        Ok(())
+    }
 }

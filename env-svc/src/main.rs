@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let summary = env_svc::run(*args, common::shutdown::on_signals()).await?;
             println!("{summary}");
+            summary.ensure_complete()?;
         }
         Command::Generate(args) => cli::run_generate(&args)?,
         Command::Inspect(args) => cli::run_inspect(&args)?,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::envs::Transition;
 
@@ -37,8 +37,10 @@ pub struct Metrics {
     pub dead_letters: u64,
     /// Records that could not be decoded (bad framing, JSON or schema).
     pub decode_errors: u64,
-    /// Publications that failed for good.
+    /// Publications that failed (each is re-sent within the episode's re-send budget).
     pub publish_errors: u64,
+    /// Episodes that could not be played to their end (re-send budget spent).
+    pub failed_episodes: u64,
     /// Returns per finished episode, in finishing order.
     pub returns: Vec<f64>,
     /// Episodes that ended at their first state, without a step (RecoGym users who left before
@@ -63,6 +65,7 @@ impl Default for Metrics {
             dead_letters: 0,
             decode_errors: 0,
             publish_errors: 0,
+            failed_episodes: 0,
             returns: Vec::new(),
             zero_step_episodes: 0,
             rtt_us: rtt_histogram(),
@@ -125,6 +128,8 @@ impl Metrics {
             dead_letters: self.dead_letters,
             decode_errors: self.decode_errors,
             publish_errors: self.publish_errors,
+            failed_episodes: self.failed_episodes,
+            failures: Vec::new(),
             elapsed_s: elapsed.as_secs_f64(),
             steps_per_s: self.steps as f64 / elapsed.as_secs_f64().max(1e-9),
             returns: self.returns.clone(),
@@ -133,7 +138,7 @@ impl Metrics {
 }
 
 /// What identifies a run in its summary.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SummaryHead {
     /// Environment and run id.
     pub env_id: String,
@@ -147,7 +152,7 @@ pub struct SummaryHead {
 }
 
 /// Step round trip, publication to accepted action, in milliseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Rtt {
     /// Median.
     pub p50: f64,
@@ -160,7 +165,7 @@ pub struct Rtt {
 }
 
 /// The end-of-run summary, written by `--summary-json` and printed as text.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// Run identity.
     #[serde(flatten)]
@@ -193,14 +198,42 @@ pub struct Summary {
     pub dead_letters: u64,
     /// Records that failed decoding.
     pub decode_errors: u64,
-    /// Publications that failed for good.
+    /// Publications that failed (and were re-sent, within the re-send budget).
     pub publish_errors: u64,
+    /// Episodes that failed: their re-send budget (`--max-resends`) was spent without an
+    /// action or an acknowledged publication. A run with any is a failed run (non-zero exit).
+    pub failed_episodes: u64,
+    /// The first failed episodes, with the reason of each.
+    pub failures: Vec<crate::engine::Failure>,
     /// Wall time of the run.
     pub elapsed_s: f64,
     /// Steps per second of wall time.
     pub steps_per_s: f64,
     /// Return of every finished episode, in finishing order.
     pub returns: Vec<f64>,
+}
+
+impl Summary {
+    /// Fails when the run failed: an episode could not be played to its end. The error names
+    /// how many and the first reasons.
+    pub fn ensure_complete(&self) -> anyhow::Result<()> {
+        if self.failed_episodes == 0 {
+            return Ok(());
+        }
+        let first: Vec<String> = self
+            .failures
+            .iter()
+            .take(3)
+            .map(|f| format!("{} at step {}: {}", f.episode_id, f.step, f.reason))
+            .collect();
+        anyhow::bail!(
+            "{} episode(s) of run {} failed ({} finished); first: {}",
+            self.failed_episodes,
+            self.head.env_id,
+            self.episodes,
+            first.join("; ")
+        )
+    }
 }
 
 impl std::fmt::Display for Summary {
@@ -227,6 +260,9 @@ impl std::fmt::Display for Summary {
             "  step round trip   p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
             self.rtt_ms.p50, self.rtt_ms.p99, self.rtt_ms.max
         )?;
+        if self.failed_episodes > 0 {
+            writeln!(f, "  FAILED episodes   {:>10}   (re-send budget spent; see failures)", self.failed_episodes)?;
+        }
         write!(
             f,
             "  re-sends {}   duplicates {}   stale {}   foreign {}   invalid {}   dead letters {}   decode errors {}",

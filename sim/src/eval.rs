@@ -100,19 +100,19 @@ impl Policy for Evaluator {
         self.inner.name()
     }
 
-    fn act(&mut self, states: &[&StateMsg], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)> {
-        let tops = self.inner.top_k(states, K);
-        if let Ok(mut scores) = self.scores.lock() {
-            for (s, top) in states.iter().zip(tops) {
-                scores.pending.insert((s.episode_id.clone(), s.step), top);
-            }
+    fn act(&mut self, states: &[&StateMsg], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<(u32, f64)>> {
+        let tops = self.inner.top_k(states, K)?;
+        let mut scores = self.scores.lock().map_err(|_| anyhow::anyhow!("evaluation scores poisoned"))?;
+        for (s, top) in states.iter().zip(tops) {
+            scores.pending.insert((s.episode_id.clone(), s.step), top);
         }
+        drop(scores);
         self.inner.act(states, rng)
     }
 
-    fn observe(&mut self, state: &StateMsg) {
-        let Ok(mut scores) = self.scores.lock() else { return };
-        let Some(prev) = state.step.checked_sub(1) else { return };
+    fn observe(&mut self, state: &StateMsg) -> anyhow::Result<()> {
+        let mut scores = self.scores.lock().map_err(|_| anyhow::anyhow!("evaluation scores poisoned"))?;
+        let Some(prev) = state.step.checked_sub(1) else { return Ok(()) };
         if let Some(top) = scores.pending.remove(&(state.episode_id.clone(), prev)) {
             let rank = top.iter().position(|&p| p == state.observation.index);
             let e = scores.episodes.entry(state.episode_id.clone()).or_default();
@@ -123,11 +123,14 @@ impl Policy for Evaluator {
                 e.ndcg += 1.0 / ((r as f64) + 2.0).log2();
             }
         }
+        Ok(())
     }
 
-    fn learn(&mut self, _feedback: &Feedback<'_>) {}
+    fn learn(&mut self, _feedback: &Feedback<'_>) -> anyhow::Result<()> {
+        Ok(())
+    }
 
-    fn top_k(&mut self, states: &[&StateMsg], k: usize) -> Vec<Vec<u32>> {
+    fn top_k(&mut self, states: &[&StateMsg], k: usize) -> anyhow::Result<Vec<Vec<u32>>> {
         self.inner.top_k(states, k)
     }
 }
@@ -151,6 +154,8 @@ fn episodes(split: Split, episodes: usize, cfg: &EvalConfig) -> EpisodeArgs {
         concurrency: cfg.concurrency,
         max_steps: cfg.max_steps,
         action_timeout: Duration::from_secs(60),
+        // In memory nothing is lost: a re-send means the agent is stuck, and ten minutes tell.
+        max_resends: 10,
         split,
         seed: cfg.seed,
     }
@@ -172,7 +177,7 @@ pub async fn evaluate(
     } else {
         (core.into_policy(), Vec::new())
     };
-    policy.set_eval(true);
+    policy.set_eval(true)?;
     let scores = Arc::new(Mutex::new(Scores::default()));
     let evaluator = Evaluator { inner: policy, scores: scores.clone() };
     let test_users = dataset.users_in(Split::Test).len();

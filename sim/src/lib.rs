@@ -20,8 +20,9 @@ use agent_svc::{
 };
 use anyhow::Context;
 use common::link::{Delivery, Raw};
+use common::registry::TopicCodec;
 use env_svc::{config::EpisodeArgs, data::Dataset, engine::Engine, envs::Environment, link::EnvLink, metrics::Summary};
-use protocol::{ActionMsg, Codec, StateMsg};
+use protocol::{ActionMsg, StateMsg};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -76,11 +77,11 @@ impl<L: AgentLink> AgentLink for Tap<L> {
     fn dead_letter(&self, raw: &Raw, reason: &str) -> Delivery {
         self.inner.dead_letter(raw, reason)
     }
-    fn begin(&mut self, raw: &Raw) {
-        self.inner.begin(raw);
+    fn begin(&mut self, raw: &Raw) -> common::offsets::Ticket {
+        self.inner.begin(raw)
     }
-    fn done(&mut self, raw: &Raw) {
-        self.inner.done(raw);
+    fn done(&mut self, ticket: &common::offsets::Ticket) {
+        self.inner.done(ticket);
     }
     fn name(&self) -> &'static str {
         self.inner.name()
@@ -108,23 +109,31 @@ pub struct Wiring<E, A, S = StateMsg> {
     /// The agent's end.
     pub agent_link: A,
     /// Codec of states, framed with the state subject's schema id.
-    pub state_codec: Codec<S>,
+    pub state_codec: TopicCodec<S>,
     /// Codec of actions, framed with the action subject's schema id.
-    pub action_codec: Codec<ActionMsg>,
+    pub action_codec: TopicCodec<ActionMsg>,
 }
 
-/// Both ends of a bounded in-memory transport of `capacity` records each way, with codecs (no
-/// registry in memory: ids 1 and 2 stand for the two subjects).
+/// The codecs of the in-memory transport: states of type `S`, actions
+/// ([`common::registry::local_step_codecs`]: no registry in memory, ids 1 and 2 stand for the
+/// two subjects, and any other id is unknown).
+pub fn memory_codecs<S: protocol::Message>() -> anyhow::Result<(TopicCodec<S>, TopicCodec<ActionMsg>)> {
+    Ok(common::registry::local_step_codecs()?)
+}
+
+/// Both ends of a bounded in-memory transport of `capacity` records each way, with the
+/// [`memory_codecs`].
 pub fn memory_wiring<S: protocol::Message>(
     capacity: usize,
 ) -> anyhow::Result<Wiring<env_svc::link::MemoryEnvLink, agent_svc::link::MemoryAgentLink, S>> {
     let (state_tx, state_rx) = mpsc::channel(capacity.max(1));
     let (action_tx, action_rx) = mpsc::channel(capacity.max(1));
+    let (state_codec, action_codec) = memory_codecs()?;
     Ok(Wiring {
         env_link: env_svc::link::MemoryEnvLink::new(state_tx, action_rx),
         agent_link: agent_svc::link::MemoryAgentLink::new(state_rx, action_tx),
-        state_codec: Codec::new(1)?,
-        action_codec: Codec::new(2)?,
+        state_codec,
+        action_codec,
     })
 }
 
@@ -153,15 +162,39 @@ where
     let agent_stop = stop_agent.clone();
     let (agent_state_codec, agent_action_codec) = (Arc::clone(&state_codec), Arc::clone(&action_codec));
     let agent_task = tokio::spawn(async move {
-        let stats =
-            agent_svc::drive(&mut core, &mut tap, &agent_state_codec, &agent_action_codec, max_batch, agent_stop).await;
+        let delivery = agent_svc::DeliveryPolicy::new(5);
+        let stats = agent_svc::drive(
+            &mut core,
+            &mut tap,
+            &agent_state_codec,
+            &agent_action_codec,
+            max_batch,
+            delivery,
+            agent_stop,
+        )
+        .await;
         stats.map(|s| (s, core))
     });
-    let summary = env_svc::drive(&mut engine, &mut env_link, &state_codec, &action_codec, shutdown).await;
+    let mut agent_task = agent_task;
+    let summary = {
+        let env_run = env_svc::drive(&mut engine, &mut env_link, &state_codec, &action_codec, shutdown);
+        tokio::pin!(env_run);
+        tokio::select! {
+            summary = &mut env_run => summary,
+            // The agent ended first: a failed policy, or a link that broke. The env would only
+            // re-send into the void: stop with the agent's reason.
+            joined = &mut agent_task => {
+                let ended = joined.context("agent task panicked")?;
+                return Err(match ended {
+                    Err(e) => e.context("the agent stopped before the env finished"),
+                    Ok(_) => anyhow::anyhow!("the agent stopped before the env finished"),
+                });
+            }
+        }
+    };
     // Closing the env's end lets the agent drain what is still in flight (the last terminal
     // states) and stop on its own; a transport that does not close is stopped after the grace.
     drop(env_link);
-    let mut agent_task = agent_task;
     let (agent, core) = match tokio::time::timeout(grace, &mut agent_task).await {
         Ok(joined) => joined,
         Err(_) => {

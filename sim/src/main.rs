@@ -95,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(path) = summary_json {
                 env_svc::write_json(&path, &outcome.summary)?;
             }
+            outcome.summary.ensure_complete()?;
         }
         Command::Eval { dataset, agent, policies, train_episodes, concurrency, seed, out, quiet } => {
             let ds =

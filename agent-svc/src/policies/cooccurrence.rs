@@ -65,15 +65,16 @@ impl Policy for Cooccurrence {
         "cooccurrence"
     }
 
-    fn observe(&mut self, state: &StateMsg) {
+    fn observe(&mut self, state: &StateMsg) -> anyhow::Result<()> {
         if !self.frozen {
             *self.seen.entry(state.observation.index).or_default() += 1;
         }
+        Ok(())
     }
 
-    fn act(&mut self, states: &[&StateMsg], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)> {
+    fn act(&mut self, states: &[&StateMsg], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<(u32, f64)>> {
         let epsilon = if self.frozen { 0.0 } else { self.epsilon };
-        states
+        Ok(states
             .iter()
             .map(|s| {
                 let n = s.n_actions.max(1);
@@ -82,22 +83,24 @@ impl Policy for Cooccurrence {
                 let a = if rng.random_bool(epsilon) { rng.random_range(0..n) } else { best };
                 (a, if a == best { 1.0 - epsilon + explore } else { explore })
             })
-            .collect()
+            .collect())
     }
 
-    fn learn(&mut self, feedback: &Feedback<'_>) {
-        if self.frozen {
-            return;
+    fn learn(&mut self, feedback: &Feedback<'_>) -> anyhow::Result<()> {
+        if !self.frozen {
+            let next = feedback.next.observation.index;
+            *self.next.entry(feedback.prev_index).or_default().entry(next).or_default() += 1;
         }
-        *self.next.entry(feedback.prev_index).or_default().entry(feedback.next.observation.index).or_default() += 1;
+        Ok(())
     }
 
-    fn top_k(&mut self, states: &[&StateMsg], k: usize) -> Vec<Vec<u32>> {
-        states.iter().map(|s| self.ranked(s.observation.index, s.n_actions.max(1), k)).collect()
+    fn top_k(&mut self, states: &[&StateMsg], k: usize) -> anyhow::Result<Vec<Vec<u32>>> {
+        Ok(states.iter().map(|s| self.ranked(s.observation.index, s.n_actions.max(1), k)).collect())
     }
 
-    fn set_eval(&mut self, eval: bool) {
+    fn set_eval(&mut self, eval: bool) -> anyhow::Result<()> {
         self.frozen = eval;
+        Ok(())
     }
 }
 
@@ -115,21 +118,22 @@ mod tests {
     }
 
     #[test]
-    fn recommends_the_most_frequent_follower_then_popular_products() {
+    fn recommends_the_most_frequent_follower_then_popular_products() -> anyhow::Result<()> {
         let mut p = Cooccurrence::new(0.0);
         let (s1, s2, s3, s4) = (state(1), state(2), state(3), state(4));
         for (a, b) in [(&s1, &s2), (&s1, &s2), (&s1, &s3), (&s4, &s3)] {
-            p.observe(b);
-            p.learn(&Feedback { prev: a, prev_index: a.observation.index, action: 0, reward: 0.0, next: b });
+            p.observe(b)?;
+            p.learn(&Feedback { prev: a, prev_index: a.observation.index, action: 0, reward: 0.0, next: b })?;
         }
-        p.observe(&s3);
+        p.observe(&s3)?;
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        assert_eq!(p.act(&[&s1], &mut rng), vec![(2, 1.0)]);
-        assert_eq!(p.top_k(&[&s1], 3), vec![vec![2, 3, 0]]);
+        assert_eq!(p.act(&[&s1], &mut rng)?, vec![(2, 1.0)]);
+        assert_eq!(p.top_k(&[&s1], 3)?, vec![vec![2, 3, 0]]);
         // Unknown context: the most-seen products first.
-        assert_eq!(p.top_k(&[&state(9)], 2), vec![vec![3, 2]]);
-        p.set_eval(true);
-        p.learn(&Feedback { prev: &s1, prev_index: 1, action: 0, reward: 0.0, next: &s4 });
-        assert_eq!(p.top_k(&[&s1], 1), vec![vec![2]], "frozen in evaluation");
+        assert_eq!(p.top_k(&[&state(9)], 2)?, vec![vec![3, 2]]);
+        p.set_eval(true)?;
+        p.learn(&Feedback { prev: &s1, prev_index: 1, action: 0, reward: 0.0, next: &s4 })?;
+        assert_eq!(p.top_k(&[&s1], 1)?, vec![vec![2]], "frozen in evaluation");
+        Ok(())
     }
 }

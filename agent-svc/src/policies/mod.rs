@@ -103,30 +103,39 @@ pub struct Choice {
 }
 
 /// A recommendation policy over states of type `S` (`StateMsg` by default).
+///
+/// Every call that can fail returns the failure: a policy that cannot serve (a network that
+/// cannot be built, a learner that died) stops the agent loudly instead of answering with
+/// something else. Only an explicit fallback (`--policy-fallback`) serves another policy, and
+/// its actions then carry that policy's name.
 pub trait Policy<S = StateMsg>: Send {
     /// Name carried in every action.
     fn name(&self) -> &'static str;
     /// Chooses an action and its probability under the policy for each state, all at once (a
     /// learned policy batches them through one forward pass).
-    fn act(&mut self, states: &[&S], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)>;
+    fn act(&mut self, states: &[&S], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<(u32, f64)>>;
     /// [`Policy::act`] with the probability of every action where the policy knows it and the
     /// state asks for it (RecoGym's `ps-a`); by default none.
-    fn act_full(&mut self, states: &[&S], rng: &mut ChaCha8Rng) -> Vec<Choice> {
-        self.act(states, rng).into_iter().map(|(action, ps)| Choice { action, ps, ps_all: None }).collect()
+    fn act_full(&mut self, states: &[&S], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<Choice>> {
+        Ok(self.act(states, rng)?.into_iter().map(|(action, ps)| Choice { action, ps, ps_all: None }).collect())
     }
     /// Learns from one transition (`next.terminated` ends bootstrapping; `next.truncated` does not).
-    fn learn(&mut self, feedback: &Feedback<'_, S>);
+    fn learn(&mut self, feedback: &Feedback<'_, S>) -> anyhow::Result<()>;
     /// The `k` best products for each state, best first, without exploration: for evaluation
     /// (HR@k, NDCG@k) and greedy play.
-    fn top_k(&mut self, states: &[&S], k: usize) -> Vec<Vec<u32>>;
+    fn top_k(&mut self, states: &[&S], k: usize) -> anyhow::Result<Vec<Vec<u32>>>;
     /// Evaluation mode: no exploration and no learning (`true`), or back to training.
-    fn set_eval(&mut self, _eval: bool) {}
+    fn set_eval(&mut self, _eval: bool) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Writes the policy's state to its checkpoint (atomically), e.g. on shutdown.
     fn save(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
     /// Notes a state (every state, terminal ones too), before `act`.
-    fn observe(&mut self, _state: &S) {}
+    fn observe(&mut self, _state: &S) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Version of the model that chooses actions, for learned policies.
     fn model_version(&self) -> Option<u64> {
         None

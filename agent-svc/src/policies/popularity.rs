@@ -53,18 +53,19 @@ impl Policy for Popularity {
         "popularity"
     }
 
-    fn observe(&mut self, state: &StateMsg) {
+    fn observe(&mut self, state: &StateMsg) -> anyhow::Result<()> {
         if self.frozen {
-            return;
+            return Ok(());
         }
         let i = state.observation.index;
         self.grow(i as usize);
         self.seen[i as usize] += 1;
         self.promote(i);
+        Ok(())
     }
 
-    fn act(&mut self, states: &[&StateMsg], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)> {
-        states
+    fn act(&mut self, states: &[&StateMsg], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<(u32, f64)>> {
+        Ok(states
             .iter()
             .map(|s| {
                 let n = s.n_actions.max(1);
@@ -79,16 +80,16 @@ impl Policy for Popularity {
                     None => (rng.random_range(0..n), 1.0 / f64::from(n)),
                 }
             })
-            .collect()
+            .collect())
     }
 
-    fn top_k(&mut self, states: &[&StateMsg], k: usize) -> Vec<Vec<u32>> {
+    fn top_k(&mut self, states: &[&StateMsg], k: usize) -> anyhow::Result<Vec<Vec<u32>>> {
         // Rank once per batch: the order does not depend on the state.
         let mut order: Vec<u32> = (0..self.rewards.len() as u32).collect();
         order.sort_by(|&a, &b| {
             self.key(b).partial_cmp(&self.key(a)).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
         });
-        states
+        Ok(states
             .iter()
             .map(|s| {
                 let mut top: Vec<u32> = order.iter().copied().filter(|&i| i < s.n_actions).take(k).collect();
@@ -96,20 +97,21 @@ impl Policy for Popularity {
                 top.extend((0..s.n_actions).filter(|i| *i as usize >= self.rewards.len()).take(k - top.len()));
                 top
             })
-            .collect()
+            .collect())
     }
 
-    fn set_eval(&mut self, eval: bool) {
+    fn set_eval(&mut self, eval: bool) -> anyhow::Result<()> {
         self.frozen = eval;
+        Ok(())
     }
 
-    fn learn(&mut self, feedback: &Feedback<'_>) {
-        if self.frozen {
-            return;
+    fn learn(&mut self, feedback: &Feedback<'_>) -> anyhow::Result<()> {
+        if !self.frozen {
+            self.grow(feedback.action as usize);
+            self.rewards[feedback.action as usize] += feedback.reward;
+            self.promote(feedback.action);
         }
-        self.grow(feedback.action as usize);
-        self.rewards[feedback.action as usize] += feedback.reward;
-        self.promote(feedback.action);
+        Ok(())
     }
 }
 
@@ -127,31 +129,33 @@ mod tests {
     }
 
     #[test]
-    fn greedy_choice_follows_rewards_over_sightings() {
+    fn greedy_choice_follows_rewards_over_sightings() -> anyhow::Result<()> {
         let mut p = Popularity::new(0.0);
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         for _ in 0..3 {
-            p.observe(&state(2));
+            p.observe(&state(2))?;
         }
-        p.observe(&state(5));
-        assert_eq!(p.act(&[&state(0)], &mut rng), vec![(2, 1.0)], "most seen before any reward");
+        p.observe(&state(5))?;
+        assert_eq!(p.act(&[&state(0)], &mut rng)?, vec![(2, 1.0)], "most seen before any reward");
         let next = state(1);
-        p.learn(&Feedback { prev: &next, prev_index: 0, action: 5, reward: 1.0, next: &next });
-        assert_eq!(p.act(&[&state(0)], &mut rng)[0].0, 5, "a rewarded product beats a merely seen one");
+        p.learn(&Feedback { prev: &next, prev_index: 0, action: 5, reward: 1.0, next: &next })?;
+        assert_eq!(p.act(&[&state(0)], &mut rng)?[0].0, 5, "a rewarded product beats a merely seen one");
+        Ok(())
     }
 
     #[test]
-    fn propensities_match_epsilon_greedy() {
+    fn propensities_match_epsilon_greedy() -> anyhow::Result<()> {
         let mut p = Popularity::new(0.2);
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        p.observe(&state(3));
+        p.observe(&state(3))?;
         let s0 = state(0);
-        let picks = p.act(&vec![&s0; 2000], &mut rng);
+        let picks = p.act(&vec![&s0; 2000], &mut rng)?;
         let greedy = picks.iter().filter(|(a, _)| *a == 3).count() as f64 / 2000.0;
         assert!((greedy - 0.82).abs() < 0.04, "greedy share {greedy}");
         for (a, ps) in picks {
             let expected = if a == 3 { 0.82 } else { 0.02 };
             assert!((ps - expected).abs() < 1e-12);
         }
+        Ok(())
     }
 }

@@ -131,6 +131,18 @@ impl Dataset {
     pub fn n_actions(&self) -> u32 {
         u32::try_from(self.products.len()).unwrap_or(u32::MAX)
     }
+
+    /// Fingerprint of the action space, as states carry it (`catalog`): 16 hex digits of the
+    /// xxh3-64 of the product ids joined by newlines in index order. Two datasets that map the
+    /// same ids to the same indices share it; any other difference changes it.
+    pub fn catalog_fingerprint(&self) -> String {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for p in &self.products {
+            hasher.update(p.id.as_bytes());
+            hasher.update(b"\n");
+        }
+        format!("{:016x}", hasher.digest())
+    }
 }
 
 /// What a load read, dropped and kept, with the settings it used; written by `inspect`.

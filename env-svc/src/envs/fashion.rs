@@ -25,6 +25,8 @@ pub struct FashionEnv {
     episodes: usize,
     max_steps: u32,
     split: String,
+    /// The catalogue's fingerprint, carried by every state.
+    catalog: String,
 }
 
 impl FashionEnv {
@@ -39,7 +41,8 @@ impl FashionEnv {
         split: &str,
     ) -> Self {
         users.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-        Self { dataset, order: users, episodes, max_steps, split: split.to_string() }
+        let catalog = dataset.catalog_fingerprint();
+        Self { dataset, order: users, episodes, max_steps, split: split.to_string(), catalog }
     }
 
     /// The dataset the episodes replay.
@@ -47,7 +50,13 @@ impl FashionEnv {
         &self.dataset
     }
 
-    fn state_msg(&self, head: Head<'_>, episode: &Episode, t: Transition) -> StateMsg {
+    /// The catalogue's fingerprint (see [`Dataset::catalog_fingerprint`]).
+    pub fn catalog(&self) -> &str {
+        &self.catalog
+    }
+
+    /// The state of `episode` after transition `t`, caused by `last_action` (none at step 0).
+    fn state_msg(&self, head: Head<'_>, episode: &Episode, t: Transition, last_action: Option<u32>) -> StateMsg {
         let ds = &self.dataset;
         let product = &ds.products[episode.current(ds) as usize];
         StateMsg {
@@ -57,6 +66,7 @@ impl FashionEnv {
             step: episode.step_count(),
             user_id: episode.user(ds).user_id.clone(),
             n_actions: ds.n_actions(),
+            catalog: Some(self.catalog.clone()),
             observation: ProductObs {
                 asin: product.id.clone(),
                 index: product.index,
@@ -65,6 +75,7 @@ impl FashionEnv {
                 colors: product.colors.clone(),
                 keywords: product.keywords.clone(),
             },
+            last_action,
             reward: t.reward,
             next_item_hit: t.next_item_hit,
             terminated: t.terminated,
@@ -93,13 +104,13 @@ impl Environment for FashionEnv {
         }
         let episode = Episode::new(self.order[seq % self.order.len()], self.max_steps);
         let first = Transition { reward: 0.0, next_item_hit: false, terminated: false, truncated: false };
-        let state = self.state_msg(head, &episode, first);
+        let state = self.state_msg(head, &episode, first, None);
         Some((episode, state))
     }
 
     fn step(&mut self, episode: &mut Episode, action: u32, head: Head<'_>) -> (StateMsg, Transition) {
         let transition = episode.step(&self.dataset, action);
-        (self.state_msg(head, episode, transition), transition)
+        (self.state_msg(head, episode, transition, Some(action)), transition)
     }
 
     fn label(&self) -> String {

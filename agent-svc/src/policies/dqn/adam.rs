@@ -201,6 +201,7 @@ mod tests {
 
     #[test]
     fn matches_libtorch_adam_and_skipping_unused_rows_is_exact() {
+        let _rng = crate::policies::dqn::net::torch_rng_guard();
         tch::manual_seed(3);
         for kind in [NetKind::Mlp, NetKind::Lstm] {
             let cfg =
@@ -232,6 +233,7 @@ mod tests {
 
     #[test]
     fn the_lazy_table_is_adam_on_the_rows_named_and_leaves_the_others() {
+        let _rng = crate::policies::dqn::net::torch_rng_guard();
         tch::manual_seed(4);
         let cfg =
             NetConfig { kind: NetKind::Mlp, embedding_dim: 4, hidden: vec![4], wide: true, ..NetConfig::paper(10, 4) };

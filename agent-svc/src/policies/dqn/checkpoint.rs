@@ -46,7 +46,7 @@ pub enum CheckpointError {
         reason: String,
     },
     /// The file holds a network of another shape than the flags ask for.
-    #[error("checkpoint {path} holds another network ({found}) than the flags ask for ({wanted}); pass matching --dqn-* flags or another --checkpoint-dir")]
+    #[error("checkpoint {path} holds another network ({found}) than the flags ask for ({wanted}); pass matching --dqn-* flags or another --checkpoint-dir, or --dqn-checkpoint-mismatch fresh to set it aside and start afresh")]
     NetMismatch {
         /// The file concerned.
         path: PathBuf,
@@ -56,7 +56,7 @@ pub enum CheckpointError {
         wanted: String,
     },
     /// The file was trained for another action space than the env's states announce.
-    #[error("checkpoint {path} was trained for {found} actions but the states announce {wanted}; pass another --checkpoint-dir")]
+    #[error("checkpoint {path} was trained for {found} actions but the states announce {wanted}; pass another --checkpoint-dir, or --dqn-checkpoint-mismatch fresh to set it aside and start afresh")]
     ActionsMismatch {
         /// The file concerned.
         path: PathBuf,
@@ -64,6 +64,16 @@ pub enum CheckpointError {
         found: i64,
         /// Actions the states announce.
         wanted: i64,
+    },
+    /// The file was trained on another catalogue (same size, other products) than the states'.
+    #[error("checkpoint {path} was trained on catalogue {found} but the states come from catalogue {wanted}; pass another --checkpoint-dir, or --dqn-checkpoint-mismatch fresh to set it aside and start afresh")]
+    CatalogMismatch {
+        /// The file concerned.
+        path: PathBuf,
+        /// Catalogue fingerprint in the file.
+        found: String,
+        /// Catalogue fingerprint the states carry.
+        wanted: String,
     },
     /// libtorch could not write or read the weights.
     #[error("checkpoint {path}: weights: {source}")]
@@ -84,6 +94,11 @@ pub struct Meta {
     pub net: NetConfig,
     /// Size of the action space it was trained for.
     pub n_actions: i64,
+    /// Fingerprint of the catalogue (the products behind the action indices) it was trained
+    /// on, as the states carry it; `None` in checkpoints written before fingerprints existed
+    /// or trained on states without one.
+    #[serde(default)]
+    pub catalog: Option<String>,
     /// Learner updates done.
     pub updates: u64,
     /// States acted on in training (the epsilon schedule's position).
@@ -213,6 +228,29 @@ impl Checkpoint {
         }
     }
 
+    /// Refuses a checkpoint trained on another catalogue than the states' (`None` on either
+    /// side counts as a catalogue of its own: it cannot be shown to be the same).
+    pub fn check_catalog(&self, catalog: Option<&str>) -> Result<(), CheckpointError> {
+        if self.meta.catalog.as_deref() == catalog {
+            return Ok(());
+        }
+        let show = |c: Option<&str>, none: &str| c.map_or_else(|| none.to_string(), str::to_string);
+        Err(CheckpointError::CatalogMismatch {
+            path: self.path.clone(),
+            found: show(self.meta.catalog.as_deref(), "(none recorded)"),
+            wanted: show(catalog, "(none sent)"),
+        })
+    }
+
+    /// Renames the file to `<name>.replaced-<saved_at_ms>` beside it, so that a fresh start
+    /// never overwrites it; returns the new path.
+    pub fn set_aside(&self) -> Result<PathBuf, CheckpointError> {
+        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let aside = self.path.with_file_name(format!("{name}.replaced-{}", self.meta.saved_at_ms));
+        fs::rename(&self.path, &aside).map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?;
+        Ok(aside)
+    }
+
     /// Loads the online weights into `online` and, when given, the target weights into `target`.
     pub fn load_into(&self, online: &mut VarStore, target: Option<&mut VarStore>) -> Result<(), CheckpointError> {
         let err = |source| CheckpointError::Weights { path: self.path.clone(), source };
@@ -235,6 +273,7 @@ mod tests {
             format: FORMAT,
             net: cfg.clone(),
             n_actions: 7,
+            catalog: Some("c0ffee".into()),
             updates: 42,
             eps_step: 99,
             vocab: vec!["red".into(), "blue".into()],
@@ -244,6 +283,7 @@ mod tests {
 
     #[test]
     fn round_trips_weights_and_meta() {
+        let _rng = crate::policies::dqn::net::torch_rng_guard();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = file_in(dir.path());
         let cfg = NetConfig::paper(20, 6);
@@ -266,6 +306,7 @@ mod tests {
 
     #[test]
     fn refuses_another_network_or_action_space() {
+        let _rng = crate::policies::dqn::net::torch_rng_guard();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = file_in(dir.path());
         let cfg = NetConfig { kind: NetKind::Mlp, ..NetConfig::paper(20, 6) };
@@ -279,6 +320,15 @@ mod tests {
         assert!(e.to_string().contains("another network"), "{e}");
         let e = ckpt.check(&cfg, Some(8)).err().unwrap_or_else(|| panic!("accepted another action count"));
         assert!(e.to_string().contains("trained for 7 actions but the states announce 8"), "{e}");
+        assert!(ckpt.check_catalog(Some("c0ffee")).is_ok());
+        let e = ckpt.check_catalog(Some("beef")).err().unwrap_or_else(|| panic!("accepted another catalogue"));
+        assert!(e.to_string().contains("catalogue c0ffee but the states come from catalogue beef"), "{e}");
+        let e = ckpt.check_catalog(None).err().unwrap_or_else(|| panic!("accepted states without a catalogue"));
+        assert!(e.to_string().contains("(none sent)"), "{e}");
+        let aside = ckpt.set_aside().unwrap_or_else(|e| panic!("{e}"));
+        assert!(aside.exists() && !path.exists(), "set aside, not removed: {}", aside.display());
+        assert!(aside.to_string_lossy().ends_with("dqn.ckpt.replaced-1"), "{}", aside.display());
+        fs::rename(&aside, &path).unwrap_or_else(|e| panic!("{e}"));
         fs::write(&path, b"garbage").unwrap_or_else(|e| panic!("{e}"));
         let e = load(&path).err().unwrap_or_else(|| panic!("loaded garbage"));
         assert!(matches!(e, CheckpointError::Corrupt { .. }), "{e}");

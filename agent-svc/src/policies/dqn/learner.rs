@@ -100,6 +100,22 @@ pub struct Shared {
     pub dropped: AtomicU64,
     /// Updates done so far.
     pub updates: AtomicU64,
+    /// Why the learner stopped, when it stopped on a failure (an update or a checkpoint that
+    /// failed); the policy side turns it into an error of its next call.
+    pub failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Records why the learner stops (the first reason is kept).
+    pub fn fail(&self, why: String) {
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        failure.get_or_insert(why);
+    }
+
+    /// Why the learner stopped, if it failed.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Messages handled at most between two updates.
@@ -140,6 +156,8 @@ pub struct Learner {
     replay: Replay,
     rng: ChaCha8Rng,
     updates: u64,
+    /// Fingerprint of the catalogue the learner trains on, written into checkpoints.
+    catalog: Option<String>,
 }
 
 impl Learner {
@@ -174,7 +192,13 @@ impl Learner {
             replay: Replay::new(hp.replay_capacity, net_cfg.max_tokens),
             rng: ChaCha8Rng::seed_from_u64(hp.seed),
             updates: 0,
+            catalog: None,
         })
+    }
+
+    /// Records the fingerprint of the catalogue the actions index (saved in checkpoints).
+    pub fn set_catalog(&mut self, catalog: Option<String>) {
+        self.catalog = catalog;
     }
 
     /// Replaces both networks' weights and the update count with a checkpoint's.
@@ -279,6 +303,7 @@ impl Learner {
             format: checkpoint::FORMAT,
             net: self.net_cfg.clone(),
             n_actions: self.n_actions,
+            catalog: self.catalog.clone(),
             updates: self.updates,
             eps_step,
             vocab,
@@ -370,7 +395,12 @@ pub fn run(
                     loss_sum += loss;
                     loss_n += 1;
                 }
-                Err(e) => tracing::error!(error = %e, "dqn update failed"),
+                Err(e) => {
+                    let why = format!("dqn update {} failed: {e:#}", learner.updates() + 1);
+                    tracing::error!(error = %why, "dqn learner stops");
+                    shared.fail(why);
+                    break 'outer;
+                }
             }
             owed -= 1.0;
             let updates = learner.updates();
@@ -380,7 +410,10 @@ pub fn run(
             }
             if learner.hp.checkpoint_every > 0 && updates % learner.hp.checkpoint_every == 0 {
                 if let Err(e) = save(&learner) {
-                    tracing::error!(error = %e, "dqn checkpoint failed");
+                    let why = format!("dqn checkpoint at update {updates} failed: {e}");
+                    tracing::error!(error = %why, "dqn learner stops");
+                    shared.fail(why);
+                    break 'outer;
                 }
             }
             if owed < 1.0 {
@@ -459,6 +492,7 @@ mod tests {
 
     #[test]
     fn huber_loss_decreases_on_a_toy_problem() {
+        let _rng = net::torch_rng_guard();
         tch::manual_seed(0);
         let cfg = NetConfig { kind: NetKind::Mlp, embedding_dim: 8, hidden: vec![16], ..NetConfig::paper(10, 4) };
         let hp = Hyper { gamma: 0.0, ..hyper() };
@@ -492,6 +526,7 @@ mod tests {
 
     #[test]
     fn full_feedback_rows_teach_every_action_from_one_transition_each() {
+        let _rng = net::torch_rng_guard();
         tch::manual_seed(0);
         let cfg = NetConfig { kind: NetKind::Mlp, embedding_dim: 8, hidden: vec![16], ..NetConfig::paper(10, 4) };
         let hp = Hyper { gamma: 0.0, ..hyper() };
@@ -522,6 +557,7 @@ mod tests {
 
     #[test]
     fn the_wide_table_learns_what_the_text_cannot_tell_apart() {
+        let _rng = net::torch_rng_guard();
         tch::manual_seed(0);
         // Every state has the same text; only the product index tells product 1 (next: action
         // 2) from product 2 (next: action 0). The deep part alone cannot separate them.
@@ -557,6 +593,7 @@ mod tests {
 
     #[test]
     fn target_network_follows_every_target_every_updates() {
+        let _rng = net::torch_rng_guard();
         tch::manual_seed(1);
         let cfg = NetConfig { kind: NetKind::Mlp, embedding_dim: 4, hidden: vec![], ..NetConfig::paper(10, 2) };
         let hp = Hyper { target_every: 3, double: false, ..hyper() };

@@ -159,6 +159,11 @@ pub struct DqnArgs {
     /// for replicas started by `docker compose up --scale`.
     #[arg(long, env = "CHECKPOINT_DIR")]
     pub checkpoint_dir: Option<PathBuf>,
+    /// What to do with a checkpoint in `--checkpoint-dir` written for another network, action
+    /// space or catalogue: `fail` (stop with an error naming both) or `fresh` (rename it to
+    /// `dqn.ckpt.replaced-<time>` beside it and start a new network).
+    #[arg(long, env = "DQN_CHECKPOINT_MISMATCH", value_enum, default_value_t = CheckpointMismatch::Fail)]
+    pub dqn_checkpoint_mismatch: CheckpointMismatch,
     /// libtorch device: `cpu`, `cuda` or `cuda:N` (CUDA needs the full torch install).
     #[arg(long, env = "DQN_DEVICE", default_value = "cpu")]
     pub dqn_device: String,
@@ -270,6 +275,16 @@ impl DqnArgs {
     }
 }
 
+/// What to do with a checkpoint that does not fit (see `--dqn-checkpoint-mismatch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckpointMismatch {
+    /// Stop with an error that names the checkpoint's network, action space or catalogue and
+    /// the one asked for.
+    Fail,
+    /// Set the checkpoint aside (renamed, not deleted) and start a new network.
+    Fresh,
+}
+
 /// What the DQN learns in hindsight (see `--dqn-hindsight`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Hindsight {
@@ -303,6 +318,8 @@ const MAX_OPEN_EPISODES: usize = 100_000;
 /// The network that chooses actions, and the learner behind it.
 struct Live {
     n_actions: u32,
+    /// Fingerprint of the catalogue the network was built for.
+    catalog: Option<String>,
     /// Owns the inference copy's variables (`net` and `vars` share them).
     _vs: nn::VarStore,
     net: Net,
@@ -333,11 +350,7 @@ pub struct Dqn {
     resume: Option<checkpoint::Checkpoint>,
     shared: Arc<Shared>,
     live: Option<Live>,
-    /// Why the policy cannot serve (e.g. a checkpoint for another action space): it then
-    /// answers uniformly at random and never overwrites the checkpoint.
-    broken: Option<String>,
     eval: bool,
-    mismatched: u64,
     /// Steps of the episodes in flight with the product each led to, for full feedback at
     /// their end (`--dqn-hindsight future`).
     episodes: HashMap<String, Vec<(Transition, i64)>>,
@@ -355,8 +368,8 @@ impl std::fmt::Debug for Dqn {
 
 impl Dqn {
     /// A DQN policy; loads the checkpoint in `--checkpoint-dir` when there is one (and refuses
-    /// one written for another network). The networks are built on the first state, which
-    /// gives the size of the action space.
+    /// one written for another network, unless `--dqn-checkpoint-mismatch fresh`). The networks
+    /// are built on the first state, which gives the size of the action space and the catalogue.
     pub fn new(args: &DqnArgs, seed: u64) -> anyhow::Result<Self> {
         args.validate()?;
         let device = args.device()?;
@@ -366,14 +379,19 @@ impl Dqn {
             .checkpoint_dir
             .as_deref()
             .map(|dir| checkpoint::file_in(&checkpoint::expand_dir(dir, &crate::host_name())));
-        let resume = match &checkpoint {
+        let mut resume = match &checkpoint {
             Some(path) => checkpoint::load(path)?,
             None => None,
         };
+        if let Some(ckpt) = &resume {
+            if let Err(e) = ckpt.check(&net_cfg, None) {
+                Self::mismatch(args.dqn_checkpoint_mismatch, ckpt, e)?;
+                resume = None;
+            }
+        }
         let mut vocab = Vocab::new(args.dqn_vocab_size);
         let mut eps_step = 0;
         if let Some(ckpt) = &resume {
-            ckpt.check(&net_cfg, None)?;
             vocab = Vocab::from_words(args.dqn_vocab_size, ckpt.meta.vocab.clone());
             eps_step = ckpt.meta.eps_step;
             tracing::info!(
@@ -387,6 +405,7 @@ impl Dqn {
             eps_step: AtomicU64::new(eps_step),
             dropped: AtomicU64::new(0),
             updates: AtomicU64::new(0),
+            failure: Mutex::new(None),
         });
         Ok(Self {
             args: args.clone(),
@@ -397,11 +416,28 @@ impl Dqn {
             resume,
             shared,
             live: None,
-            broken: None,
             eval: false,
-            mismatched: 0,
             episodes: HashMap::new(),
         })
+    }
+
+    /// A checkpoint that does not fit: the error, or (with `fresh`) the checkpoint set aside.
+    fn mismatch(
+        policy: CheckpointMismatch,
+        ckpt: &checkpoint::Checkpoint,
+        e: checkpoint::CheckpointError,
+    ) -> anyhow::Result<()> {
+        match policy {
+            CheckpointMismatch::Fail => Err(e.into()),
+            CheckpointMismatch::Fresh => {
+                let aside = ckpt.set_aside()?;
+                tracing::warn!(
+                    reason = %e, set_aside = %aside.display(),
+                    "dqn checkpoint does not fit; starting a new network (--dqn-checkpoint-mismatch fresh)"
+                );
+                Ok(())
+            }
+        }
     }
 
     /// The full-feedback transitions of a finished episode. `steps` holds each step with the
@@ -442,14 +478,23 @@ impl Dqn {
         self.shared.vocab.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Builds the inference copy and starts the learner for an action space of `n` actions.
-    fn start(&mut self, n: u32) -> anyhow::Result<()> {
+    /// Builds the inference copy and starts the learner for an action space of `n` actions
+    /// indexing the catalogue with fingerprint `catalog`.
+    fn start(&mut self, n: u32, catalog: Option<&str>) -> anyhow::Result<()> {
         let n_actions = i64::from(n);
         tch::manual_seed(i64::from_le_bytes(self.seed.to_le_bytes()));
         let mut learner = Learner::new(&self.net_cfg, n_actions, &self.args.hyper(self.seed), self.device)?;
+        learner.set_catalog(catalog.map(str::to_string));
         if let Some(ckpt) = self.resume.take() {
-            ckpt.check(&self.net_cfg, Some(n_actions))?;
-            learner.restore(&ckpt)?;
+            match ckpt.check(&self.net_cfg, Some(n_actions)).and_then(|()| ckpt.check_catalog(catalog)) {
+                Ok(()) => learner.restore(&ckpt)?,
+                Err(e) => {
+                    Self::mismatch(self.args.dqn_checkpoint_mismatch, &ckpt, e)?;
+                    // Nothing of the set-aside checkpoint carries over.
+                    *self.vocab() = Vocab::new(self.args.dqn_vocab_size);
+                    self.shared.eps_step.store(0, Ordering::Relaxed);
+                }
+            }
         }
         let vs = nn::VarStore::new(self.device);
         let net = Net::new(&vs.root(), &self.net_cfg, n_actions);
@@ -464,9 +509,10 @@ impl Dqn {
             .name("dqn-learner".into())
             .spawn(move || learner::run(learner, inbox_rx, snapshot_tx, shared, path))
             .context("failed to start the learner thread")?;
-        tracing::info!(n_actions, version = first.version, "dqn network built");
+        tracing::info!(n_actions, catalog, version = first.version, "dqn network built");
         self.live = Some(Live {
             n_actions: n,
+            catalog: catalog.map(str::to_string),
             _vs: vs,
             net,
             vars,
@@ -478,40 +524,54 @@ impl Dqn {
         Ok(())
     }
 
-    /// The live network for states of `n` actions, built on first use; `None` when broken.
-    fn ensure_live(&mut self, n: u32) -> Option<&mut Live> {
-        if self.live.is_none() && self.broken.is_none() {
-            if let Err(e) = self.start(n) {
-                tracing::error!(error = format!("{e:#}"), "dqn cannot start; answering uniformly at random");
-                self.broken = Some(format!("{e:#}"));
+    /// The live network for `states`, built on first use from the first state's action space
+    /// and catalogue. Fails when it cannot be built, when the learner stopped on a failure, or
+    /// when a state belongs to another action space or catalogue than the network's.
+    fn ensure_live(&mut self, states: &[&StateMsg]) -> anyhow::Result<&mut Live> {
+        if let Some(why) = self.shared.failure() {
+            anyhow::bail!("the dqn learner stopped: {why}");
+        }
+        if self.live.is_none() {
+            if let Some(first) = states.first() {
+                self.start(first.n_actions, first.catalog.as_deref()).context("dqn cannot start")?;
             }
         }
-        let live = self.live.as_mut()?;
+        let live = self.live.as_mut().context("dqn has no network yet: it is built on the first state")?;
+        if let Some(s) = states.iter().find(|s| s.n_actions != live.n_actions || s.catalog != live.catalog) {
+            anyhow::bail!(
+                "state {}#{} is of an action space of {} products (catalogue {}), but this agent's network serves {} \
+                 (catalogue {}); one agent group serves one catalogue",
+                s.episode_id,
+                s.step,
+                s.n_actions,
+                s.catalog.as_deref().unwrap_or("none"),
+                live.n_actions,
+                live.catalog.as_deref().unwrap_or("none"),
+            );
+        }
         // Apply the newest snapshot the learner sent, if any (and newer than what is served:
         // `refresh` may have gone ahead of the periodic snapshots).
         if let Some(s) = live.snapshot_rx.try_iter().last().filter(|s| s.version > live.version) {
-            match net::assign(&live.vars, &s.weights) {
-                Ok(()) => live.version = s.version,
-                Err(e) => tracing::error!(error = %e, "dqn snapshot not applied"),
-            }
+            net::assign(&live.vars, &s.weights).context("dqn snapshot not applied")?;
+            live.version = s.version;
         }
-        Some(live)
+        Ok(live)
     }
 
     /// Q-values `[states, n_actions]` of the inference copy; the live net must exist.
-    fn q_values(&mut self, states: &[&StateMsg]) -> Option<Tensor> {
+    fn q_values(&mut self, states: &[&StateMsg]) -> anyhow::Result<Tensor> {
         let (max_tokens, grow) = (self.args.dqn_max_tokens, !self.eval);
         let texts: Vec<String> = states.iter().map(|s| self.text_of(s)).collect();
         let rows: Vec<Vec<i64>> = {
             let mut vocab = self.vocab();
             texts.iter().map(|t| vocab.encode(t, max_tokens, grow)).collect()
         };
-        let live = self.live.as_ref()?;
+        let live = self.live.as_ref().context("dqn has no network yet")?;
         let refs: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
         let ids = net::batch_ids(&refs, self.device);
         let items: Vec<i64> = states.iter().map(|s| i64::from(s.observation.index)).collect();
         let items = Tensor::from_slice(&items).to_device(self.device);
-        Some(tch::no_grad(|| live.net.forward(&ids, Some(&items))))
+        Ok(tch::no_grad(|| live.net.forward(&ids, Some(&items))))
     }
 
     /// Waits until the learner owes no update (or `timeout` passes); returns its update count.
@@ -567,9 +627,13 @@ impl Dqn {
         }
     }
 
-    fn uniform(n: u32, rng: &mut ChaCha8Rng) -> (u32, f64) {
-        let n = n.max(1);
-        (rng.random_range(0..n), 1.0 / f64::from(n))
+    /// The learner's channel, or why the learner is gone.
+    fn learner_tx(&self) -> anyhow::Result<SyncSender<ToLearner>> {
+        let stopped = || match self.shared.failure() {
+            Some(why) => anyhow!("the dqn learner stopped: {why}"),
+            None => anyhow!("the dqn learner stopped"),
+        };
+        self.live.as_ref().and_then(|l| l.inbox_tx.clone()).ok_or_else(stopped)
     }
 }
 
@@ -578,53 +642,32 @@ impl Policy for Dqn {
         "dqn"
     }
 
-    fn act(&mut self, states: &[&StateMsg], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)> {
-        let Some(first) = states.first() else { return Vec::new() };
-        let Some(live_n) = self.ensure_live(first.n_actions).map(|l| l.n_actions) else {
-            return states.iter().map(|s| Self::uniform(s.n_actions, rng)).collect();
-        };
+    fn act(&mut self, states: &[&StateMsg], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<(u32, f64)>> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = self.ensure_live(states)?.n_actions;
         let eps = self.epsilon();
         if !self.eval {
             self.shared.eps_step.fetch_add(states.len() as u64, Ordering::Relaxed);
         }
         // One forward pass for the whole poll, unless every action is drawn uniformly anyway.
         let greedy: Vec<i64> = if eps < 1.0 {
-            self.q_values(states)
-                .and_then(|q| Vec::<i64>::try_from(q.argmax(1, false)).ok())
-                .unwrap_or_else(|| vec![0; states.len()])
+            let q = self.q_values(states)?;
+            Vec::<i64>::try_from(q.argmax(1, false)).context("dqn argmax")?
         } else {
             vec![0; states.len()]
         };
-        states
-            .iter()
-            .zip(greedy)
-            .map(|(s, g)| {
-                if s.n_actions != live_n {
-                    self.mismatched += 1;
-                    if self.mismatched == 1 {
-                        tracing::error!(
-                            state = s.n_actions,
-                            net = live_n,
-                            "state of another action space; answered at random"
-                        );
-                    }
-                    return Self::uniform(s.n_actions, rng);
-                }
-                epsilon_greedy(u32::try_from(g).unwrap_or(0), live_n, eps, rng)
-            })
-            .collect()
+        Ok(greedy.into_iter().map(|g| epsilon_greedy(u32::try_from(g).unwrap_or(0), n, eps, rng)).collect())
     }
 
-    fn learn(&mut self, fb: &Feedback<'_>) {
+    fn learn(&mut self, fb: &Feedback<'_>) -> anyhow::Result<()> {
         if self.eval {
-            return;
+            return Ok(());
         }
-        let Some(live) = self.live.as_ref() else { return };
-        if fb.prev.n_actions != live.n_actions || fb.action >= live.n_actions {
-            return;
-        }
-        let Some(tx) = live.inbox_tx.clone() else { return };
-        let n_actions = live.n_actions;
+        let n_actions = self.ensure_live(&[fb.prev, fb.next])?.n_actions;
+        anyhow::ensure!(fb.action < n_actions, "action {} outside the network's 0..{n_actions}", fb.action);
+        let tx = self.learner_tx()?;
         let t = self.transition(fb);
         let next = fb.next.observation.index;
         let batch: Vec<Transition> = match self.args.dqn_hindsight {
@@ -655,65 +698,61 @@ impl Policy for Dqn {
         for t in batch {
             if self.args.dqn_backpressure {
                 if tx.send(ToLearner::Transition(t)).is_err() {
-                    tracing::error!("dqn learner stopped; transition lost");
+                    let why = self.shared.failure().unwrap_or_else(|| "its thread ended".into());
+                    anyhow::bail!("the dqn learner stopped: {why}");
                 }
                 continue;
             }
             match tx.try_send(ToLearner::Transition(t)) {
                 Ok(()) => {}
+                // Dropping under load is the documented behaviour of a live service
+                // (`--dqn-backpressure` waits instead); counted and logged.
                 Err(TrySendError::Full(_)) => {
                     let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     if dropped.is_power_of_two() {
                         tracing::warn!(dropped, "dqn learner busy: transitions dropped");
                     }
                 }
-                Err(TrySendError::Disconnected(_)) => tracing::error!("dqn learner stopped; transition lost"),
+                Err(TrySendError::Disconnected(_)) => {
+                    let why = self.shared.failure().unwrap_or_else(|| "its thread ended".into());
+                    anyhow::bail!("the dqn learner stopped: {why}");
+                }
             }
         }
+        Ok(())
     }
 
-    fn top_k(&mut self, states: &[&StateMsg], k: usize) -> Vec<Vec<u32>> {
-        let Some(first) = states.first() else { return Vec::new() };
-        let live_n = self.ensure_live(first.n_actions).map(|l| l.n_actions);
-        let ranked = match live_n {
-            Some(n) if k > 0 => self.q_values(states).and_then(|q| {
-                let (_, idx) = q.topk(i64::from(n).min(k as i64), 1, true, true);
-                Vec::<Vec<i64>>::try_from(idx).ok()
-            }),
-            _ => None,
-        };
-        states
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match (&ranked, live_n) {
-                (Some(r), Some(n)) if s.n_actions == n => r[i].iter().map(|&a| a as u32).collect(),
-                _ => (0..s.n_actions.min(k as u32)).collect(),
-            })
-            .collect()
+    fn top_k(&mut self, states: &[&StateMsg], k: usize) -> anyhow::Result<Vec<Vec<u32>>> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = self.ensure_live(states)?.n_actions;
+        if k == 0 {
+            return Ok(vec![Vec::new(); states.len()]);
+        }
+        let (_, idx) = self.q_values(states)?.topk(i64::from(n).min(k as i64), 1, true, true);
+        let ranked = Vec::<Vec<i64>>::try_from(idx).context("dqn top-k")?;
+        Ok(ranked.into_iter().map(|r| r.into_iter().map(|a| a as u32).collect()).collect())
     }
 
-    fn set_eval(&mut self, eval: bool) {
+    fn set_eval(&mut self, eval: bool) -> anyhow::Result<()> {
         self.eval = eval;
-        if eval {
+        if eval && self.live.is_some() {
             // Evaluate what the training budget paid for: let the learner finish the updates it
             // owes (at most --dqn-max-owed), then take its newest weights, not the last periodic
             // snapshot.
             let owed_from = self.shared.updates.load(Ordering::Relaxed);
-            match self.flush(Duration::from_secs(600)) {
-                Ok(updates) => {
-                    tracing::info!(updates, caught_up = updates - owed_from.min(updates), "dqn learner caught up")
-                }
-                Err(e) => tracing::warn!(error = format!("{e:#}"), "dqn learner still behind"),
-            }
-            if let Err(e) = self.refresh() {
-                tracing::warn!(error = format!("{e:#}"), "dqn evaluates a stale copy");
-            }
+            let updates =
+                self.flush(Duration::from_secs(600)).context("dqn learner did not catch up for evaluation")?;
+            tracing::info!(updates, caught_up = updates - owed_from.min(updates), "dqn learner caught up");
+            self.refresh().context("dqn cannot take the learner's newest weights for evaluation")?;
         }
+        Ok(())
     }
 
     fn save(&mut self) -> anyhow::Result<()> {
-        if let Some(why) = &self.broken {
-            anyhow::bail!("dqn did not run, checkpoint left as it was: {why}");
+        if let Some(why) = self.shared.failure() {
+            anyhow::bail!("the dqn learner stopped ({why}); checkpoint left as it was");
         }
         let (Some(_), Some(live)) = (&self.checkpoint, &self.live) else { return Ok(()) };
         let Some(tx) = live.inbox_tx.clone() else { return Ok(()) };

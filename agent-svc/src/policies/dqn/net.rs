@@ -5,6 +5,13 @@
 //! as Keras' `Bidirectional(LSTM(..))` does), dense layers with ReLU, a linear output. `mlp`: the
 //! same embedding averaged over the non-padding tokens, then the same dense layers and output.
 //!
+//! Padding: a batch's rows are padded with [`PAD`] after their tokens (see [`batch_ids`]). Both
+//! networks read only a row's own tokens, so a row's Q-values do not depend on the other rows of
+//! its batch. The LSTMs run over packed sequences (`_pack_padded_sequence`, `lstm_data`): each
+//! direction of each layer reads exactly the row's tokens, the forward state is taken after its
+//! last token and the backward one after its first. The MLP averages the non-padding tokens.
+//! A row without tokens reads one padding token (a fixed input of its own).
+//!
 //! `wide` (either network) adds a learned table of Q-value offsets with one row per current
 //! product (the state's product index) and one column per action, as the "wide" part of Google's
 //! Wide & Deep (Cheng et al., 2016): `Q(s, a) = deep(s)[a] + W[item(s), a]`. The deep part
@@ -15,7 +22,7 @@
 //! under the same names, so weights move between them by name ([`Net::vars`] order).
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, nn::RNN, Device, Kind, Tensor};
+use tch::{nn, nn::Module, Device, Kind, Tensor};
 
 use super::vocab::{Vocab, PAD};
 
@@ -94,7 +101,7 @@ impl NetConfig {
 pub struct Net {
     kind: NetKind,
     embedding: nn::Embedding,
-    lstms: Vec<nn::LSTM>,
+    lstms: Vec<BiLstm>,
     hidden: Vec<nn::Linear>,
     out: nn::Linear,
     lead_token: bool,
@@ -117,19 +124,7 @@ impl Net {
         let mut lstms = Vec::new();
         if cfg.kind == NetKind::Lstm {
             for (i, &units) in cfg.lstm_units.iter().enumerate() {
-                // PyTorch's (and Keras-like) uniform init rather than tch's Kaiming default.
-                let bound = 1.0 / (units as f64).sqrt();
-                let init = nn::Init::Uniform { lo: -bound, up: bound };
-                let rnn_cfg = nn::RNNConfig {
-                    bidirectional: true,
-                    batch_first: true,
-                    w_ih_init: init,
-                    w_hh_init: init,
-                    b_ih_init: Some(init),
-                    b_hh_init: Some(init),
-                    ..Default::default()
-                };
-                lstms.push(nn::lstm(p / format!("lstm{i}"), width, units, rnn_cfg));
+                lstms.push(BiLstm::new(&(p / format!("lstm{i}")), width, units));
                 width = 2 * units;
             }
         }
@@ -167,27 +162,36 @@ impl Net {
         items.where_scalarother(&items.ge(0).logical_and(&items.lt(n)), n)
     }
 
+    /// The LSTMs' summary `[batch, 2 * units]` of token ids `ids` and their embeddings `emb`:
+    /// the last layer's forward state after each row's last token, then its backward state
+    /// after the row's first token, each direction of each layer reading only the row's tokens.
+    fn read_sequences(&self, ids: &Tensor, emb: &Tensor) -> Tensor {
+        let batch = ids.size()[0];
+        let units = self.lstms.last().map_or(0, |l| l.units);
+        if batch == 0 {
+            return Tensor::zeros([0, 2 * units], (emb.kind(), emb.device()));
+        }
+        // Packing wants the rows longest first (lengths on the CPU, as libtorch requires).
+        let (lengths, order) = true_lengths(ids).to_device(Device::Cpu).sort_stable(true, 0, true);
+        let sorted = emb.index_select(0, &order.to_device(emb.device()));
+        let (mut data, batch_sizes) = sorted.internal_pack_padded_sequence(&lengths, true);
+        let mut last = None;
+        for lstm in &self.lstms {
+            let (out, h) = lstm.run(&data, &batch_sizes, batch);
+            (data, last) = (out, Some(h));
+        }
+        // `NetConfig::validate` asks for at least one layer; without any, the summary is empty.
+        let h = last.unwrap_or_else(|| Tensor::zeros([2, batch, units], (emb.kind(), emb.device())));
+        // h: [2, batch, units] (forward, backward), longest first -> [batch, 2 * units], in order.
+        let pooled = h.transpose(0, 1).reshape([batch, -1]);
+        pooled.index_select(0, &order.argsort(0, false).to_device(pooled.device()))
+    }
+
     /// The deep part: text tokens to Q-values.
     fn deep(&self, ids: &Tensor) -> Tensor {
         let emb = self.embedding.forward(ids);
         let mut x = match self.kind {
-            NetKind::Lstm => {
-                let mut seq = emb;
-                let last = self.lstms.len() - 1;
-                let mut pooled = None;
-                for (i, lstm) in self.lstms.iter().enumerate() {
-                    let (out, state) = lstm.seq(&seq);
-                    if i == last {
-                        // h: [2, batch, units] (forward, backward) -> [batch, 2 * units].
-                        let h = state.h();
-                        let batch = h.size()[1];
-                        pooled = Some(h.transpose(0, 1).reshape([batch, -1]));
-                    } else {
-                        seq = out;
-                    }
-                }
-                pooled.unwrap_or(seq)
-            }
+            NetKind::Lstm => self.read_sequences(ids, &emb),
             NetKind::Mlp => {
                 let mask = ids.ne(PAD).to_kind(Kind::Float).unsqueeze(-1);
                 let count = mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
@@ -203,6 +207,52 @@ impl Net {
             x = layer.forward(&x).relu();
         }
         self.out.forward(&x)
+    }
+}
+
+/// Each row's length `[batch]` (int64): the position after its last token that is not [`PAD`],
+/// at least 1 (a row without tokens reads one padding token).
+fn true_lengths(ids: &Tensor) -> Tensor {
+    let width = ids.size()[1];
+    let positions = Tensor::arange_start(1, width + 1, (Kind::Int64, ids.device()));
+    (ids.ne(PAD) * positions).amax(1, false).clamp_min(1)
+}
+
+/// One bidirectional LSTM layer over packed sequences. Its variables are those `nn::lstm` makes
+/// for one bidirectional layer (same names, shapes, order and initialisation), so weights and
+/// checkpoints of the padded version load unchanged.
+#[derive(Debug)]
+struct BiLstm {
+    /// `w_ih, w_hh, b_ih, b_hh` of the forward direction, then of the backward one.
+    weights: Vec<Tensor>,
+    units: i64,
+}
+
+impl BiLstm {
+    fn new(p: &nn::Path<'_>, inputs: i64, units: i64) -> Self {
+        // PyTorch's (and Keras-like) uniform init rather than tch's Kaiming default.
+        let bound = 1.0 / (units as f64).sqrt();
+        let init = nn::Init::Uniform { lo: -bound, up: bound };
+        let gates = 4 * units;
+        let mut weights = Vec::with_capacity(8);
+        for suffix in ["", "_reverse"] {
+            weights.push(p.var(&format!("weight_ih_l0{suffix}"), &[gates, inputs], init));
+            weights.push(p.var(&format!("weight_hh_l0{suffix}"), &[gates, units], init));
+            weights.push(p.var(&format!("bias_ih_l0{suffix}"), &[gates], init));
+            weights.push(p.var(&format!("bias_hh_l0{suffix}"), &[gates], init));
+        }
+        Self { weights, units }
+    }
+
+    /// Runs over the packed sequences `data` (`[tokens, inputs]`, time-major as
+    /// `_pack_padded_sequence` lays them out, with its `batch_sizes`) of `batch` rows from zero
+    /// states; returns the packed outputs `[tokens, 2 * units]` (forward ‖ backward) and the
+    /// final hidden states `[2, batch, units]` (forward, backward; rows longest first).
+    fn run(&self, data: &Tensor, batch_sizes: &Tensor, batch: i64) -> (Tensor, Tensor) {
+        let zeros = Tensor::zeros([2, batch, self.units], (data.kind(), data.device()));
+        let weights: Vec<&Tensor> = self.weights.iter().collect();
+        let (out, h, _c) = Tensor::lstm_data(data, batch_sizes, &[&zeros, &zeros], &weights, true, 1, 0.0, true, true);
+        (out, h)
     }
 }
 
@@ -258,6 +308,16 @@ pub fn batch_ids(rows: &[&[i64]], device: Device) -> Tensor {
     Tensor::from_slice(&flat).view([rows.len() as i64, width as i64]).to_device(device)
 }
 
+/// Serialises the unit tests that seed or draw from libtorch's process-global generator
+/// (`tch::manual_seed`, building a network): cargo runs a binary's tests on several threads, and
+/// one test's draws would shift another's seeded sequence. Every such test holds the guard for
+/// its whole run; a test that panicked while holding it does not fail the others.
+#[cfg(test)]
+pub(crate) fn torch_rng_guard() -> std::sync::MutexGuard<'static, ()> {
+    static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TORCH_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,8 +326,119 @@ mod tests {
         batch_ids(&[&[2, 3, 4], &[5], &[]], Device::Cpu)
     }
 
+    /// The three deep parts: the paper's LSTM (small), the MLP, the MLP with its lead token.
+    fn configs() -> [NetConfig; 3] {
+        let lstm = NetConfig { embedding_dim: 8, lstm_units: vec![6, 5], hidden: vec![7], ..NetConfig::paper(30, 8) };
+        let mlp = NetConfig { kind: NetKind::Mlp, lstm_units: Vec::new(), ..lstm.clone() };
+        [lstm, mlp.clone(), NetConfig { lead_token: true, ..mlp }]
+    }
+
+    /// A net whose every weight is drawn at random, the output layer and the padding row too
+    /// (which `Net::new` zeroes), so that whatever the net reads shows in its Q-values.
+    fn scrambled(cfg: &NetConfig) -> (nn::VarStore, Net) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Net::new(&vs.root(), cfg, 4);
+        tch::no_grad(|| {
+            for (_, v) in vs.variables() {
+                let _ = v.shallow_clone().uniform_(-0.5, 0.5);
+            }
+        });
+        (vs, net)
+    }
+
+    /// Rows of several lengths, the short ones first, an empty one last.
+    const ROWS: [&[i64]; 5] = [&[2, 3], &[4], &[5, 6, 7, 8, 9, 10, 11, 12], &[13, 2, 14], &[]];
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        f64::try_from((a - b).abs().max()).unwrap_or(f64::INFINITY)
+    }
+
+    #[test]
+    fn a_rows_q_values_ignore_the_other_rows_of_its_batch_in_inference() {
+        let _rng = torch_rng_guard();
+        tch::manual_seed(11);
+        for cfg in configs() {
+            let (_vs, net) = scrambled(&cfg);
+            let together = tch::no_grad(|| net.forward(&batch_ids(&ROWS, Device::Cpu), None));
+            for (i, row) in ROWS.iter().enumerate() {
+                let alone = tch::no_grad(|| net.forward(&batch_ids(&[row], Device::Cpu), None));
+                let d = max_diff(&alone.get(0), &together.get(i as i64));
+                assert!(
+                    d <= 1e-6,
+                    "{:?} lead {}: row {i} {row:?} alone and in its batch differ by {d}",
+                    cfg.kind,
+                    cfg.lead_token
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_rows_q_values_and_gradients_ignore_the_other_rows_of_its_batch_in_training() {
+        let _rng = torch_rng_guard();
+        tch::manual_seed(12);
+        for cfg in configs() {
+            let (vs, net) = scrambled(&cfg);
+            let weights = vars(&vs);
+            // The learner's forward: gradients on.
+            let together = net.forward(&batch_ids(&ROWS, Device::Cpu), None);
+            assert!(together.requires_grad());
+            for (i, row) in ROWS.iter().enumerate() {
+                let alone = net.forward(&batch_ids(&[row], Device::Cpu), None);
+                let d = max_diff(&alone.get(0), &together.get(i as i64));
+                assert!(
+                    d <= 1e-6,
+                    "{:?} lead {}: row {i} {row:?} alone and in its batch differ by {d}",
+                    cfg.kind,
+                    cfg.lead_token
+                );
+                // The same row's loss gives the same gradients, whatever shares its batch.
+                let grads_alone =
+                    Tensor::run_backward(&[alone.get(0).square().sum(Kind::Float)], &weights, false, false);
+                let grads_together =
+                    Tensor::run_backward(&[together.get(i as i64).square().sum(Kind::Float)], &weights, true, false);
+                for (k, (a, b)) in grads_alone.iter().zip(&grads_together).enumerate() {
+                    let d = max_diff(a, b);
+                    assert!(
+                        d <= 1e-6,
+                        "{:?} lead {}: row {i}, gradient of variable {k} differs by {d}",
+                        cfg.kind,
+                        cfg.lead_token
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_packed_lstm_is_tchs_lstm_on_rows_without_padding() {
+        let _rng = torch_rng_guard();
+        tch::manual_seed(13);
+        let (ours_vs, theirs_vs) = (nn::VarStore::new(Device::Cpu), nn::VarStore::new(Device::Cpu));
+        let ours = BiLstm::new(&(ours_vs.root() / "lstm0"), 5, 3);
+        let rnn_cfg = nn::RNNConfig { bidirectional: true, batch_first: true, ..Default::default() };
+        let theirs = nn::lstm(theirs_vs.root() / "lstm0", 5, 3, rnn_cfg);
+        // Same variables, names and shapes: checkpoints of the padded version load as they are.
+        let shapes = |vs: &nn::VarStore| -> Vec<(String, Vec<i64>)> {
+            let mut v: Vec<(String, Vec<i64>)> = vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(shapes(&ours_vs), shapes(&theirs_vs));
+        assign(&vars(&theirs_vs), &vars(&ours_vs)).unwrap_or_else(|e| panic!("{e}"));
+        let x = Tensor::randn([2, 4, 5], (Kind::Float, Device::Cpu));
+        let (want_out, want_state) = nn::RNN::seq(&theirs, &x);
+        let lengths = Tensor::from_slice(&[4i64, 4]);
+        let (data, batch_sizes) = x.internal_pack_padded_sequence(&lengths, true);
+        let (out, h) = tch::no_grad(|| ours.run(&data, &batch_sizes, 2));
+        let (out, _) = Tensor::internal_pad_packed_sequence(&out, &batch_sizes, true, 0.0, 4);
+        assert!(max_diff(&out, &want_out) <= 1e-6, "outputs differ by {}", max_diff(&out, &want_out));
+        assert!(max_diff(&h, &want_state.h()) <= 1e-6, "final states differ by {}", max_diff(&h, &want_state.h()));
+    }
+
     #[test]
     fn both_nets_output_one_q_value_per_action() {
+        let _rng = torch_rng_guard();
         let mlp = NetConfig { kind: NetKind::Mlp, ..NetConfig::paper(100, 8) };
         for cfg in [NetConfig::paper(100, 8), mlp.clone(), NetConfig { lead_token: true, ..mlp }] {
             let vs = nn::VarStore::new(Device::Cpu);
@@ -284,6 +455,7 @@ mod tests {
 
     #[test]
     fn the_wide_table_adds_the_row_of_the_states_product() {
+        let _rng = torch_rng_guard();
         let cfg = NetConfig { kind: NetKind::Mlp, wide: true, ..NetConfig::paper(50, 4) };
         let vs = nn::VarStore::new(Device::Cpu);
         let net = Net::new(&vs.root(), &cfg, 5);
@@ -297,12 +469,15 @@ mod tests {
         let items = Tensor::from_slice(&[0i64, 3, 5, -1]);
         let offset = net.forward(&x, Some(&items)) - &deep;
         let rows: Vec<f32> = Vec::try_from(offset.select(1, 1)).unwrap_or_else(|e| panic!("{e}"));
-        // Rows 0 and 3; index 5 and -1 are outside 0..5 and read the spare row (row 5).
-        assert_eq!(rows, [1.0, 16.0, 26.0, 26.0]);
+        // Rows 0 and 3; index 5 and -1 are outside 0..5 and read the spare row (row 5). Within
+        // rounding: `(deep + table) - deep` is `table` only up to the last bit of `deep`.
+        let want = [1.0, 16.0, 26.0, 26.0];
+        assert!(rows.iter().zip(want).all(|(r, w)| (r - w).abs() < 1e-5), "{rows:?} vs {want:?}");
     }
 
     #[test]
     fn lstm_net_has_the_papers_layer_sizes() {
+        let _rng = torch_rng_guard();
         let vs = nn::VarStore::new(Device::Cpu);
         let _net = Net::new(&vs.root(), &NetConfig::paper(230, 8), 10);
         let count = |prefix: &str| -> i64 {
@@ -327,6 +502,7 @@ mod tests {
 
     #[test]
     fn snapshots_move_weights_between_nets_and_blend_mixes_them() {
+        let _rng = torch_rng_guard();
         let cfg = NetConfig { kind: NetKind::Mlp, ..NetConfig::paper(50, 4) };
         let (a, b) = (nn::VarStore::new(Device::Cpu), nn::VarStore::new(Device::Cpu));
         let (na, nb) = (Net::new(&a.root(), &cfg, 5), Net::new(&b.root(), &cfg, 5));

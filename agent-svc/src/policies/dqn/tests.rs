@@ -95,7 +95,7 @@ fn play(dqn: &mut Dqn, steps: usize, rng: &mut ChaCha8Rng) -> f64 {
     let (mut done, mut late_reward, mut late_n) = (0, 0.0, 0);
     while done < steps {
         let refs: Vec<&StateMsg> = states.iter().collect();
-        let actions = dqn.act(&refs, rng);
+        let actions = dqn.act(&refs, rng).unwrap_or_else(|e| panic!("{e:#}"));
         let mut next_states = Vec::with_capacity(states.len());
         for (s, (a, ps)) in states.iter().zip(actions) {
             assert!(a < 10 && ps > 0.0 && ps <= 1.0);
@@ -103,7 +103,8 @@ fn play(dqn: &mut Dqn, steps: usize, rng: &mut ChaCha8Rng) -> f64 {
             let mut next = state(color(rng), 10, s.step + 1);
             next.reward = if a == right { 1.0 } else { 0.0 };
             next.terminated = next.step == 5;
-            dqn.learn(&Feedback { prev: s, prev_index: 0, action: a, reward: next.reward, next: &next });
+            dqn.learn(&Feedback { prev: s, prev_index: 0, action: a, reward: next.reward, next: &next })
+                .unwrap_or_else(|e| panic!("{e:#}"));
             if done >= steps * 3 / 4 {
                 late_reward += next.reward;
                 late_n += 1;
@@ -123,8 +124,8 @@ fn play(dqn: &mut Dqn, steps: usize, rng: &mut ChaCha8Rng) -> f64 {
 
 fn greedy_accuracy(dqn: &mut Dqn) -> f64 {
     let (red, blue) = (state("red", 10, 0), state("blue", 10, 0));
-    let ranked = dqn.top_k(&[&red, &blue], 3);
-    let acts = dqn.act(&[&red, &blue], &mut ChaCha8Rng::seed_from_u64(0));
+    let ranked = dqn.top_k(&[&red, &blue], 3).unwrap_or_else(|e| panic!("{e:#}"));
+    let acts = dqn.act(&[&red, &blue], &mut ChaCha8Rng::seed_from_u64(0)).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(acts.iter().map(|a| a.1).collect::<Vec<_>>(), [1.0, 1.0], "no exploration in eval mode");
     assert_eq!((ranked[0][0], ranked[1][0]), (acts[0].0, acts[1].0), "top_k is best first");
     f64::from(u8::from(acts[0].0 == 3) + u8::from(acts[1].0 == 7)) / 2.0
@@ -132,11 +133,12 @@ fn greedy_accuracy(dqn: &mut Dqn) -> f64 {
 
 #[test]
 fn learns_a_two_context_problem_well_beyond_random() {
+    let _rng = net::torch_rng_guard();
     let mut dqn = Dqn::new(&small(None), 1).unwrap_or_else(|e| panic!("{e:#}"));
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let late_rate = play(&mut dqn, 1_600, &mut rng);
     let updates = dqn.flush(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
-    dqn.set_eval(true);
+    dqn.set_eval(true).unwrap_or_else(|e| panic!("{e:#}"));
     let accuracy = greedy_accuracy(&mut dqn);
     eprintln!("dqn smoke: {updates} updates, reward rate over the last quarter {late_rate:.2} (random 0.10), greedy accuracy {accuracy}");
     assert_eq!(accuracy, 1.0);
@@ -146,6 +148,7 @@ fn learns_a_two_context_problem_well_beyond_random() {
 
 #[test]
 fn resumes_from_its_checkpoint_and_refuses_another_action_space() {
+    let _rng = net::torch_rng_guard();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     // With the wide table, so that its rows go through the checkpoint too.
     let args = DqnArgs { dqn_wide: true, ..small(Some(dir.path())) };
@@ -154,11 +157,11 @@ fn resumes_from_its_checkpoint_and_refuses_another_action_space() {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     play(&mut dqn, 300, &mut rng);
     dqn.flush(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
-    dqn.set_eval(true);
+    dqn.set_eval(true).unwrap_or_else(|e| panic!("{e:#}"));
     dqn.save().unwrap_or_else(|e| panic!("{e:#}"));
     let probe = [state("red", 10, 0), state("blue dress", 10, 0), state("unknown words", 10, 0)];
     let refs: Vec<&StateMsg> = probe.iter().collect();
-    let before = dqn.top_k(&refs, 10);
+    let before = dqn.top_k(&refs, 10).unwrap_or_else(|e| panic!("{e:#}"));
     let (version, eps) = (dqn.model_version(), dqn.args.epsilon(dqn.shared.eps_step.load(Ordering::Relaxed)));
     let words = dqn.vocab().words().to_vec();
     drop(dqn);
@@ -167,17 +170,20 @@ fn resumes_from_its_checkpoint_and_refuses_another_action_space() {
     assert_eq!(resumed.model_version(), version);
     assert_eq!(resumed.vocab().words(), words.as_slice());
     assert_eq!(resumed.epsilon(), eps);
-    resumed.set_eval(true);
-    assert_eq!(resumed.top_k(&refs, 10), before, "same ranking from the same weights");
+    resumed.set_eval(true).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        resumed.top_k(&refs, 10).unwrap_or_else(|e| panic!("{e:#}")),
+        before,
+        "same ranking from the same weights"
+    );
 
     let file = checkpoint::file_in(dir.path());
     let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
     let mut other = Dqn::new(&args, 4).unwrap_or_else(|e| panic!("{e:#}"));
     let wider = state("red", 12, 0);
-    let answers = other.act(&[&wider], &mut rng);
-    assert!((answers[0].1 - 1.0 / 12.0).abs() < 1e-12, "answers at random");
-    let e = other.save().err().unwrap_or_else(|| panic!("saved over a checkpoint it refused"));
+    let e = other.act(&[&wider], &mut rng).err().unwrap_or_else(|| panic!("answered with a refused checkpoint"));
     assert!(format!("{e:#}").contains("trained for 10 actions but the states announce 12"), "{e:#}");
+    assert!(other.save().is_ok(), "nothing was built, nothing is saved");
     assert_eq!(std::fs::read(&file).unwrap_or_else(|e| panic!("{e}")), bytes, "checkpoint untouched");
 
     let wrong_net = DqnArgs { dqn_hidden: vec![8], ..args };
@@ -212,6 +218,7 @@ fn full_feedback_targets_decay_with_the_distance_to_each_later_product() {
 
 #[test]
 fn future_hindsight_learns_products_seen_later_without_choosing_them() {
+    let _rng = net::torch_rng_guard();
     // Episodes start on a "red" or "blue" product; red users go on to see products 3 then 4,
     // blue users 7 then 8. The agent acts uniformly at random (epsilon 1) and is paid only when
     // it happens to pick one of them; full feedback teaches it all of them anyway.
@@ -236,11 +243,12 @@ fn future_hindsight_learns_products_seen_later_without_choosing_them() {
         let (color, later) = if episode % 2 == 0 { ("red", [3, 4]) } else { ("blue", [7, 8]) };
         let mut s = product(color, if color == "red" { 0 } else { 1 }, 0, episode);
         for (i, &p) in later.iter().enumerate() {
-            let (a, _) = dqn.act(&[&s], &mut rng)[0];
+            let (a, _) = dqn.act(&[&s], &mut rng).unwrap_or_else(|e| panic!("{e:#}"))[0];
             let mut next = product(color, p, s.step + 1, episode);
             next.reward = if later[i..].contains(&a) { 1.0 } else { 0.0 };
             next.terminated = i + 1 == later.len();
-            dqn.learn(&Feedback { prev: &s, prev_index: 0, action: a, reward: next.reward, next: &next });
+            dqn.learn(&Feedback { prev: &s, prev_index: 0, action: a, reward: next.reward, next: &next })
+                .unwrap_or_else(|e| panic!("{e:#}"));
             s = next;
         }
         if episode % 20 == 19 {
@@ -248,9 +256,75 @@ fn future_hindsight_learns_products_seen_later_without_choosing_them() {
         }
     }
     dqn.flush(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
-    dqn.set_eval(true);
+    dqn.set_eval(true).unwrap_or_else(|e| panic!("{e:#}"));
     let (red, blue) = (product("red", 0, 0, 9_000), product("blue", 1, 0, 9_001));
-    let mut top: Vec<Vec<u32>> = dqn.top_k(&[&red, &blue], 2);
+    let mut top: Vec<Vec<u32>> = dqn.top_k(&[&red, &blue], 2).unwrap_or_else(|e| panic!("{e:#}"));
     top.iter_mut().for_each(|t| t.sort_unstable());
     assert_eq!(top, [vec![3, 4], vec![7, 8]], "the two products each kind of user sees later rank first");
+}
+
+#[test]
+fn a_dqn_that_cannot_start_fails_instead_of_answering() {
+    let _rng = net::torch_rng_guard();
+    // The wide table is dense: refused above 4,096 actions, as an error of the first call.
+    let args = DqnArgs { dqn_wide: true, ..small(None) };
+    let mut dqn = Dqn::new(&args, 0).unwrap_or_else(|e| panic!("{e:#}"));
+    let big = state("red", 5_000, 0);
+    let e = dqn.act(&[&big], &mut ChaCha8Rng::seed_from_u64(0)).err().unwrap_or_else(|| panic!("answered"));
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("dqn cannot start") && msg.contains("--dqn-wide needs an action space of at most 4096"),
+        "{msg}"
+    );
+    assert!(dqn.top_k(&[&big], 3).is_err(), "evaluation fails the same way");
+}
+
+#[test]
+fn a_state_of_another_action_space_is_an_error_once_serving() {
+    let _rng = net::torch_rng_guard();
+    let mut dqn = Dqn::new(&small(None), 0).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    assert!(dqn.act(&[&state("red", 10, 0)], &mut rng).is_ok());
+    let e = dqn.act(&[&state("red", 12, 0)], &mut rng).err().unwrap_or_else(|| panic!("answered"));
+    assert!(format!("{e:#}").contains("of an action space of 12 products"), "{e:#}");
+    let mut other = state("red", 10, 0);
+    other.catalog = Some("00000000000000aa".into());
+    let e = dqn.act(&[&other], &mut rng).err().unwrap_or_else(|| panic!("answered another catalogue"));
+    assert!(format!("{e:#}").contains("(catalogue 00000000000000aa)"), "{e:#}");
+}
+
+#[test]
+fn a_checkpoint_of_another_catalogue_is_refused_or_set_aside_when_asked() {
+    let _rng = net::torch_rng_guard();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let args = small(Some(dir.path()));
+    let on = |catalog: &str| {
+        let mut s = state("red", 10, 0);
+        s.catalog = Some(catalog.into());
+        s
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut dqn = Dqn::new(&args, 0).unwrap_or_else(|e| panic!("{e:#}"));
+    dqn.act(&[&on("00000000000000aa")], &mut rng).unwrap_or_else(|e| panic!("{e:#}"));
+    dqn.save().unwrap_or_else(|e| panic!("{e:#}"));
+    drop(dqn);
+
+    let mut same = Dqn::new(&args, 0).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(same.act(&[&on("00000000000000aa")], &mut rng).is_ok(), "the same catalogue resumes");
+    drop(same);
+    let mut other = Dqn::new(&args, 0).unwrap_or_else(|e| panic!("{e:#}"));
+    let e = other.act(&[&on("00000000000000bb")], &mut rng).err().unwrap_or_else(|| panic!("mixed catalogues"));
+    let msg = format!("{e:#}");
+    assert!(msg.contains("catalogue 00000000000000aa but the states come from catalogue 00000000000000bb"), "{msg}");
+    drop(other);
+
+    let fresh = DqnArgs { dqn_checkpoint_mismatch: CheckpointMismatch::Fresh, ..args };
+    let mut other = Dqn::new(&fresh, 0).unwrap_or_else(|e| panic!("{e:#}"));
+    other.act(&[&on("00000000000000bb")], &mut rng).unwrap_or_else(|e| panic!("{e:#}"));
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("dqn.ckpt.replaced-")), "the old checkpoint is kept aside: {names:?}");
 }

@@ -52,6 +52,8 @@ fn as_fashion(s: &RecoStateMsg, views: &VecDeque<u32>) -> StateMsg {
         step: s.step,
         user_id: s.user_id.to_string(),
         n_actions: s.n_actions,
+        // RecoGym's products are numbered 0..n: the count is the whole catalogue.
+        catalog: None,
         observation: ProductObs {
             asin: format!("p{last}"),
             index: last,
@@ -60,6 +62,7 @@ fn as_fashion(s: &RecoStateMsg, views: &VecDeque<u32>) -> StateMsg {
             colors: Vec::new(),
             keywords: Vec::new(),
         },
+        last_action: s.last_action,
         reward: s.reward,
         next_item_hit: false,
         terminated: s.terminated,
@@ -93,10 +96,10 @@ impl RecoDqn {
     /// Learns from the logs: every recommendation of every user is a transition from the
     /// user's views before it to their views before the next one (terminal after the last),
     /// then the network is frozen and greedy.
-    pub fn train(&mut self, log: &Log, products: u32) {
+    pub fn train(&mut self, log: &Log, products: u32) -> anyhow::Result<()> {
         let proto = RecoStateMsg { n_actions: products, ..protocol::messages::examples::reco_state() };
         // The network is built on first sight of a state (which gives the action space).
-        self.inner.top_k(&[&as_fashion(&proto, &VecDeque::new())], 1);
+        self.inner.top_k(&[&as_fashion(&proto, &VecDeque::new())], 1)?;
         let mut fed = 0u64;
         for user in log.rows.chunk_by(|a, b| a.u == b.u) {
             let mut views = VecDeque::new();
@@ -113,7 +116,7 @@ impl RecoDqn {
                     (Event::Bandit, _, Some(a), Some(c)) if a < products => {
                         let state = state_at(&views, step, false);
                         if let Some((prev, pa, pc)) = pending.take() {
-                            self.learn_one(&prev, pa, pc, &state);
+                            self.learn_one(&prev, pa, pc, &state)?;
                             fed += 1;
                         }
                         pending = Some((state, a, c));
@@ -123,18 +126,18 @@ impl RecoDqn {
                 }
             }
             if let Some((prev, a, c)) = pending {
-                self.learn_one(&prev, a, c, &state_at(&views, step, true));
+                self.learn_one(&prev, a, c, &state_at(&views, step, true))?;
                 fed += 1;
             }
         }
         tracing::info!(transitions = fed, "dqn trained on the logs");
-        self.inner.set_eval(true);
+        self.inner.set_eval(true)
     }
 
-    fn learn_one(&mut self, prev: &StateMsg, action: u32, click: bool, next: &StateMsg) {
+    fn learn_one(&mut self, prev: &StateMsg, action: u32, click: bool, next: &StateMsg) -> anyhow::Result<()> {
         let reward = f64::from(u8::from(click));
         let next = StateMsg { reward, ..next.clone() };
-        self.inner.learn(&Feedback { prev, prev_index: prev.observation.index, action, reward, next: &next });
+        self.inner.learn(&Feedback { prev, prev_index: prev.observation.index, action, reward, next: &next })
     }
 
     fn current(&self, s: &RecoStateMsg) -> StateMsg {
@@ -155,7 +158,7 @@ impl Policy<RecoStateMsg> for RecoDqn {
         "dqn"
     }
 
-    fn observe(&mut self, s: &RecoStateMsg) {
+    fn observe(&mut self, s: &RecoStateMsg) -> anyhow::Result<()> {
         if self.episodes.len() >= MAX_EPISODES && !self.episodes.contains_key(&s.episode_id) {
             tracing::warn!(open = self.episodes.len(), "dqn forgets the views of unfinished users");
             self.episodes.clear();
@@ -169,36 +172,37 @@ impl Policy<RecoStateMsg> for RecoDqn {
             // Kept until `learn` saw the last transition; dropped at the next call otherwise.
             ep.views.clear();
         }
+        Ok(())
     }
 
-    fn act(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)> {
+    fn act(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<(u32, f64)>> {
         let fashion: Vec<StateMsg> = states.iter().map(|s| self.current(s)).collect();
         let refs: Vec<&StateMsg> = fashion.iter().collect();
         self.inner.act(&refs, rng)
     }
 
-    fn act_full(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> Vec<Choice> {
-        let chosen = self.act(states, rng);
+    fn act_full(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<Choice>> {
+        let chosen = self.act(states, rng)?;
         let eps = self.inner.epsilon();
-        chosen
-            .into_iter()
-            .zip(states)
-            .map(|((action, ps), s)| {
-                let ps_all = s.ps_all.then(|| {
-                    // Epsilon-greedy: eps / n everywhere, plus 1 - eps on the greedy action.
-                    let n = s.n_actions.max(1);
-                    let greedy =
-                        if eps == 0.0 { action } else { self.top_k(&[s], 1)[0].first().copied().unwrap_or(action) };
-                    let mut all = one_hot(n, greedy);
-                    all.iter_mut().for_each(|p| *p = *p * (1.0 - eps) + eps / f64::from(n));
-                    all
-                });
-                Choice { action, ps, ps_all }
-            })
-            .collect()
+        let mut out = Vec::with_capacity(chosen.len());
+        for ((action, ps), s) in chosen.into_iter().zip(states) {
+            let ps_all = if s.ps_all {
+                // Epsilon-greedy: eps / n everywhere, plus 1 - eps on the greedy action.
+                let n = s.n_actions.max(1);
+                let greedy =
+                    if eps == 0.0 { action } else { self.top_k(&[s], 1)?[0].first().copied().unwrap_or(action) };
+                let mut all = one_hot(n, greedy);
+                all.iter_mut().for_each(|p| *p = *p * (1.0 - eps) + eps / f64::from(n));
+                Some(all)
+            } else {
+                None
+            };
+            out.push(Choice { action, ps, ps_all });
+        }
+        Ok(out)
     }
 
-    fn learn(&mut self, fb: &Feedback<'_, RecoStateMsg>) {
+    fn learn(&mut self, fb: &Feedback<'_, RecoStateMsg>) -> anyhow::Result<()> {
         let ended = fb.next.terminated || fb.next.truncated;
         if let Some(ep) = self.episodes.get(&fb.next.episode_id) {
             if let (Some(prev), Some(next)) = (&ep.prev, &ep.cur) {
@@ -209,22 +213,23 @@ impl Policy<RecoStateMsg> for RecoDqn {
                     action: fb.action,
                     reward: fb.reward,
                     next: &next,
-                });
+                })?;
             }
         }
         if ended {
             self.episodes.remove(&fb.next.episode_id);
         }
+        Ok(())
     }
 
-    fn top_k(&mut self, states: &[&RecoStateMsg], k: usize) -> Vec<Vec<u32>> {
+    fn top_k(&mut self, states: &[&RecoStateMsg], k: usize) -> anyhow::Result<Vec<Vec<u32>>> {
         let fashion: Vec<StateMsg> = states.iter().map(|s| self.current(s)).collect();
         let refs: Vec<&StateMsg> = fashion.iter().collect();
         self.inner.top_k(&refs, k)
     }
 
-    fn set_eval(&mut self, eval: bool) {
-        self.inner.set_eval(eval);
+    fn set_eval(&mut self, eval: bool) -> anyhow::Result<()> {
+        self.inner.set_eval(eval)
     }
 
     fn save(&mut self) -> anyhow::Result<()> {

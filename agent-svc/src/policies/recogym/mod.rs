@@ -80,7 +80,7 @@ pub fn build(
         PolicyKind::Dqn => {
             let mut policy = RecoDqn::new(dqn, seed)?;
             if let Some(log) = log {
-                policy.train(log, products);
+                policy.train(log, products)?;
             }
             Box::new(policy)
         }
@@ -140,12 +140,13 @@ pub fn views_of(state: &RecoStateMsg) -> Vec<OrganicView> {
 type MakePolicy = Box<dyn FnOnce(u32) -> anyhow::Result<Box<dyn Policy<RecoStateMsg>>> + Send>;
 
 /// Builds the policy on the first state it sees (whose `n_actions` gives the number of
-/// products); until then, and if building fails, it has nothing to serve with, so the first
-/// failure is fatal to the answers (uniform random, logged once).
+/// products). A policy that cannot be built is an error of that first call, and of every call
+/// after it: nothing else answers in its place.
 pub struct Lazy {
     name: &'static str,
     make: Option<MakePolicy>,
     inner: Option<Box<dyn Policy<RecoStateMsg>>>,
+    failed: Option<String>,
 }
 
 impl std::fmt::Debug for Lazy {
@@ -160,21 +161,21 @@ impl Lazy {
         name: &'static str,
         make: impl FnOnce(u32) -> anyhow::Result<Box<dyn Policy<RecoStateMsg>>> + Send + 'static,
     ) -> Self {
-        Self { name, make: Some(Box::new(make)), inner: None }
+        Self { name, make: Some(Box::new(make)), inner: None, failed: None }
     }
 
-    fn inner(&mut self, products: u32) -> Option<&mut Box<dyn Policy<RecoStateMsg>>> {
+    fn inner(&mut self, products: u32) -> anyhow::Result<&mut Box<dyn Policy<RecoStateMsg>>> {
         if let Some(make) = self.make.take() {
             match make(products) {
                 Ok(p) => self.inner = Some(p),
-                Err(e) => tracing::error!(
-                    error = format!("{e:#}"),
-                    policy = self.name,
-                    "policy cannot start; answering at random"
-                ),
+                Err(e) => self.failed = Some(format!("{e:#}")),
             }
         }
-        self.inner.as_mut()
+        let (name, failed) = (self.name, &self.failed);
+        self.inner.as_mut().ok_or_else(|| match failed {
+            Some(why) => anyhow::anyhow!("policy {name} cannot start: {why}"),
+            None => anyhow::anyhow!("policy {name} is built on the first state and has seen none"),
+        })
     }
 }
 
@@ -183,48 +184,30 @@ impl Policy<RecoStateMsg> for Lazy {
         self.name
     }
 
-    fn observe(&mut self, state: &RecoStateMsg) {
-        if let Some(p) = self.inner(state.n_actions) {
-            p.observe(state);
-        }
+    fn observe(&mut self, state: &RecoStateMsg) -> anyhow::Result<()> {
+        self.inner(state.n_actions)?.observe(state)
     }
 
-    fn act(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)> {
-        self.act_full(states, rng).into_iter().map(|c| (c.action, c.ps)).collect()
+    fn act(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<(u32, f64)>> {
+        Ok(self.act_full(states, rng)?.into_iter().map(|c| (c.action, c.ps)).collect())
     }
 
-    fn act_full(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> Vec<Choice> {
-        use rand::Rng;
-        let Some(first) = states.first() else { return Vec::new() };
-        match self.inner(first.n_actions) {
-            Some(p) => p.act_full(states, rng),
-            None => states
-                .iter()
-                .map(|s| {
-                    let n = s.n_actions.max(1);
-                    Choice { action: rng.random_range(0..n), ps: 1.0 / f64::from(n), ps_all: None }
-                })
-                .collect(),
-        }
+    fn act_full(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<Choice>> {
+        let Some(first) = states.first() else { return Ok(Vec::new()) };
+        self.inner(first.n_actions)?.act_full(states, rng)
     }
 
-    fn learn(&mut self, feedback: &Feedback<'_, RecoStateMsg>) {
-        if let Some(p) = self.inner.as_mut() {
-            p.learn(feedback);
-        }
+    fn learn(&mut self, feedback: &Feedback<'_, RecoStateMsg>) -> anyhow::Result<()> {
+        self.inner(feedback.prev.n_actions)?.learn(feedback)
     }
 
-    fn top_k(&mut self, states: &[&RecoStateMsg], k: usize) -> Vec<Vec<u32>> {
-        match (states.first(), self.inner.as_mut()) {
-            (Some(_), Some(p)) => p.top_k(states, k),
-            _ => vec![Vec::new(); states.len()],
-        }
+    fn top_k(&mut self, states: &[&RecoStateMsg], k: usize) -> anyhow::Result<Vec<Vec<u32>>> {
+        let Some(first) = states.first() else { return Ok(Vec::new()) };
+        self.inner(first.n_actions)?.top_k(states, k)
     }
 
-    fn set_eval(&mut self, eval: bool) {
-        if let Some(p) = self.inner.as_mut() {
-            p.set_eval(eval);
-        }
+    fn set_eval(&mut self, eval: bool) -> anyhow::Result<()> {
+        self.inner.as_mut().map_or(Ok(()), |p| p.set_eval(eval))
     }
 
     fn save(&mut self) -> anyhow::Result<()> {
@@ -278,27 +261,30 @@ impl<A: Agent + Clone + Send> Policy<RecoStateMsg> for Served<A> {
         self.name
     }
 
-    fn observe(&mut self, state: &RecoStateMsg) {
+    fn observe(&mut self, state: &RecoStateMsg) -> anyhow::Result<()> {
         if state.terminated || state.truncated {
             self.users.remove(&state.episode_id);
         }
+        Ok(())
     }
 
-    fn act(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> Vec<(u32, f64)> {
-        self.act_full(states, rng).into_iter().map(|c| (c.action, c.ps)).collect()
+    fn act(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<(u32, f64)>> {
+        Ok(self.act_full(states, rng)?.into_iter().map(|c| (c.action, c.ps)).collect())
     }
 
-    fn act_full(&mut self, states: &[&RecoStateMsg], _rng: &mut ChaCha8Rng) -> Vec<Choice> {
-        states.iter().map(|s| self.choose(s)).collect()
+    fn act_full(&mut self, states: &[&RecoStateMsg], _rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<Choice>> {
+        Ok(states.iter().map(|s| self.choose(s)).collect())
     }
 
     /// RecoGym's agents learn from logs only (`build`), not while serving.
-    fn learn(&mut self, _feedback: &Feedback<'_, RecoStateMsg>) {}
+    fn learn(&mut self, _feedback: &Feedback<'_, RecoStateMsg>) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     /// No ranking: these agents only name their one recommendation (which changes their
     /// per-user state), so no list is returned.
-    fn top_k(&mut self, states: &[&RecoStateMsg], _k: usize) -> Vec<Vec<u32>> {
-        vec![Vec::new(); states.len()]
+    fn top_k(&mut self, states: &[&RecoStateMsg], _k: usize) -> anyhow::Result<Vec<Vec<u32>>> {
+        Ok(vec![Vec::new(); states.len()])
     }
 }
 
@@ -358,8 +344,8 @@ pub(crate) mod tests {
 
     fn answer(policy: &mut dyn Policy<RecoStateMsg>, s: &RecoStateMsg) -> Choice {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        policy.observe(s);
-        policy.act_full(&[s], &mut rng).remove(0)
+        policy.observe(s).unwrap_or_else(|e| panic!("{e:#}"));
+        policy.act_full(&[s], &mut rng).unwrap_or_else(|e| panic!("{e:#}")).remove(0)
     }
 
     #[test]

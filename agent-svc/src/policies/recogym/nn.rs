@@ -222,6 +222,7 @@ mod tests {
 
     #[test]
     fn fits_a_toy_log_and_prefers_the_product_that_gets_clicked() {
+        let _rng = crate::policies::dqn::net::torch_rng_guard();
         let args = NnArgs { nn_epochs: 60, nn_lr: 1e-2, nn_batch_size: 64, ..NnArgs::default() };
         let mut agent = NnAgent::new(4, args, 7);
         agent.train(&toy_log());
