@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use protocol::{messages::examples, topics::dead_letter as dlq, wire, ActionMsg, Codec, StateMsg};
+use protocol::{messages::examples, topics::dead_letter as dlq, wire, ActionMsg, StateMsg};
 use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
@@ -20,9 +20,18 @@ use rdkafka::{
 use scylla::client::{session::Session, session_builder::SessionBuilder};
 use serde_json::Value;
 use streamrec_tests::{
-    archiver_bin, cassandra_node, committed_offsets, cqlsh, kafka_config, read_topic, repo_root, unique, TestTopics,
+    archiver_bin, cassandra_node, clean_command, committed_offsets, cqlsh, decode_values, freeze, kafka_config,
+    read_topic, repo_root, unique, wait_for_async, TestTopics,
 };
-use tokio::process::Command;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+};
+
+/// `archiver` with a cleared environment ([`clean_command`]): its flags say everything.
+fn archiver_command() -> Command {
+    Command::from(clean_command(archiver_bin()))
+}
 
 /// Topics, keyspace (created by `archiver init`) and consumer group of one test.
 struct Archive {
@@ -54,6 +63,8 @@ impl Archive {
             cassandra_node(),
             "--bootstrap-servers".into(),
             streamrec_tests::bootstrap(),
+            "--schema-registry-url".into(),
+            streamrec_tests::registry_url(),
         ]);
         f
     }
@@ -110,7 +121,7 @@ impl Archive {
 }
 
 async fn archiver(args: &[&str]) -> Output {
-    Command::new(archiver_bin())
+    archiver_command()
         .args(args)
         .env("RUST_LOG", "warn")
         .output()
@@ -149,8 +160,7 @@ fn producer() -> FutureProducer {
 /// one terminal), an action per non-terminal step, plus a re-sent state and a duplicate action
 /// at step 1 of every episode. Returns the counts.
 async fn produce_episodes(topics: &TestTopics, tag: &str, episodes: u32, steps: u32) -> Produced {
-    let (sc, ac): (Codec<StateMsg>, Codec<ActionMsg>) =
-        (Codec::new(1).unwrap_or_else(|e| panic!("{e}")), Codec::new(2).unwrap_or_else(|e| panic!("{e}")));
+    let (sc, ac) = topics.codecs::<StateMsg>().await.unwrap_or_else(|e| panic!("{e:#}"));
     let producer = producer();
     let mut pending = Vec::new();
     let mut p = Produced { episodes: i64::from(episodes), ..Default::default() };
@@ -272,18 +282,17 @@ async fn simulation_archived_once_second_run_changes_nothing_and_the_documented_
     assert_eq!(sim.episodes, episodes as u64, "{sim}");
 
     // What is on the topics, decoded.
-    let sc: Codec<StateMsg> = Codec::new(0).unwrap_or_else(|e| panic!("{e}"));
-    let ac: Codec<ActionMsg> = Codec::new(0).unwrap_or_else(|e| panic!("{e}"));
-    let states: Vec<StateMsg> = read_topic(&a.topics.state)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| sc.decode(&r.payload).unwrap_or_else(|e| panic!("{e}")).msg)
-        .collect();
-    let actions: Vec<ActionMsg> = read_topic(&a.topics.action)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| ac.decode(&r.payload).unwrap_or_else(|e| panic!("{e}")).msg)
-        .collect();
+    fn decoded<T: protocol::Message + Send>(topic: &str) -> Vec<T> {
+        let payloads: Vec<Vec<u8>> =
+            read_topic(topic).unwrap_or_else(|e| panic!("{e}")).into_iter().map(|r| r.payload).collect();
+        decode_values::<T>(topic, &payloads)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .into_iter()
+            .map(|d| d.unwrap_or_else(|e| panic!("{e}")).msg)
+            .collect()
+    }
+    let states: Vec<StateMsg> = decoded(&a.topics.state);
+    let actions: Vec<ActionMsg> = decoded(&a.topics.action);
     let (s, ac_n) = (states.len() as i64, actions.len() as i64);
 
     let (out, summary) = a.run_once(&[]).await;
@@ -440,29 +449,38 @@ async fn crash_between_write_and_commit_and_sigkill_mid_run_then_rerun_keep_one_
     );
     assert_eq!(a.counts().await, [first.messages(), first.states, first.actions, first.episodes]);
 
-    // SIGKILL at an arbitrary point of a run with many small batches.
+    // SIGKILL mid-run: about 86 batches of 100, frozen (SIGSTOP) once five of them are
+    // committed, killed while frozen. Frozen, it commits at most the one commit it may have in
+    // flight, so with more than a batch left it is mid-run by construction, at any machine speed.
     let second = produce_episodes(&a.topics, "crash2", 200, 20).await;
+    let total = first.messages() + second.messages();
     let before = a.committed_total();
+    let batch: i64 = 100;
     let mut args = vec!["run-once".to_string()];
     args.extend(a.flags());
-    args.extend(["--batch-size".into(), "100".into()]);
-    let mut child = Command::new(archiver_bin())
+    args.extend(["--batch-size".into(), batch.to_string()]);
+    let mut child = archiver_command()
         .args(&args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn: {e}"));
-    for _ in 0..600 {
-        if a.committed_total() > before + 500 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_async("five batches committed", Duration::from_secs(120), || {
+        let exited = child.try_wait().ok().flatten();
+        assert!(exited.is_none(), "the run ended before five batches were seen committed: {exited:?}");
+        let committed = a.committed_total() >= before + 5 * batch;
+        async move { committed.then_some(()) }
+    })
+    .await;
+    let pid = child.id().unwrap_or_else(|| panic!("the archiver has exited"));
+    tokio::task::block_in_place(|| freeze(pid)).unwrap_or_else(|e| panic!("freeze the archiver: {e}"));
+    let frozen_at = a.committed_total();
+    assert!(frozen_at + batch < total, "{frozen_at} of {total} committed when frozen: not mid-run");
     child.start_kill().unwrap_or_else(|e| panic!("kill: {e}"));
     let status = child.wait().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(status.signal(), Some(9), "the run was killed before it finished: {status:?}");
-    let total = first.messages() + second.messages();
+    assert_eq!(status.signal(), Some(9), "the frozen run was killed: {status:?}");
     assert!(a.committed_total() < total, "killed mid-run");
 
     let (out, _) = a.run_once(&[]).await;
@@ -497,16 +515,32 @@ async fn undecodable_messages_land_in_rejected_with_reason_and_position_and_the_
     let p = producer();
     let mut bad_action = examples::action();
     bad_action.ps = 2.0;
+    // The ids the registry gave the two subjects (registered by `produce_episodes`).
+    let (sc, ac) = a.topics.codecs::<StateMsg>().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let (state_id, action_id) = (sc.schema_id(), ac.schema_id());
+    let action = serde_json::to_vec(&examples::action()).unwrap_or_default();
+    let unknown_id = 2_000_000_000;
     let bad = [
-        (a.topics.state.clone(), Some(b"this is not json".to_vec()), "wire format"),
-        (a.topics.state.clone(), Some(wire::frame(1, b"{oops")), "invalid json"),
-        (a.topics.action.clone(), Some(wire::frame(1, &serde_json::to_vec(&bad_action).unwrap_or_default())), "/ps"),
-        (a.topics.action.clone(), None, "null value"),
+        (a.topics.state.clone(), Some(b"this is not json".to_vec()), "wire format".to_string()),
+        (a.topics.state.clone(), Some(wire::frame(state_id, b"{oops")), "invalid json".into()),
+        (
+            a.topics.action.clone(),
+            Some(wire::frame(action_id, &serde_json::to_vec(&bad_action).unwrap_or_default())),
+            "/ps".into(),
+        ),
+        (a.topics.action.clone(), None, "null value".into()),
+        (a.topics.state.clone(), Some(wire::frame(unknown_id, &action)), format!("unknown schema id {unknown_id}")),
+        // A valid action on the state topic, framed with the action subject's id.
+        (
+            a.topics.state.clone(),
+            Some(wire::frame(action_id, &action)),
+            format!("schema id {action_id} belongs to subject"),
+        ),
     ];
     let mut expected = Vec::new();
     for (topic, payload, why) in &bad {
         let (partition, offset) = send(&p, topic, Some("ep-bad"), payload.clone(), None).await;
-        expected.push((topic.clone(), partition, offset, *why));
+        expected.push((topic.clone(), partition, offset, why.clone()));
     }
     let headers = OwnedHeaders::new()
         .insert(Header { key: dlq::REASON, value: Some("bad wire format: unknown magic byte") })
@@ -517,10 +551,10 @@ async fn undecodable_messages_land_in_rejected_with_reason_and_position_and_the_
 
     let (out, summary) = a.run_once(&["--ttl", "30days"]).await;
     assert!(out.status.success(), "rejections do not fail the run: {}", text(&out));
-    assert_eq!(n(&summary["rejected"]), 4, "{summary}");
-    assert_eq!(n(&summary["rows"]["rejected"]), 4, "{summary}");
+    assert_eq!(n(&summary["rejected"]), 6, "{summary}");
+    assert_eq!(n(&summary["rows"]["rejected"]), 6, "{summary}");
     assert_eq!(n(&summary["rows"]["dead_letters"]), 1, "{summary}");
-    assert_eq!(n(&summary["messages"][&a.topics.state]), good.states + 2, "{summary}");
+    assert_eq!(n(&summary["messages"][&a.topics.state]), good.states + 4, "{summary}");
     assert_eq!(a.counts().await, [good.messages(), good.states, good.actions, good.episodes]);
 
     let rows = a
@@ -537,10 +571,10 @@ async fn undecodable_messages_land_in_rejected_with_reason_and_position_and_the_
         rows.rows().unwrap_or_else(|e| panic!("{e}")).map(|r| r.unwrap_or_else(|e| panic!("{e}"))).collect();
     got.sort();
     expected.sort();
-    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got.len(), 6, "{got:?}");
     for ((t, p, o, reason), (et, ep, eo, why)) in got.iter().zip(&expected) {
         assert_eq!((t, p, o), (et, ep, eo), "topic, partition and offset of the message");
-        assert!(reason.contains(why), "reason '{reason}' should mention '{why}'");
+        assert!(reason.contains(why.as_str()), "reason '{reason}' should mention '{why}'");
     }
 
     let dead = a
@@ -576,35 +610,65 @@ async fn undecodable_messages_land_in_rejected_with_reason_and_position_and_the_
 
 // ---------------------------------------------------------------------------- daily
 
+/// Starts `archiver daily` at the next whole minute at least 10 s away, writing its summary to
+/// `json`; returns it with that time (`HH:MM`, and in seconds since the epoch). A daily that
+/// starts too late for that minute says in its log that it waits for tomorrow: it is stopped and
+/// started again with a later minute, so the test never depends on how fast a process starts.
+async fn start_daily(a: &Archive, json: &Path) -> (tokio::process::Child, String, i64) {
+    for _ in 0..5 {
+        let now_s = common::kafka::now_ms() / 1000;
+        let at_s = (now_s + 10) / 60 * 60 + 60;
+        let at = format!("{:02}:{:02}", at_s / 3600 % 24, at_s / 60 % 60);
+        let mut args = vec!["daily".to_string(), "--log-format".into(), "json".into(), "--at".into(), at.clone()];
+        args.extend(a.flags());
+        args.extend(["--summary-json".into(), json.display().to_string()]);
+        let mut child = archiver_command()
+            .args(&args)
+            .env("RUST_LOG", "info,scylla=off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn: {e}"));
+        let mut lines = BufReader::new(child.stderr.take().unwrap_or_else(|| panic!("no stderr"))).lines();
+        let mut log = Vec::new();
+        let wait_s = loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("daily logged no wait within 60 s: {log:?}"))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("daily exited before waiting for its run: {log:?}"));
+            let event: Value = serde_json::from_str(&line).unwrap_or_default();
+            log.push(line);
+            if event["message"] == "waiting for the daily run" {
+                break event["in_s"].as_i64().unwrap_or_else(|| panic!("no in_s in {event}"));
+            }
+        };
+        // Drain the rest of the log, so that daily never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        if wait_s <= 120 {
+            return (child, at, at_s);
+        }
+        child.kill().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    panic!("daily never started in time for a run within the next two minutes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daily_runs_at_its_time_and_stops_on_sigterm() {
     let a = Archive::new("archdaily").await;
     let p = produce_episodes(&a.topics, "daily", 10, 5).await;
-    // The next whole minute, with at least 10 s to start.
-    let now_s = common::kafka::now_ms() / 1000;
-    let at_s = (now_s + 10) / 60 * 60 + 60;
-    let at = format!("{:02}:{:02}", at_s / 3600 % 24, at_s / 60 % 60);
     let json = a.dir.path().join("daily.json");
-    let mut args = vec!["daily".to_string(), "--at".into(), at.clone()];
-    args.extend(a.flags());
-    args.extend(["--summary-json".into(), json.display().to_string()]);
-    let mut child = Command::new(archiver_bin())
-        .args(&args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn: {e}"));
-    let mut waited = 0;
-    while !json.exists() {
-        assert!(waited < 200, "no daily run by {at} UTC");
+    let (mut child, at, at_s) = start_daily(&a, &json).await;
+    // The summary is written atomically (a temporary file renamed into place): once it exists,
+    // it is whole.
+    wait_for_async(&format!("the daily run at {at} UTC"), Duration::from_secs(150), || {
         assert!(child.try_wait().ok().flatten().is_none(), "daily exited before its run");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        waited += 1;
-    }
+        let exists = json.exists();
+        async move { exists.then_some(()) }
+    })
+    .await;
     assert!(common::kafka::now_ms() / 1000 >= at_s, "the run started at {at}, not before");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default()).unwrap_or_default();
     assert_eq!(summary["outcome"], "ok", "{summary}");
     assert_eq!(a.counts().await, [p.messages(), p.states, p.actions, p.episodes]);

@@ -2,18 +2,22 @@
 //! clear message and commits no offset; after Cassandra is back, a re-run archives every message
 //! exactly once. Runs alone in its test binary because it stops the stack's Cassandra (and always
 //! restarts it, even when the test fails).
+//!
+//! Mid-run by construction: the archiver is frozen (SIGSTOP) once its first rows are in
+//! Cassandra, checked to have rows left to send, Cassandra is killed while it is frozen, and only
+//! then does the archiver go on; its remaining writes can only fail.
 
 use std::{
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use protocol::{messages::examples, ActionMsg, Codec, StateMsg};
+use protocol::{messages::examples, StateMsg};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use scylla::client::session_builder::SessionBuilder;
 use streamrec_tests::{
-    archiver_bin, bootstrap, cassandra_node, committed_offsets, kafka_config, repo_root, stack_cache, unique,
-    TestTopics,
+    archiver_bin, bootstrap, cassandra_node, clean_command, committed_offsets, freeze, kafka_config, repo_root,
+    stack_cache, thaw, unique, wait_for, wait_for_async, TestTopics,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -28,21 +32,16 @@ impl Drop for RestartCassandraOnDrop {
         let cqlsh = streamrec_tests::cqlsh();
         let node = cassandra_node();
         let (host, port) = node.rsplit_once(':').unwrap_or((node.as_str(), "9042"));
-        let deadline = Instant::now() + Duration::from_secs(240);
-        while Instant::now() < deadline {
-            let answered = Command::new(&cqlsh)
+        wait_for("cassandra to answer again after the test stopped it", Duration::from_secs(240), || {
+            Command::new(&cqlsh)
                 .args([host, port, "-e", "SELECT release_version FROM system.local"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
-                .is_ok_and(|s| s.success());
-            if answered {
-                assert!(up_ok, "stack.sh up failed, although cassandra answers again");
-                return;
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        panic!("cassandra did not come back within 240 s after the test stopped it");
+                .is_ok_and(|s| s.success())
+                .then_some(())
+        });
+        assert!(up_ok, "stack.sh up failed, although cassandra answers again");
     }
 }
 
@@ -53,8 +52,7 @@ fn run_dir() -> std::path::PathBuf {
 /// Produces `episodes` episodes of `steps` steps (one state per step, one action per answered
 /// step) and returns the number of messages.
 async fn produce(topics: &TestTopics, episodes: u32, steps: u32) -> i64 {
-    let (sc, ac): (Codec<StateMsg>, Codec<ActionMsg>) =
-        (Codec::new(1).unwrap_or_else(|e| panic!("{e}")), Codec::new(2).unwrap_or_else(|e| panic!("{e}")));
+    let (sc, ac) = topics.codecs::<StateMsg>().await.unwrap_or_else(|e| panic!("{e:#}"));
     let producer: FutureProducer = kafka_config()
         .set("acks", "all")
         .set("enable.idempotence", "true")
@@ -99,7 +97,7 @@ async fn cassandra_stopped_during_a_run_gives_a_non_zero_exit_and_no_committed_o
     let keyspace = unique("archfault");
     let group = unique("archfault_group");
     let messages = produce(&topics, 800, 20).await; // 16,800 + 16,000 messages
-    let init = Command::new(archiver_bin())
+    let init = clean_command(archiver_bin())
         .args(["init", "--keyspace", &keyspace, "--cassandra-nodes", &cassandra_node()])
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
@@ -111,9 +109,13 @@ async fn cassandra_stopped_during_a_run_gives_a_non_zero_exit_and_no_committed_o
         ["--keyspace", &keyspace, "--group-id", &group, "--no-progress", "--retry-for", "10s"].map(String::from),
     );
     args.extend(["--cassandra-nodes".into(), cassandra_node(), "--bootstrap-servers".into(), bootstrap()]);
+    args.extend(["--schema-registry-url".into(), streamrec_tests::registry_url()]);
     // One batch holds every message: a commit can only happen after all of it is written.
     args.extend(["--batch-size".into(), "100000".into()]);
-    let mut child = tokio::process::Command::new(archiver_bin())
+    // At most this many rows are on their way to Cassandra at any time.
+    let concurrency: i64 = 64;
+    args.extend(["--concurrency".into(), concurrency.to_string()]);
+    let mut child = tokio::process::Command::from(clean_command(archiver_bin()))
         .args(&args)
         .env("RUST_LOG", "info,scylla=error")
         .stdout(Stdio::piped())
@@ -141,20 +143,37 @@ async fn cassandra_stopped_during_a_run_gives_a_non_zero_exit_and_no_committed_o
     let session =
         SessionBuilder::new().known_node(cassandra_node()).build().await.unwrap_or_else(|e| panic!("connect: {e}"));
     let count_steps = format!("SELECT count(*) FROM {keyspace}.steps");
-    let started = Instant::now();
-    loop {
+    let count = || async {
         let rows = session.query_unpaged(count_steps.as_str(), &[]).await.ok().and_then(|r| r.into_rows_result().ok());
-        if rows.and_then(|r| r.first_row::<(i64,)>().ok()).is_some_and(|(n,)| n > 0) {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "no row written within 60 s: {log:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        rows.and_then(|r| r.first_row::<(i64,)>().ok()).map(|(n,)| n)
+    };
+    wait_for_async("the first rows in cassandra", Duration::from_secs(60), || async {
+        count().await.filter(|&n| n > 0)
+    })
+    .await;
+    // Frozen, the archiver sends nothing more: at most `concurrency` rows were on their way, so
+    // with fewer than that short of the total written, some rows are still to be sent, and can
+    // only fail once Cassandra is gone. The run is mid-way, whatever the machine's speed.
+    let pid = child.id().unwrap_or_else(|| panic!("the archiver exited before its rows were counted: {log:?}"));
+    tokio::task::block_in_place(|| freeze(pid)).unwrap_or_else(|e| panic!("freeze the archiver: {e}: {log:?}"));
+    let written = count().await.unwrap_or_else(|| panic!("cannot count the rows written"));
+    assert!(
+        written + concurrency < messages,
+        "{written} of {messages} rows were written before the archiver was frozen: it was not mid-run"
+    );
 
     let guard = RestartCassandraOnDrop;
-    let pid = std::fs::read_to_string(run_dir().join("cassandra.pid")).unwrap_or_else(|e| panic!("cassandra pid: {e}"));
-    let killed = Command::new("kill").args(["-KILL", pid.trim()]).status();
-    assert!(killed.is_ok_and(|s| s.success()), "could not stop cassandra (pid {pid})");
+    let cassandra =
+        std::fs::read_to_string(run_dir().join("cassandra.pid")).unwrap_or_else(|e| panic!("cassandra pid: {e}"));
+    let killed = Command::new("kill").args(["-KILL", cassandra.trim()]).status();
+    assert!(killed.is_ok_and(|s| s.success()), "could not stop cassandra (pid {cassandra})");
+    let cassandra: u32 = cassandra.trim().parse().unwrap_or_else(|e| panic!("cassandra pid {cassandra}: {e}"));
+    tokio::task::block_in_place(|| {
+        wait_for("cassandra to be gone", Duration::from_secs(30), || {
+            streamrec_tests::has_exited(cassandra).then_some(())
+        })
+    });
+    thaw(pid).unwrap_or_else(|e| panic!("thaw the archiver: {e}"));
 
     let output = tokio::time::timeout(Duration::from_secs(120), async {
         while let Ok(Some(line)) = lines.next_line().await {
@@ -182,7 +201,7 @@ async fn cassandra_stopped_during_a_run_gives_a_non_zero_exit_and_no_committed_o
     rerun_args.retain(|a| a != "100000");
     let pos = rerun_args.iter().position(|a| a == "--batch-size").unwrap_or(0);
     rerun_args.remove(pos);
-    let rerun = Command::new(archiver_bin())
+    let rerun = clean_command(archiver_bin())
         .args(&rerun_args)
         .env("RUST_LOG", "warn")
         .output()

@@ -5,11 +5,10 @@
 
 use std::sync::Arc;
 
-use clap::Parser;
 use sim::eval::{evaluate, EvalConfig};
-use streamrec_tests::repo_root;
+use streamrec_tests::{parse_flags, repo_root};
 
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 struct Cli {
     #[command(flatten)]
     dataset: env_svc::data::DatasetArgs,
@@ -20,7 +19,7 @@ struct Cli {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cooccurrence_beats_random_on_test_users() {
     let sample = repo_root().join("data/sample").display().to_string();
-    let cli = Cli::parse_from(["eval", "--dataset", &sample]);
+    let cli: Cli = parse_flags(["eval", "--dataset", &sample]);
     let dataset = Arc::new(cli.dataset.load(true).unwrap_or_else(|e| panic!("{e}")));
     let cfg = EvalConfig { train_episodes: 300, concurrency: 32, max_steps: 50, seed: 7 };
     let mut results = Vec::new();
@@ -65,7 +64,7 @@ async fn dqn_learns_to_beat_random_and_popularity_on_test_users() {
         "--dqn-learning-starts",
         "200",
     ];
-    let cli = Cli::parse_from(["eval", "--dataset", &sample].into_iter().chain(flags));
+    let cli: Cli = parse_flags(["eval", "--dataset", &sample].into_iter().chain(flags));
     let dataset = Arc::new(cli.dataset.load(true).unwrap_or_else(|e| panic!("{e}")));
     let cfg = EvalConfig { train_episodes: 400, concurrency: 32, max_steps: 50, seed: 7 };
     let mut results = Vec::new();

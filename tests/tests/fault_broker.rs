@@ -1,24 +1,16 @@
 //! A broker killed with SIGKILL in the middle of a run: the run completes, no step is lost or
 //! applied twice, and the broker rejoins afterwards. Runs alone in its test binary.
+//!
+//! Mid-run by construction: a [`GroupGate`] in the agent's group holds a share of the state
+//! partitions, so the episodes keyed there stay unanswered and the run cannot end before the
+//! gate is released, which happens only after the kill. The kill waits for observed events
+//! (a state on the gate's partitions, 500 actions answered), never for time to pass.
 
 use std::{process::Command, time::Duration};
 
-use clap::Parser;
 use env_svc::checker::check_run;
-use streamrec_tests::{repo_root, stack_cache, TestTopics};
+use streamrec_tests::{repo_root, stack_cache, wait_for, wait_for_stable_group, GroupGate, TestTopics};
 use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, Parser)]
-struct EnvCli {
-    #[command(flatten)]
-    run: env_svc::config::RunArgs,
-}
-
-#[derive(Debug, Parser)]
-struct AgentCli {
-    #[command(flatten)]
-    run: agent_svc::RunArgs,
-}
 
 /// Brings every broker back (and waits for full ISR) even when the test fails.
 struct RestartOnDrop;
@@ -30,15 +22,11 @@ impl Drop for RestartOnDrop {
         let kafka = common::kafka::KafkaArgs { bootstrap_servers: streamrec_tests::bootstrap() };
         let topics =
             [protocol::topics::STATE_TOPIC, protocol::topics::ACTION_TOPIC, protocol::topics::DEAD_LETTER_TOPIC];
-        for _ in 0..120 {
-            if common::kafka::describe_topics(&kafka, &topics)
+        wait_for("full ISR after the broker restart", Duration::from_secs(60), || {
+            common::kafka::describe_topics(&kafka, &topics)
                 .is_ok_and(|(b, v)| b.len() == 3 && v.iter().all(|t| t.under_replicated == 0))
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        panic!("the cluster did not return to full ISR after the broker restart");
+                .then_some(())
+        });
     }
 }
 
@@ -51,36 +39,48 @@ async fn broker_killed_mid_run_loses_no_step() {
     let sample = repo_root().join("data/sample").display().to_string();
     let dataset = streamrec_tests::sample_dataset();
     let topics = TestTopics::create("fault").await.unwrap_or_else(|e| panic!("{e}"));
+    let group = streamrec_tests::unique("agents");
     let episodes = 300;
-    let mut env_args =
-        vec!["env-svc".to_string(), "--dataset".into(), sample, "--episodes".into(), episodes.to_string()];
-    env_args.extend(["--concurrency".into(), "16".into(), "--quiet".into()]);
-    env_args.extend(topics.flags());
-    let env = EnvCli::parse_from(env_args).run;
-    let mut agent_args = vec!["agent-svc".to_string(), "--group-id".into(), streamrec_tests::unique("agents")];
-    agent_args.extend(["--offset-reset".into(), "earliest".into()]);
+    let mut agent_args = vec!["--group-id".to_string(), group.clone(), "--offset-reset".into(), "earliest".into()];
     agent_args.extend(topics.flags());
-    let agent = AgentCli::parse_from(agent_args).run;
-
+    let agent = streamrec_tests::agent_run_args(&agent_args);
     let stop_agent = CancellationToken::new();
     let agent_task = tokio::spawn(agent_svc::run(agent, stop_agent.clone()));
+
+    // The agent, then the gate, in one group; the gate's share is settled before any state is
+    // published, so no state on its partitions is ever answered while it holds them.
+    let gate = tokio::task::block_in_place(|| {
+        wait_for_stable_group(&group, 1, Duration::from_secs(60));
+        let gate = GroupGate::join(&group, &topics.state).unwrap_or_else(|e| panic!("gate: {e}"));
+        gate.wait_for_share(2, Duration::from_secs(60));
+        gate
+    });
+
+    // Every episode in flight from the start (concurrency = episodes): the stalled ones on the
+    // gate's partitions never take a slot from the ones the agent answers.
+    let mut env_args = vec!["--dataset".to_string(), sample, "--episodes".into(), episodes.to_string()];
+    env_args.extend(["--concurrency".into(), episodes.to_string(), "--quiet".into()]);
+    env_args.extend(topics.flags());
+    let env = streamrec_tests::env_run_args(&env_args);
     let env_task = tokio::spawn(env_svc::run(env, CancellationToken::new()));
 
-    // Kill a broker once a good share of the run has gone through.
-    let state_topic = topics.state.clone();
-    let mut seen = 0;
-    for _ in 0..600 {
-        seen = streamrec_tests::topic_size(&state_topic).unwrap_or(0);
-        if seen >= 1500 || env_task.is_finished() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(!env_task.is_finished(), "the run ended before the broker could be killed ({seen} states)");
+    // Kill a broker once the agent is busy (500 actions) and a state waits on the gate's
+    // partitions: from then on the run cannot end until the gate is released.
+    let action_topic = topics.action.clone();
+    tokio::task::block_in_place(|| {
+        wait_for("500 actions and a state held by the gate", Duration::from_secs(180), || {
+            assert!(!env_task.is_finished(), "the run ended without a single state on the gate's partitions");
+            let busy = streamrec_tests::topic_size(&action_topic).unwrap_or(0) >= 500;
+            busy.then(|| gate.holding_a_record()).flatten()
+        });
+    });
     let guard = RestartOnDrop;
     let pid = std::fs::read_to_string(run_dir().join("kafka-1.pid")).unwrap_or_else(|e| panic!("kafka-1 pid: {e}"));
     let killed = Command::new("kill").args(["-KILL", pid.trim()]).status();
     assert!(killed.is_ok_and(|s| s.success()), "could not kill broker 1 (pid {pid})");
+    // Release the held episodes: the agent takes the gate's partitions over, on a cluster with a
+    // broker down.
+    tokio::task::spawn_blocking(move || gate.release()).await.unwrap_or_else(|e| panic!("{e}"));
 
     let summary = tokio::time::timeout(Duration::from_secs(300), env_task)
         .await

@@ -52,9 +52,12 @@ fn status_reports_brokers_topics_subjects_keyspace_and_processes() {
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status is not one JSON object: {e}"));
     assert_eq!(report["brokers"], serde_json::json!([0, 1, 2]), "{report}");
+    // As many partitions as the stack was told to create: deploy/topics.env, or the
+    // TOPIC_PARTITIONS override it was started with (`TOPIC_PARTITIONS=12 make stack-up`).
+    let partitions = streamrec_tests::topic_partitions();
     for topic in [protocol::topics::STATE_TOPIC, protocol::topics::ACTION_TOPIC, protocol::topics::DEAD_LETTER_TOPIC] {
         let t = &report["topics"][topic];
-        assert_eq!(t["partitions"], protocol::topics::DEFAULT_PARTITIONS, "{topic}: {t}");
+        assert_eq!(t["partitions"], partitions, "{topic}: {t} (TOPIC_PARTITIONS of this test: {partitions})");
         assert_eq!(t["replication_factor"], 3, "{topic}: {t}");
         assert_eq!(t["min_isr"], 2, "{topic}: {t}");
         assert_eq!(t["under_replicated_partitions"], 0, "{topic}: {t}");
