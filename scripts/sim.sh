@@ -27,6 +27,15 @@ echo "==> building (release)"
 cargo build --release --locked -p env-svc -p agent-svc -p sim -p archiver
 bin=${CARGO_TARGET_DIR:-target}/release
 
+# The error a service ended with (its `Error:` block, without the backtrace), else its last lines.
+agent_error() {
+  if grep -q '^Error:' "$1"; then
+    sed -n '/^Error:/,/^Stack backtrace/p' "$1" | grep -v '^Stack backtrace'
+  else
+    tail -n 5 "$1"
+  fi
+}
+
 case $TRANSPORT in
   kafka)
     echo "==> stack"
@@ -54,10 +63,10 @@ case $TRANSPORT in
     first=$?
     set -e
     if ! kill -0 "$agent" 2> /dev/null; then
-      wait "$agent"
-      agent_rc=$?
-      echo "sim: agent-svc stopped (exit $agent_rc) before the env finished; its last lines:" >&2
-      tail -n 5 "$out/agent.log" >&2
+      agent_rc=0
+      wait "$agent" || agent_rc=$?
+      echo "sim: agent-svc stopped (exit $agent_rc) before the env finished:" >&2
+      agent_error "$out/agent.log" >&2
       exit 1
     fi
     env_pid=""
@@ -66,7 +75,7 @@ case $TRANSPORT in
       exit "$first"
     fi
     kill -TERM "$agent"
-    wait "$agent" || { echo "sim: agent-svc failed, see $out/agent.log" >&2; tail -n 5 "$out/agent.log" >&2; exit 1; }
+    wait "$agent" || { echo "sim: agent-svc failed, see $out/agent.log:" >&2; agent_error "$out/agent.log" >&2; exit 1; }
     trap - EXIT
     echo "agent-svc: $(tail -n 1 "$out/agent.log")"
     echo

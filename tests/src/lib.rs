@@ -120,6 +120,11 @@ impl TestTopics {
         {
             result.map_err(|(t, e)| anyhow::anyhow!("cannot create {t}: {e}"))?;
         }
+        // A created topic reaches the brokers' metadata caches one after the other: a client
+        // asking another broker right away may be told it does not exist. Wait until every
+        // broker knows every partition with a leader.
+        let names = [topics.state.clone(), topics.action.clone(), topics.dead_letter.clone()];
+        tokio::task::spawn_blocking(move || wait_for_metadata(&names, partitions as usize)).await??;
         Ok(topics)
     }
 
@@ -171,6 +176,35 @@ impl TestTopics {
             let _ = admin.delete_topics(&[&self.state, &self.action, &self.dead_letter], &AdminOptions::new()).await;
         }
     }
+}
+
+/// Waits until each broker of the stack, asked alone, reports every topic of `names` with
+/// `partitions` partitions that all have a leader (30 s at most).
+fn wait_for_metadata(names: &[String], partitions: usize) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for broker in bootstrap().split(',') {
+        let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", broker).create()?;
+        for name in names {
+            loop {
+                let ready = client.fetch_metadata(Some(name), Duration::from_secs(5)).is_ok_and(|md| {
+                    md.topics().first().is_some_and(|t| {
+                        t.error().is_none()
+                            && t.partitions().len() == partitions
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                });
+                if ready {
+                    break;
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "broker {broker} does not know topic {name} after 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A record read back from a topic: key, value and headers.
