@@ -131,9 +131,14 @@ async fn malformed_and_schema_violating_actions_are_dead_lettered_while_the_run_
 async fn memory_transport_passes_the_same_checker() {
     let dataset = Arc::new(load_sample());
     for policy in ["random", "popularity"] {
-        let cli: SimCli = parse_flags(["sim", "--episodes", "200", "--concurrency", "64", "--policy", policy]);
-        let outcome = sim::run_memory(dataset.clone(), &cli.episodes, &cli.agent, 256, CancellationToken::new())
+        // A re-send must mean a lost message, never a slow machine: no action is ever overdue
+        // (an hour), and a lost one shows as a run that does not end (the timeout below).
+        let flags = ["sim", "--episodes", "200", "--concurrency", "64", "--policy", policy, "--action-timeout", "1h"];
+        let cli: SimCli = parse_flags(flags);
+        let run = sim::run_memory(dataset.clone(), &cli.episodes, &cli.agent, 256, CancellationToken::new());
+        let outcome = tokio::time::timeout(Duration::from_secs(300), run)
             .await
+            .unwrap_or_else(|_| panic!("{policy}: the in-memory run did not end within 300 s: a message was lost"))
             .unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(outcome.summary.episodes, 200);
         let (state_codec, action_codec) = sim::memory_codecs::<StateMsg>().unwrap_or_else(|e| panic!("{e:#}"));
