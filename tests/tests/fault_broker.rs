@@ -60,6 +60,9 @@ async fn broker_killed_mid_run_loses_no_step() {
     // gate's partitions never take a slot from the ones the agent answers.
     let mut env_args = vec!["--dataset".to_string(), sample, "--episodes".into(), episodes.to_string()];
     env_args.extend(["--concurrency".into(), episodes.to_string(), "--quiet".into()]);
+    // The episodes on the gate's partitions wait for as long as the gate holds them, by design:
+    // they must not fail for want of an answer meanwhile (the default gives up after a minute).
+    env_args.extend(["--max-resends".into(), "1000000".into()]);
     env_args.extend(topics.flags());
     let env = streamrec_tests::env_run_args(&env_args);
     let env_task = tokio::spawn(env_svc::run(env, CancellationToken::new()));

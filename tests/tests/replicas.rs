@@ -161,6 +161,9 @@ async fn survivors_take_over_a_killed_replica_and_every_episode_completes() {
     let episodes = 1500;
     let mut args = vec!["--dataset".to_string(), sample, "--episodes".into(), episodes.to_string()];
     args.extend(["--concurrency".into(), "64".into(), "--quiet".into()]);
+    // The episodes on the gate's partitions wait for as long as the gate holds them, by design:
+    // they must not fail for want of an answer meanwhile (the default gives up after a minute).
+    args.extend(["--max-resends".into(), "1000000".into()]);
     args.extend(topics.flags());
     let env = streamrec_tests::env_run_args(&args);
     let env_task = tokio::spawn(env_svc::run(env, CancellationToken::new()));
