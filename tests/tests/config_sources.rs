@@ -4,24 +4,12 @@
 //! `deploy/local/stack.sh` stop taking their values from there. No stack needed.
 //! `STREAMREC_BLESS=1` rewrites the schema files from the types (`make schemas`).
 
-use std::collections::BTreeMap;
-
 use protocol::topics;
 use serde_norway::Value as Yaml;
-use streamrec_tests::repo_root;
+use streamrec_tests::{repo_root, topics_env};
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(repo_root().join(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
-}
-
-fn topics_env() -> BTreeMap<String, String> {
-    read("deploy/topics.env")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 #[test]
