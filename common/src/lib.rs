@@ -2,6 +2,7 @@
 //! settings and the schema-registry client. No business logic lives here.
 
 pub mod check;
+pub mod cli;
 pub mod kafka;
 pub mod link;
 pub mod offsets;

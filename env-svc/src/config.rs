@@ -185,7 +185,7 @@ mod tests {
 
     #[test]
     fn recogym_defaults_are_recogyms_env_1_args() {
-        let cli = Cli::parse_from(["env-svc"]);
+        let cli = common::cli::parse_flags::<Cli>(["env-svc"]);
         let expect = recogym::Config::default();
         assert_eq!(cli.recogym.config().ok(), Some(recogym::Config { num_users: 100, ..expect }));
         assert_eq!(cli.recogym.recogym_max_steps, None);
@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn recogym_flags_reach_the_config_and_bad_ones_are_refused() {
-        let cli = Cli::parse_from([
+        let cli = common::cli::parse_flags::<Cli>([
             "env-svc",
             "--recogym-products",
             "7",
@@ -204,7 +204,7 @@ mod tests {
         ]);
         let config = cli.recogym.config().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((config.num_products, config.k, config.with_ps_all), (7, 3, true));
-        let cli = Cli::parse_from(["env-svc", "--recogym-prob-organic-to-bandit", "0.999"]);
+        let cli = common::cli::parse_flags::<Cli>(["env-svc", "--recogym-prob-organic-to-bandit", "0.999"]);
         assert!(cli.recogym.config().is_err());
     }
 }

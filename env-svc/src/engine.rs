@@ -256,7 +256,7 @@ impl<E: Environment> Engine<E> {
             Err(e) => e,
         };
         self.metrics.publish_errors += 1;
-        let reason = format!("publication failed {} times, last: {error}", self.cfg.max_resends + 1);
+        let reason = format!("publication failed {} times, last: {error}", u64::from(self.cfg.max_resends) + 1);
         if closing {
             let max = self.cfg.max_resends;
             if let Some(c) = self.closing.get_mut(episode_id).filter(|c| c.resends < max) {

@@ -516,7 +516,7 @@ mod tests {
     /// the `recogym` crate's own A/B test for the same users, and the settings are RecoGym's.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_pipeline_in_memory_counts_what_recogyms_ab_test_counts() {
-        let cli = Cli::parse_from([
+        let cli = common::cli::parse_flags::<Cli>([
             "sim",
             "--recogym-products",
             "6",

@@ -18,31 +18,24 @@ use std::{
 
 use env_svc::checker::check_run;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use streamrec_tests::{committed_offsets, kafka_config, repo_root, stack_cache, unique, TestTopics};
+use streamrec_tests::{
+    agent_bin, bootstrap, clean_command, committed_offsets, freeze, kafka_config, registry_url, repo_root, send_signal,
+    stack_cache, unique, wait_for, workspace_bin, TestTopics,
+};
 
 fn run_dir() -> PathBuf {
     std::env::var("STREAMREC_RUN").map(Into::into).unwrap_or_else(|_| stack_cache().join("run"))
 }
 
-/// A service binary next to this test binary, built first (a no-op when up to date).
-fn service_bin(package: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", package])
-        .current_dir(repo_root())
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "cargo build -p {package} failed");
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current exe: {e}"));
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(package))
-        .filter(|b| b.exists())
-        .unwrap_or_else(|| panic!("no {package} binary"))
+/// `program run` with a cleared environment ([`clean_command`]), pointed at the stack.
+fn service_run(program: &Path) -> Command {
+    let mut cmd = clean_command(program);
+    cmd.args(["run", "--bootstrap-servers", &bootstrap(), "--schema-registry-url", &registry_url()]);
+    cmd
 }
 
 fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill").args([sig, &pid.to_string()]).status();
-    assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid} failed");
+    send_signal(pid, sig).unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn broker_pid(id: i32) -> u32 {
@@ -60,24 +53,15 @@ struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         for pid in &self.paused {
-            let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+            let _ = send_signal(*pid, "CONT");
         }
         for c in &mut self.children {
             if matches!(c.try_wait(), Ok(None)) {
-                let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+                let _ = send_signal(c.id(), "CONT");
                 let _ = c.kill();
                 let _ = c.wait();
             }
         }
-    }
-}
-
-/// Polls `cond` every 100 ms until it holds; panics with `what` after `limit`.
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -101,7 +85,7 @@ fn partitions(topic: &str) -> Vec<(i32, i32, i64)> {
 fn failed_deliveries_are_produced_again_and_every_offset_is_resolved() {
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
     let topics = rt.block_on(TestTopics::create("delivery")).unwrap_or_else(|e| panic!("{e}"));
-    let (env_bin, agent_bin) = (service_bin("env-svc"), service_bin("agent-svc"));
+    let (env_bin, agent_bin) = (workspace_bin("env-svc", "env-svc"), agent_bin());
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (agent_log, agent_json, env_json) =
         (dir.path().join("agent.log"), dir.path().join("agent.json"), dir.path().join("env.json"));
@@ -109,15 +93,15 @@ fn failed_deliveries_are_produced_again_and_every_offset_is_resolved() {
     let log_file = |p: &Path| Stdio::from(std::fs::File::create(p).unwrap_or_else(|e| panic!("{e}")));
     let timeout = ["--message-timeout-ms", "3000"];
 
-    let mut agent = Command::new(&agent_bin);
-    agent.args(["run", "--policy", "popularity", "--group-id", &group, "--offset-reset", "earliest"]);
+    let mut agent = service_run(&agent_bin);
+    agent.args(["--policy", "popularity", "--group-id", &group, "--offset-reset", "earliest"]);
     agent.args(["--delivery-attempts", "50", "--summary-json"]).arg(&agent_json).args(timeout).args(topics.flags());
-    agent.env("RUST_LOG", "info").env_remove("AGENT_POLICY").stdout(Stdio::null()).stderr(log_file(&agent_log));
+    agent.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log_file(&agent_log));
     let agent = agent.spawn().unwrap_or_else(|e| panic!("agent-svc: {e}"));
     let agent_pid = agent.id();
     let sample = repo_root().join("data/sample");
-    let mut env = Command::new(&env_bin);
-    env.args(["run", "--quiet", "--episodes", "400", "--concurrency", "64", "--action-timeout", "1s"]);
+    let mut env = service_run(&env_bin);
+    env.args(["--quiet", "--episodes", "400", "--concurrency", "64", "--action-timeout", "1s"]);
     env.args(["--max-resends", "200", "--summary-json"]).arg(&env_json).arg("--dataset").arg(&sample);
     env.args(timeout).args(topics.flags()).stdout(Stdio::null()).stderr(log_file(&dir.path().join("env.log")));
     let env = env.spawn().unwrap_or_else(|e| panic!("env-svc: {e}"));
@@ -125,10 +109,10 @@ fn failed_deliveries_are_produced_again_and_every_offset_is_resolved() {
 
     // 1. The step loop runs: the agent's group has committed something.
     wait_for("the agent's first commit", Duration::from_secs(120), || {
-        committed_offsets(&group, &topics.state).is_ok_and(|c| !c.is_empty())
+        committed_offsets(&group, &topics.state).is_ok_and(|c| !c.is_empty()).then_some(())
     });
     // 2. Pause the agent; the env keeps publishing (re-sends), so states pile up unanswered.
-    signal(agent_pid, "-STOP");
+    freeze(agent_pid).unwrap_or_else(|e| panic!("{e}"));
     let before: i64 = partitions(&topics.state).iter().map(|(_, _, h)| h).sum();
     // 3. Pause the two brokers that do not lead partition 0, once partition 0 holds a backlog
     //    the agent has not answered: the agent can still read it from its live leader.
@@ -136,21 +120,21 @@ fn failed_deliveries_are_produced_again_and_every_offset_is_resolved() {
     wait_for("a backlog on partition 0", Duration::from_secs(60), || {
         let high = partitions(&topics.state)[0].2;
         let done = committed_offsets(&group, &topics.state).ok().and_then(|c| c.get(&0).copied()).unwrap_or(0);
-        high - done >= 20 && partitions(&topics.state).iter().map(|(_, _, h)| h).sum::<i64>() > before
+        (high - done >= 20 && partitions(&topics.state).iter().map(|(_, _, h)| h).sum::<i64>() > before).then_some(())
     });
     for id in (0..3).filter(|id| *id != leader) {
         let pid = broker_pid(id);
-        signal(pid, "-STOP");
+        signal(pid, "STOP");
         guard.paused.push(pid);
     }
     // 4. Resume the agent: it answers the backlog, and every action fails (no ISR of 2).
-    signal(agent_pid, "-CONT");
+    signal(agent_pid, "CONT");
     wait_for("a failed delivery produced again", Duration::from_secs(120), || {
-        std::fs::read_to_string(&agent_log).is_ok_and(|l| l.contains("delivery failed; producing again"))
+        std::fs::read_to_string(&agent_log).is_ok_and(|l| l.contains("delivery failed; producing again")).then_some(())
     });
     // 5. Bring the brokers back: the re-produces go through, the run completes.
     for pid in guard.paused.drain(..) {
-        signal(pid, "-CONT");
+        signal(pid, "CONT");
     }
     let env_status = {
         let env = &mut guard.children[1];
@@ -168,7 +152,7 @@ fn failed_deliveries_are_produced_again_and_every_offset_is_resolved() {
         "env-svc failed: {}",
         std::fs::read_to_string(dir.path().join("env.log")).unwrap_or_default()
     );
-    signal(agent_pid, "-TERM");
+    signal(agent_pid, "TERM");
     let agent_status = guard.children[0].wait().unwrap_or_else(|e| panic!("{e}"));
     let log = std::fs::read_to_string(&agent_log).unwrap_or_default();
     assert!(agent_status.success(), "agent-svc failed:\n{log}");

@@ -181,8 +181,9 @@ impl Default for DqnArgs {
             #[command(flatten)]
             dqn: DqnArgs,
         }
-        // The defaults live in the attributes above; parsing no arguments yields them.
-        Wrap::try_parse_from(["dqn"]).map(|w| w.dqn).unwrap_or_else(|e| panic!("dqn defaults do not parse: {e}"))
+        // The defaults live in the attributes above; parsing no arguments yields them. No `DQN_*`
+        // variable of the caller's environment may leak into what is called the defaults.
+        common::cli::parse_flags::<Wrap>(["dqn"]).dqn
     }
 }
 

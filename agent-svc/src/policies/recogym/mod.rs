@@ -332,7 +332,7 @@ pub(crate) mod tests {
             #[command(flatten)]
             dqn: DqnArgs,
         }
-        Cli::parse_from(std::iter::once("agent").chain(flags.iter().copied())).dqn
+        common::cli::parse_flags::<Cli>(std::iter::once("agent").chain(flags.iter().copied())).dqn
     }
 
     fn state(ep: &str, user: u64, step: u32, views: &[u32]) -> RecoStateMsg {
