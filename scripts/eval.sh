@@ -22,12 +22,11 @@ if [[ -z ${DATASET:-} ]]; then
     echo "${gen[*]}" > "$DATASET/.generated"
   fi
 fi
-# The DQN in evaluation: the MLP network with one 64-unit layer (the paper's LSTM learns at
-# about 20 updates/s on one core here, too slow for this budget), the agent waiting for the
-# learner (no update skipped), and gamma 0: recommendations do not change the user's next
-# product, so nothing is gained by bootstrapping. The wide table (one row of Q-value offsets per
-# current product) holds the product-to-product effects the narrow MLP cannot. Full-feedback
-# hindsight (decay 0.6) and the product id token are the defaults. Override with
-# EVAL_DQN_FLAGS; docs/DQN.md has the sweep.
-read -r -a dqn_flags <<< "${EVAL_DQN_FLAGS:---dqn-net mlp --dqn-hidden 64 --dqn-wide true --dqn-backpressure --dqn-gamma 0 --dqn-lr 0.003 --dqn-eps-decay-steps 3000}"
+# The DQN in evaluation: `--dqn-preset fashion` (the MLP network with one 64-unit layer, since
+# the paper's LSTM learns at about 20 updates/s on one core here, too slow for this budget; gamma
+# 0: recommendations do not change the user's next product, so nothing is gained by
+# bootstrapping; the wide table of product-to-product Q-value offsets; full-feedback hindsight
+# with decay 0.6 and the product id token), the agent waiting for the learner (no update
+# skipped). Override with EVAL_DQN_FLAGS; docs/DQN.md has the sweep.
+read -r -a dqn_flags <<< "${EVAL_DQN_FLAGS:---dqn-preset fashion --dqn-backpressure}"
 "$bin/streamrec-sim" eval --quiet --out target/eval "${dqn_flags[@]}" "$@"

@@ -29,7 +29,7 @@ POLICIES=${POLICIES:-random,organic-count,user-count,likelihood,nn,dqn}
 # The DQN on RecoGym: the MLP network (mean of the view tokens' embeddings), gamma 0 (a click
 # is paid at once and the recommendation does not move the user), trained offline on the log
 # with a quarter gradient step per logged recommendation.
-read -r -a dqn_flags <<< "${RECOGYM_DQN_FLAGS:---dqn-net mlp --dqn-gamma 0 --dqn-lr 0.001 --dqn-train-ratio 0.25 --dqn-learning-starts 1000 --dqn-replay-capacity 400000}"
+read -r -a dqn_flags <<< "${RECOGYM_DQN_FLAGS:---dqn-preset recogym}"
 
 scripts/libtorch.sh
 echo "==> building (release)"

@@ -4,8 +4,9 @@
 # and the local stack; memory: one process, bounded channels). Prints the env's summary and
 # writes it to target/sim/summary.json.
 #   DATASET=data/sample EPISODES=200 POLICY=dqn TRANSPORT=kafka
-# The DQN runs with the settings `make eval` measured (the MLP network with the wide table,
-# gamma 0, full-feedback hindsight); any DQN_* variable overrides them. It learns while it serves
+# The DQN runs with the settings `make eval` measured (`--dqn-preset fashion`: the MLP network with
+# the wide table, gamma 0, full-feedback hindsight); any DQN_* variable overrides one of them,
+# DQN_PRESET=paper runs the paper's network. It learns while it serves
 # and checkpoints into target/sim/checkpoints/<hash of the DQN_* settings and the dataset>, so
 # each `make sim` with the same settings and data goes on from where the last one stopped, and
 # other settings or data start from scratch. (agent-svc itself refuses a checkpoint of another
@@ -15,8 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DATASET=${DATASET:-data/sample} EPISODES=${EPISODES:-200} POLICY=${POLICY:-dqn}
-export DQN_NET=${DQN_NET:-mlp} DQN_GAMMA=${DQN_GAMMA:-0} DQN_LR=${DQN_LR:-0.003} DQN_HIDDEN=${DQN_HIDDEN:-64}
-export DQN_EPS_DECAY_STEPS=${DQN_EPS_DECAY_STEPS:-3000} DQN_WIDE=${DQN_WIDE:-true}
+export DQN_PRESET=${DQN_PRESET:-fashion}
 TRANSPORT=${TRANSPORT:-kafka}
 out=target/sim
 mkdir -p "$out"

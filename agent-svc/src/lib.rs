@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::{
-    kafka::{EnvKind, KafkaArgs, RecoGymTopics, Topics, TuningArgs},
+    kafka::{EnvKind, KafkaArgs, TopicArgs, Topics, TuningArgs},
     link::Raw,
     offsets::Ticket,
     registry::RegistryArgs,
@@ -46,9 +46,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub tuning: TuningArgs,
     #[command(flatten)]
-    pub topics: Topics,
-    #[command(flatten)]
-    pub recogym_topics: RecoGymTopics,
+    pub topics: TopicArgs,
     #[command(flatten)]
     pub agent: AgentArgs,
     /// RecoGym: the env id of a logging run (e.g. `reco-gym-v1/3f2a9c`) whose states and
@@ -317,7 +315,7 @@ where
                     let mut sources = Vec::with_capacity(batch.len());
                     for raw in batch {
                         let ticket = link.begin(&raw);
-                        match state_codec.decode_record_or_wait(&raw.payload, &shutdown).await {
+                        match state_codec.decode_record_or_wait(raw.value(), &shutdown).await {
                             Ok(d) => { states.push(d.msg); sources.push((raw, ticket)); }
                             // Only when shut down while the registry could not be reached: the
                             // state is neither answered nor dead-lettered; its offset stays
@@ -422,7 +420,7 @@ fn on_event<S, L: AgentLink>(
 /// `agent-svc run`: joins the group and answers until SIGTERM; returns the counters. With
 /// `--env recogym` and `--train-env-id`, first reads that run back and trains the policy.
 pub async fn run(cfg: RunArgs, shutdown: CancellationToken) -> anyhow::Result<AgentStats> {
-    let topics = cfg.topics.of(cfg.env, &cfg.recogym_topics);
+    let topics = cfg.topics.resolve(cfg.env);
     let stats = match cfg.env {
         EnvKind::Fashion => {
             let core = cfg.agent.try_build()?;
@@ -538,7 +536,7 @@ mod delivery_tests {
                     let mut s = examples::state();
                     (s.episode_id, s.n_actions, s.ts_ms) = (format!("ep{i}"), 10, common::kafka::now_ms());
                     let payload = codec.encode(&s).unwrap_or_else(|e| panic!("{e}"));
-                    Raw { key: None, payload, topic: "s".into(), partition: 0, offset: i as i64 }
+                    Raw::in_memory("s", payload, i as i64)
                 })
                 .collect();
             Self {

@@ -24,7 +24,7 @@ use rdkafka::{
     client::ClientContext,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     producer::{FutureProducer, FutureRecord, Producer},
-    Message, Offset, TopicPartitionList,
+    Offset, TopicPartitionList,
 };
 use tokio::sync::mpsc;
 
@@ -159,23 +159,13 @@ impl KafkaAgentLink {
             }
         }
     }
-
-    fn to_raw(m: &rdkafka::message::BorrowedMessage<'_>) -> Raw {
-        Raw {
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().unwrap_or_default().to_vec(),
-            topic: m.topic().to_string(),
-            partition: m.partition(),
-            offset: m.offset(),
-        }
-    }
 }
 
 impl AgentLink for KafkaAgentLink {
     async fn next_batch(&mut self, max: usize) -> anyhow::Result<Vec<Raw>> {
         let first = loop {
             match self.consumer.recv().await {
-                Ok(m) => break Self::to_raw(&m),
+                Ok(m) => break Raw::from_message(&m),
                 Err(e) => {
                     tracing::warn!(error = %e, "state consumer error");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -185,7 +175,7 @@ impl AgentLink for KafkaAgentLink {
         let mut batch = vec![first];
         while batch.len() < max {
             match self.consumer.recv().now_or_never() {
-                Some(Ok(m)) => batch.push(Self::to_raw(&m)),
+                Some(Ok(m)) => batch.push(Raw::from_message(&m)),
                 _ => break,
             }
         }
@@ -262,13 +252,8 @@ impl AgentLink for MemoryAgentLink {
 
     fn publish(&self, key: String, payload: Vec<u8>) -> Delivery {
         let tx = self.action_tx.clone();
-        let raw = Raw {
-            key: Some(key.into_bytes()),
-            payload,
-            topic: protocol::topics::ACTION_TOPIC.into(),
-            partition: 0,
-            offset: self.seq,
-        };
+        let raw =
+            Raw { key: Some(key.into_bytes()), ..Raw::in_memory(protocol::topics::ACTION_TOPIC, payload, self.seq) };
         Box::pin(async move { tx.send(raw).await.map_err(|_| "env side of the memory link is closed".to_string()) })
     }
 

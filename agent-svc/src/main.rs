@@ -1,12 +1,7 @@
 //! `agent-svc` binary: parses config, starts logging and runs a subcommand from the library.
 
-use clap::{Parser, Subcommand};
-use common::{
-    kafka::{EnvKind, KafkaArgs, RecoGymTopics, Topics},
-    registry::RegistryArgs,
-    telemetry::LogFormat,
-};
-use protocol::topics::value_subject;
+use clap::{CommandFactory, Parser, Subcommand};
+use common::telemetry::LogFormat;
 
 /// The recommendation agent: answers states with recommended products and learns from the
 /// rewards; talks to the environment only through Kafka.
@@ -26,37 +21,24 @@ enum Command {
     Run(Box<agent_svc::RunArgs>),
     /// Print what this service sees of the stack (brokers, topics, schema subjects) as JSON;
     /// exit non-zero when a topic or subject it needs is missing.
-    Check {
-        /// Environment whose topics and subjects to check.
-        #[arg(long = "env", env = "ENV_KIND", value_enum, default_value_t = EnvKind::Fashion)]
-        env: EnvKind,
-        #[command(flatten)]
-        kafka: KafkaArgs,
-        #[command(flatten)]
-        registry: RegistryArgs,
-        #[command(flatten)]
-        topics: Topics,
-        #[command(flatten)]
-        recogym_topics: RecoGymTopics,
-    },
+    Check(common::check::CheckArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = common::cli::parse_with(agent_svc::policies::dqn::preset_defaults);
+    if let Command::Run(args) = &cli.command {
+        if let Err(refused) = args.agent.policy.check_env(args.env) {
+            Cli::command().error(clap::error::ErrorKind::ArgumentConflict, refused).exit();
+        }
+    }
     common::telemetry::init(cli.log_format);
     match cli.command {
         Command::Run(args) => {
             let stats = agent_svc::run(*args, common::shutdown::on_signals()).await?;
             println!("{}", serde_json::to_string(&stats)?);
         }
-        Command::Check { env, kafka, registry, topics, recogym_topics } => {
-            let t = topics.of(env, &recogym_topics);
-            let subjects = [value_subject(&t.state_topic), value_subject(&t.action_topic)];
-            let names = [t.state_topic.as_str(), t.action_topic.as_str(), t.dead_letter_topic.as_str()];
-            let report = common::check::report(&kafka, &registry, &names, &subjects).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        }
+        Command::Check(check) => println!("{}", serde_json::to_string_pretty(&check.run().await?)?),
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! ([`read_run_checked`]); a record that cannot be decoded is counted and skipped, a registry
 //! that cannot be reached fails the read.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
 use common::{
@@ -16,10 +16,6 @@ use common::{
     registry::{DecodeError, Registry, RegistryArgs, SchemaResolver},
 };
 use protocol::{topics::value_subject, ActionMsg, Codec, Decoded, Envelope, Message, RecoStateMsg};
-use rdkafka::{
-    consumer::{BaseConsumer, Consumer},
-    Message as _, Offset, TopicPartitionList,
-};
 
 /// The messages of one run.
 #[derive(Debug, Default)]
@@ -123,66 +119,7 @@ fn read_topic(
     since_ms: Option<i64>,
     mut f: impl FnMut(&[u8]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let timeout = Duration::from_secs(30);
-    let group = format!("agent-train-{}-{}", std::process::id(), common::kafka::now_ms());
-    let consumer: BaseConsumer = kafka
-        .client_config()
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .create()
-        .context("failed to create the log reader")?;
-    let md =
-        consumer.fetch_metadata(Some(topic), timeout).with_context(|| format!("failed to read metadata of {topic}"))?;
-    let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
-    anyhow::ensure!(partitions > 0, "topic {topic} does not exist; run `make stack-up`");
-    let mut starts = HashMap::new();
-    if let Some(ms) = since_ms {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(topic, p, Offset::Offset(ms))?;
-        }
-        for e in consumer.offsets_for_times(tpl, timeout).context("failed to look up offsets by time")?.elements() {
-            starts.insert(e.partition(), e.offset());
-        }
-    }
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
-            .with_context(|| format!("failed to read the end of {topic}/{p}"))?;
-        let start = match starts.get(&p) {
-            Some(Offset::Offset(o)) => (*o).max(low),
-            Some(_) => high, // nothing at or after the time
-            None => low,
-        };
-        if start < high {
-            tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
-            ends.insert(p, high);
-        }
-    }
-    if ends.is_empty() {
-        return Ok(());
-    }
-    consumer.assign(&tpl).context("failed to assign the log partitions")?;
-    let mut last_progress = std::time::Instant::now();
-    while !ends.is_empty() {
-        anyhow::ensure!(
-            last_progress.elapsed() < Duration::from_secs(120),
-            "reading {topic}: no progress for 120 s with {} partitions left",
-            ends.len()
-        );
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
-        let Ok(m) = m.inspect_err(|e| tracing::warn!(error = %e, topic, "log reader error")) else { continue };
-        last_progress = std::time::Instant::now();
-        let Some(&end) = ends.get(&m.partition()) else { continue };
-        if m.offset() < end {
-            f(m.payload().unwrap_or_default())?;
-        }
-        if m.offset() + 1 >= end {
-            ends.remove(&m.partition());
-        }
-    }
-    Ok(())
+    common::partitions::read_snapshot(&kafka.client_config(), topic, since_ms, Duration::from_secs(120), |raw| {
+        f(raw.value())
+    })
 }

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use common::{
-    kafka::{KafkaArgs, Topics},
+    kafka::{EnvKind, KafkaArgs, TopicArgs, Topics},
     registry::RegistryArgs,
 };
 
@@ -41,8 +41,10 @@ pub struct InitArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    /// The fashion topics, unless named otherwise (the archive's tables hold Amazon Fashion
+    /// steps).
     #[command(flatten)]
-    pub topics: Topics,
+    pub topics: TopicArgs,
     /// Where the writer schemas of the records are looked up (a lookup that fails is retried
     /// for `--retry-for`, then the run fails without committing).
     #[command(flatten)]
@@ -78,6 +80,11 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The topics it copies.
+    pub fn topics(&self) -> Topics {
+        self.topics.resolve(EnvKind::Fashion)
+    }
+
     /// The TTL in seconds for `USING TTL`, if any.
     pub fn ttl_seconds(&self) -> Option<u64> {
         self.ttl.map(|d| Duration::from(d).as_secs().max(1))

@@ -22,6 +22,8 @@ use scylla::{
     SerializeRow,
 };
 
+use common::link::Raw;
+
 use crate::dates::{cql_date, cql_ts};
 
 /// What a topic carries, which decides how its records are decoded and where they go.
@@ -33,25 +35,6 @@ pub enum Role {
     Action,
     /// Records the services refused, with `dlq.*` headers.
     DeadLetter,
-}
-
-/// A record as read from Kafka, owned.
-#[derive(Debug, Clone)]
-pub struct RawRecord {
-    /// Topic it was read from.
-    pub topic: Arc<str>,
-    /// Partition.
-    pub partition: i32,
-    /// Offset in the partition.
-    pub offset: i64,
-    /// Record key (the episode id for step messages).
-    pub key: Option<Vec<u8>>,
-    /// Record value; `None` for a null value.
-    pub payload: Option<Vec<u8>>,
-    /// The record's Kafka timestamp, Unix milliseconds.
-    pub timestamp_ms: Option<i64>,
-    /// Headers with UTF-8 values (only read on the dead-letter topic).
-    pub headers: Vec<(String, String)>,
 }
 
 /// Where a message lives in Kafka: its identity.
@@ -244,10 +227,11 @@ impl Decoder {
         }
     }
 
-    /// Turns a record into an item; a record that cannot be decoded becomes `Item::Rejected`.
-    /// A framed record whose id was never [learned](Self::learn) is rejected as unknown.
-    pub fn decode(&self, role: Role, raw: RawRecord) -> Item {
-        let pos = Position { topic: raw.topic, partition: raw.partition, offset: raw.offset };
+    /// Turns a record of `topic` (the name shared by its records) into an item; a record that
+    /// cannot be decoded becomes `Item::Rejected`. A framed record whose id was never
+    /// [learned](Self::learn) is rejected as unknown.
+    pub fn decode(&self, role: Role, topic: &Arc<str>, raw: Raw) -> Item {
+        let pos = Position { topic: topic.clone(), partition: raw.partition, offset: raw.offset };
         if role == Role::DeadLetter {
             let header = |name: &str| raw.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
             return Item::DeadLetter {
@@ -653,8 +637,8 @@ mod tests {
 
     use super::*;
 
-    fn raw(topic: &str, offset: i64, payload: Option<Vec<u8>>) -> RawRecord {
-        RawRecord {
+    fn raw(topic: &str, offset: i64, payload: Option<Vec<u8>>) -> Raw {
+        Raw {
             topic: topic.into(),
             partition: 2,
             offset,
@@ -694,7 +678,7 @@ mod tests {
         let d = decoder();
         let codec: Codec<StateMsg> = Codec::new(9).unwrap_or_else(|e| panic!("{e}"));
         let bytes = codec.encode(&examples::state()).unwrap_or_else(|e| panic!("{e}"));
-        let item = d.decode(Role::State, raw("s", 7, Some(bytes)));
+        let item = d.decode(Role::State, &"s".into(), raw("s", 7, Some(bytes)));
         assert!(matches!(&item, Item::State { schema_id: 9, msg, .. } if msg.step == 0), "{item:?}");
         assert_eq!(item.tables(), &[Table::Steps, Table::StatesByDay]);
         assert_eq!(item.pos(), &Position { topic: "s".into(), partition: 2, offset: 7 });
@@ -702,7 +686,7 @@ mod tests {
         assert!(row(&item, Table::ActionsByDay, uuid::Uuid::nil()).is_none());
 
         let action = wire::frame(3, &serde_json::to_vec(&examples::action()).unwrap_or_default());
-        let item = d.decode(Role::Action, raw("a", 8, Some(action)));
+        let item = d.decode(Role::Action, &"a".into(), raw("a", 8, Some(action)));
         assert!(matches!(&item, Item::Action { schema_id: 3, .. }), "{item:?}");
         assert_eq!(item.tables(), &[Table::Steps, Table::ActionsByDay]);
     }
@@ -724,7 +708,7 @@ mod tests {
             (None, "null value"),
         ];
         for (payload, why) in cases {
-            let item = d.decode(Role::Action, raw("a", 1, payload.clone()));
+            let item = d.decode(Role::Action, &"a".into(), raw("a", 1, payload.clone()));
             match &item {
                 Item::Rejected { reason, payload: kept, .. } => {
                     assert!(reason.contains(why), "{reason} should say {why}");
@@ -746,7 +730,7 @@ mod tests {
             (dlq::SOURCE_PARTITION.into(), "3".into()),
             (dlq::SOURCE_OFFSET.into(), "99".into()),
         ];
-        match d.decode(Role::DeadLetter, r) {
+        match d.decode(Role::DeadLetter, &Arc::from(r.topic.as_str()), r) {
             Item::DeadLetter { reason, source_topic, source_partition, source_offset, payload, .. } => {
                 assert_eq!(reason.as_deref(), Some("bad wire format"));
                 assert_eq!(source_topic.as_deref(), Some("fashion_action"));

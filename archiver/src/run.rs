@@ -44,10 +44,11 @@ pub fn host_name() -> String {
 /// (`outcome = failed`, `error`), which is also written to `archive_runs` when Cassandra answers.
 pub async fn run_once(args: &RunArgs, shutdown: &CancellationToken) -> Summary {
     let started = Instant::now();
+    let named = args.topics();
     let topics: Vec<(Role, String)> = [
-        (Role::State, &args.topics.state_topic),
-        (Role::Action, &args.topics.action_topic),
-        (Role::DeadLetter, &args.topics.dead_letter_topic),
+        (Role::State, &named.state_topic),
+        (Role::Action, &named.action_topic),
+        (Role::DeadLetter, &named.dead_letter_topic),
     ]
     .into_iter()
     .filter(|(_, t)| !t.is_empty())

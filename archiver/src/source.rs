@@ -13,19 +13,21 @@ use std::{
 
 use common::{
     kafka::KafkaArgs,
+    link::Raw,
+    partitions::PartitionsError,
     registry::{DecodeError, Registry},
 };
 use protocol::{ProtocolError, WriterSchema};
 use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer},
     error::KafkaError,
-    message::{Headers, Message},
+    message::Message,
     Offset, TopicPartitionList,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::rows::{Decoder, Item, RawRecord, Role};
+use crate::rows::{Decoder, Item, Role};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -182,19 +184,19 @@ impl Source {
             .map_err(kafka("cannot create a consumer"))?;
         let mut plans = Vec::new();
         for (role, topic) in topics {
-            let md = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT).map_err(kafka("metadata"))?;
-            let t = md.topics().first().filter(|t| t.error().is_none() && !t.partitions().is_empty());
-            let Some(t) = t else { return Err(SourceError::NoTopic(topic.clone())) };
+            let marks = common::partitions::watermarks(&consumer, topic).map_err(|e| match e {
+                PartitionsError::NoTopic(t) => SourceError::NoTopic(t),
+                PartitionsError::Kafka { what, source, .. } => kafka(what)(source),
+            })?;
             let name: Arc<str> = Arc::from(topic.as_str());
             let mut tpl = TopicPartitionList::new();
-            for p in t.partitions() {
-                tpl.add_partition(topic, p.id());
+            for p in marks.keys() {
+                tpl.add_partition(topic, *p);
             }
             let committed = consumer.committed_offsets(tpl, METADATA_TIMEOUT).map_err(kafka("committed offsets"))?;
-            for p in t.partitions() {
-                let (low, high) =
-                    consumer.fetch_watermarks(topic, p.id(), METADATA_TIMEOUT).map_err(kafka("watermarks"))?;
-                let c = committed.find_partition(topic, p.id()).and_then(|e| match e.offset() {
+            for (&partition, m) in &marks {
+                let (low, high) = (m.low, m.high);
+                let c = committed.find_partition(topic, partition).and_then(|e| match e.offset() {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
@@ -202,7 +204,7 @@ impl Source {
                 if let Some(c) = c.filter(|c| *c < low) {
                     tracing::warn!(
                         topic,
-                        partition = p.id(),
+                        partition,
                         committed = c,
                         low,
                         lost = low - c,
@@ -212,7 +214,7 @@ impl Source {
                 plans.push(PartitionPlan {
                     role: *role,
                     topic: name.clone(),
-                    partition: p.id(),
+                    partition,
                     low,
                     committed: c,
                     start,
@@ -272,15 +274,7 @@ impl Source {
                         continue;
                     }
                     last_progress = Instant::now();
-                    let raw = RawRecord {
-                        topic: topic.clone(),
-                        partition: m.partition(),
-                        offset,
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec),
-                        timestamp_ms: m.timestamp().to_millis(),
-                        headers: if role == Role::DeadLetter { headers_of(&m) } else { Vec::new() },
-                    };
+                    let raw = Raw::from_message(&m);
                     if let Some(id) = decoder.missing_schema(role, raw.payload.as_deref()) {
                         match schemas.fetch(id, stop) {
                             Ok(found) => decoder.learn(id, found),
@@ -290,7 +284,7 @@ impl Source {
                         // Time spent waiting on the registry is no stall of Kafka.
                         last_progress = Instant::now();
                     }
-                    batch.items.push(decoder.decode(role, raw));
+                    batch.items.push(decoder.decode(role, topic, raw));
                     batch.last.insert(key.clone(), offset);
                     if offset + 1 >= end {
                         self.finish(&mut remaining, &key);
@@ -359,16 +353,6 @@ impl Source {
             }
         }
     }
-}
-
-fn headers_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Vec<(String, String)> {
-    m.headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn send(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> bool {

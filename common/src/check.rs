@@ -5,9 +5,34 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::{
-    kafka::{describe_topics, KafkaArgs},
+    kafka::{describe_topics, EnvKind, KafkaArgs, TopicArgs},
     registry::{Registry, RegistryArgs},
 };
+
+/// The `check` subcommand of a service: which environment's topics and subjects to look at.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// Environment whose topics and subjects to check.
+    #[arg(long = "env", env = "ENV_KIND", value_enum, default_value_t = EnvKind::Fashion)]
+    pub env: EnvKind,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+}
+
+impl CheckArgs {
+    /// The report of the environment's three topics and its two subjects (states, actions).
+    pub async fn run(&self) -> anyhow::Result<Value> {
+        let t = self.topics.resolve(self.env);
+        let subjects =
+            [protocol::topics::value_subject(&t.state_topic), protocol::topics::value_subject(&t.action_topic)];
+        let names = [t.state_topic.as_str(), t.action_topic.as_str(), t.dead_letter_topic.as_str()];
+        report(&self.kafka, &self.registry, &names, &subjects).await
+    }
+}
 
 /// Inspects the brokers, `topics` and `subjects`; errors name the first missing piece.
 pub async fn report(

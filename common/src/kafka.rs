@@ -134,17 +134,14 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Topic names of one run; defaults from the protocol crate, overridable (tests use their own).
-#[derive(Debug, Clone, clap::Args)]
+/// The three topics of one run: states, actions and dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     /// Topic of the states env-svc publishes and agent-svc reads.
-    #[arg(long, env = "STATE_TOPIC", default_value = protocol::topics::STATE_TOPIC)]
     pub state_topic: String,
     /// Topic of the actions agent-svc answers with.
-    #[arg(long, env = "ACTION_TOPIC", default_value = protocol::topics::ACTION_TOPIC)]
     pub action_topic: String,
     /// Topic of records that can never be used.
-    #[arg(long, env = "DEAD_LETTER_TOPIC", default_value = protocol::topics::DEAD_LETTER_TOPIC)]
     pub dead_letter_topic: String,
 }
 
@@ -158,47 +155,90 @@ pub enum EnvKind {
     Recogym,
 }
 
-/// Topic names of the RecoGym environment; defaults from the protocol crate, overridable.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RecoGymTopics {
-    /// Topic of the RecoGym states (`--env recogym`).
-    #[arg(long, env = "RECOGYM_STATE_TOPIC", default_value = protocol::topics::RECOGYM_STATE_TOPIC)]
-    pub recogym_state_topic: String,
-    /// Topic of the actions answering RecoGym states (`--env recogym`).
-    #[arg(long, env = "RECOGYM_ACTION_TOPIC", default_value = protocol::topics::RECOGYM_ACTION_TOPIC)]
-    pub recogym_action_topic: String,
-    /// Topic of RecoGym records that can never be used (`--env recogym`).
-    #[arg(long, env = "RECOGYM_DEAD_LETTER_TOPIC", default_value = protocol::topics::RECOGYM_DEAD_LETTER_TOPIC)]
-    pub recogym_dead_letter_topic: String,
-}
-
-impl Default for RecoGymTopics {
-    fn default() -> Self {
-        Self {
-            recogym_state_topic: protocol::topics::RECOGYM_STATE_TOPIC.into(),
-            recogym_action_topic: protocol::topics::RECOGYM_ACTION_TOPIC.into(),
-            recogym_dead_letter_topic: protocol::topics::RECOGYM_DEAD_LETTER_TOPIC.into(),
+impl EnvKind {
+    /// The name on the command line, e.g. `recogym`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EnvKind::Fashion => "fashion",
+            EnvKind::Recogym => "recogym",
         }
+    }
+
+    /// The environment's own topics (`deploy/topics.env`).
+    pub fn topics(self) -> Topics {
+        use protocol::topics as t;
+        let (state, action, dead_letter) = match self {
+            EnvKind::Fashion => (t::STATE_TOPIC, t::ACTION_TOPIC, t::DEAD_LETTER_TOPIC),
+            EnvKind::Recogym => (t::RECOGYM_STATE_TOPIC, t::RECOGYM_ACTION_TOPIC, t::RECOGYM_DEAD_LETTER_TOPIC),
+        };
+        Topics { state_topic: state.into(), action_topic: action.into(), dead_letter_topic: dead_letter.into() }
     }
 }
 
-impl RecoGymTopics {
-    /// The three topics as the links take them.
-    pub fn topics(&self) -> Topics {
+/// Topic names that replace the environment's own ones (tests use their own). Each topic is,
+/// in order: its flag; the environment's variable of `deploy/topics.env` (`STATE_TOPIC`,
+/// `ACTION_TOPIC`, `DEAD_LETTER_TOPIC` for `fashion`; the same with a `RECOGYM_` prefix for
+/// `recogym`), so that a service given that file (compose's `env_file`) follows it whichever
+/// environment it runs; the environment's own name ([`EnvKind::topics`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TopicArgs {
+    /// Topic of the states env-svc publishes and agent-svc reads [default: $STATE_TOPIC, else
+    /// `fashion_state`; with `--env recogym`, $RECOGYM_STATE_TOPIC, else `recogym_state`].
+    #[arg(long)]
+    pub state_topic: Option<String>,
+    /// Topic of the actions agent-svc answers with [default: $ACTION_TOPIC, else
+    /// `fashion_action`; with `--env recogym`, $RECOGYM_ACTION_TOPIC, else `recogym_action`].
+    #[arg(long)]
+    pub action_topic: Option<String>,
+    /// Topic of records that can never be used [default: $DEAD_LETTER_TOPIC, else
+    /// `fashion_dead_letter`; with `--env recogym`, $RECOGYM_DEAD_LETTER_TOPIC, else
+    /// `recogym_dead_letter`].
+    #[arg(long)]
+    pub dead_letter_topic: Option<String>,
+}
+
+impl TopicArgs {
+    /// The topics of `env`: the flags given here, else the environment's variables, else its
+    /// own names.
+    pub fn resolve(&self, env: EnvKind) -> Topics {
+        self.resolve_with(env, |var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`TopicArgs::resolve`] with `lookup` in place of the process environment.
+    pub fn resolve_with(&self, env: EnvKind, lookup: impl Fn(&str) -> Option<String>) -> Topics {
+        let own = env.topics();
+        let prefix = match env {
+            EnvKind::Fashion => "",
+            EnvKind::Recogym => "RECOGYM_",
+        };
+        let pick = |flag: &Option<String>, var: &str, default: String| {
+            flag.clone().or_else(|| lookup(&format!("{prefix}{var}"))).unwrap_or(default)
+        };
         Topics {
-            state_topic: self.recogym_state_topic.clone(),
-            action_topic: self.recogym_action_topic.clone(),
-            dead_letter_topic: self.recogym_dead_letter_topic.clone(),
+            state_topic: pick(&self.state_topic, "STATE_TOPIC", own.state_topic),
+            action_topic: pick(&self.action_topic, "ACTION_TOPIC", own.action_topic),
+            dead_letter_topic: pick(&self.dead_letter_topic, "DEAD_LETTER_TOPIC", own.dead_letter_topic),
         }
     }
 }
 
-impl Topics {
-    /// The topics of `env`: these for the fashion environment, `recogym`'s for RecoGym.
-    pub fn of(&self, env: EnvKind, recogym: &RecoGymTopics) -> Topics {
-        match env {
-            EnvKind::Fashion => self.clone(),
-            EnvKind::Recogym => recogym.topics(),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_come_from_the_flag_then_the_environments_variable_then_its_own_name() {
+        let nothing = |_: &str| None;
+        let none = TopicArgs::default();
+        assert_eq!(none.resolve_with(EnvKind::Fashion, nothing).state_topic, "fashion_state");
+        assert_eq!(none.resolve_with(EnvKind::Recogym, nothing).dead_letter_topic, "recogym_dead_letter");
+        let one = TopicArgs { action_topic: Some("mine".into()), ..TopicArgs::default() };
+        let t = one.resolve_with(EnvKind::Recogym, nothing);
+        assert_eq!((t.state_topic.as_str(), t.action_topic.as_str()), ("recogym_state", "mine"));
+        // topics.env as compose passes it: each environment reads its own variables.
+        let file = |var: &str| Some(format!("from-{var}"));
+        assert_eq!(none.resolve_with(EnvKind::Fashion, file).state_topic, "from-STATE_TOPIC");
+        assert_eq!(none.resolve_with(EnvKind::Recogym, file).state_topic, "from-RECOGYM_STATE_TOPIC");
+        assert_eq!(one.resolve_with(EnvKind::Recogym, file).action_topic, "mine");
     }
 }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod kafka;
 pub mod link;
 pub mod offsets;
+pub mod partitions;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;

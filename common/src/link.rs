@@ -11,19 +11,37 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 
-/// A record as a transport delivers it: key, payload and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A record as a transport or a reader delivers it: key, value, where it came from, when it was
+/// written and its headers. The one raw-record type of the workspace: the links, the snapshot
+/// reads of [`crate::partitions`], the archiver and the tests all carry this.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Raw {
     /// Record key (the episode id for step messages).
     pub key: Option<Vec<u8>>,
-    /// Record value, in the Confluent wire format when well-formed.
-    pub payload: Vec<u8>,
+    /// Record value, in the Confluent wire format when well-formed; `None` for a null value.
+    pub payload: Option<Vec<u8>>,
     /// Topic it was read from.
     pub topic: String,
     /// Partition it was read from (0 in memory).
     pub partition: i32,
     /// Offset in its partition (a sequence number in memory).
     pub offset: i64,
+    /// The record's Kafka timestamp, Unix milliseconds (none in memory).
+    pub timestamp_ms: Option<i64>,
+    /// Headers, values as UTF-8 (lossy).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Raw {
+    /// A record of the in-memory transport: a value and its sequence number, nothing else.
+    pub fn in_memory(topic: &str, payload: Vec<u8>, offset: i64) -> Self {
+        Raw { payload: Some(payload), topic: topic.to_string(), offset, ..Raw::default() }
+    }
+
+    /// The value's bytes; empty for a null value.
+    pub fn value(&self) -> &[u8] {
+        self.payload.as_deref().unwrap_or_default()
+    }
 }
 
 /// A pending delivery: resolves once the record is durably written (or failed for good).
@@ -40,8 +58,10 @@ pub fn dead_letter_kafka(producer: &FutureProducer, dlq_topic: &str, raw: &Raw, 
             .insert(Header { key: dlq::SOURCE_TOPIC, value: Some(raw.topic.as_str()) })
             .insert(Header { key: dlq::SOURCE_PARTITION, value: Some(partition.as_str()) })
             .insert(Header { key: dlq::SOURCE_OFFSET, value: Some(offset.as_str()) });
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&topic).payload(raw.payload.as_slice()).headers(headers);
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
+        if let Some(payload) = raw.payload.as_deref() {
+            record = record.payload(payload);
+        }
         if let Some(key) = raw.key.as_deref() {
             record = record.key(key);
         }

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use protocol::{ActionMsg, StateMsg};
 
-use crate::{data::Dataset, metrics::Summary};
+use fashion::Dataset;
+
+use crate::metrics::Summary;
 
 /// One broken rule, in words.
 pub type Violation = String;

@@ -4,14 +4,11 @@
 use std::{path::PathBuf, time::Duration};
 
 use common::{
-    kafka::{EnvKind, KafkaArgs, RecoGymTopics, TuningArgs},
+    kafka::{EnvKind, KafkaArgs, TopicArgs, TuningArgs},
     registry::RegistryArgs,
 };
 
-use crate::{
-    data::{DatasetArgs, Split},
-    link::Topics,
-};
+use fashion::{DatasetArgs, Split};
 
 /// `env-svc run`: play episodes against the agent through Kafka.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,9 +24,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub tuning: TuningArgs,
     #[command(flatten)]
-    pub topics: Topics,
-    #[command(flatten)]
-    pub recogym_topics: RecoGymTopics,
+    pub topics: TopicArgs,
     #[command(flatten)]
     pub dataset: DatasetArgs,
     #[command(flatten)]
@@ -48,19 +43,13 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 
-/// How many episodes, how they run and which users they replay. `--concurrency` and
-/// `--action-timeout` apply to every environment, the others to `fashion` only.
+/// How the engine plays any environment's episodes: how many at once, how long it waits for an
+/// action, how often it re-sends a state.
 #[derive(Debug, Clone, clap::Args)]
-pub struct EpisodeArgs {
-    /// Episodes to play (fashion); users are replayed in a seeded order, cycling when fewer.
-    #[arg(long, env = "EPISODES", default_value_t = 200)]
-    pub episodes: usize,
+pub struct LoopArgs {
     /// Episodes in flight at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
-    /// Step limit of an episode (fashion); a longer sequence is truncated.
-    #[arg(long, env = "MAX_STEPS", default_value_t = 50)]
-    pub max_steps: u32,
     /// A step whose action has not arrived after this long is published again (e.g. 2s, 500ms).
     #[arg(long, env = "ACTION_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub action_timeout: Duration,
@@ -69,12 +58,38 @@ pub struct EpisodeArgs {
     /// the default timeout, 30 re-sends wait a minute for an agent.
     #[arg(long, env = "MAX_RESENDS", default_value_t = 30)]
     pub max_resends: u32,
-    /// Users whose sequences become episodes (fashion).
+}
+
+impl LoopArgs {
+    /// The engine's settings for the run `env_id`.
+    pub fn engine_config(&self, env_id: String) -> crate::engine::EngineConfig {
+        crate::engine::EngineConfig {
+            env_id,
+            concurrency: self.concurrency.max(1),
+            action_timeout: self.action_timeout,
+            max_resends: self.max_resends,
+        }
+    }
+}
+
+/// The Amazon Fashion episodes of a run: how many, how long, which users in which order; and
+/// how the engine plays them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EpisodeArgs {
+    /// Episodes to play; users are replayed in a seeded order, cycling when fewer.
+    #[arg(long, env = "EPISODES", default_value_t = 200)]
+    pub episodes: usize,
+    /// Step limit of an episode; a longer sequence is truncated.
+    #[arg(long, env = "MAX_STEPS", default_value_t = 50)]
+    pub max_steps: u32,
+    /// Users whose sequences become episodes.
     #[arg(long, env = "SPLIT", value_enum, default_value_t = Split::Train)]
     pub split: Split,
-    /// Seed of the order in which users are replayed (fashion).
+    /// Seed of the order in which users are replayed.
     #[arg(long, env = "SEED", default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub run: LoopArgs,
 }
 
 impl EpisodeArgs {

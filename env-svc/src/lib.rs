@@ -8,7 +8,6 @@
 
 pub mod checker;
 pub mod config;
-pub mod data;
 pub mod engine;
 pub mod envs;
 pub mod link;
@@ -28,7 +27,7 @@ use protocol::{ActionMsg, Codec};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    engine::{Engine, EngineConfig, Verdict},
+    engine::{Engine, Verdict},
     envs::{fashion::FashionEnv, recogym::RecoGymEnv, Environment},
     link::EnvLink,
     metrics::{Summary, SummaryHead},
@@ -99,7 +98,7 @@ pub async fn drive<E: Environment, L: EnvLink>(
             raw = link.next_action() => {
                 let raw = raw?;
                 let now = Instant::now();
-                let reason = match action_codec.decode_record_or_wait(&raw.payload, &shutdown).await {
+                let reason = match action_codec.decode_record_or_wait(raw.value(), &shutdown).await {
                     // Only when shut down while the registry could not be reached: the action is
                     // neither applied nor dead-lettered.
                     Err(e) if e.is_retryable() => { interrupted = true; break; }
@@ -171,11 +170,17 @@ impl Progress {
         if self.last.elapsed() >= Duration::from_secs(5) {
             self.last = Instant::now();
             let m = &engine.metrics;
+            // The recent reward rate next to what random earns on the same steps: learning shows
+            // as the first pulling away from the second.
+            let (recent, random) = m.recent_rates().unwrap_or((0.0, None));
             tracing::info!(
                 episodes = m.episodes,
                 steps = m.steps,
                 active = engine.active(),
                 resends = m.resends,
+                reward_rate_recent = format!("{recent:.4}"),
+                random_rate_recent = random.map(|r| format!("{r:.4}")),
+                recent_steps = metrics::RECENT_STEPS.min(m.steps as usize),
                 "progress"
             );
         }
@@ -183,47 +188,36 @@ impl Progress {
 }
 
 /// Builds the fashion engine for a run from its episode settings and the loaded dataset.
-pub fn engine_for(cfg: &config::EpisodeArgs, dataset: Arc<data::Dataset>, env_id: String) -> Engine<FashionEnv> {
+pub fn engine_for(cfg: &config::EpisodeArgs, dataset: Arc<fashion::Dataset>, env_id: String) -> Engine<FashionEnv> {
     let users: Vec<usize> = {
         let wanted: std::collections::HashSet<&str> =
             dataset.users_in(cfg.split).into_iter().map(|u| u.user_id.as_str()).collect();
         dataset.users.iter().enumerate().filter(|(_, u)| wanted.contains(u.user_id.as_str())).map(|(i, _)| i).collect()
     };
-    let engine_cfg = EngineConfig {
-        env_id,
-        concurrency: cfg.concurrency.max(1),
-        action_timeout: cfg.action_timeout,
-        max_resends: cfg.max_resends,
-    };
     let env = FashionEnv::new(dataset, users, cfg.episodes, cfg.max_steps, cfg.seed, cfg.split_name());
-    Engine::new(engine_cfg, env)
+    Engine::new(cfg.run.engine_config(env_id), env)
 }
 
-/// Builds the RecoGym engine for a run: the users and world `recogym` describe, run with the
-/// concurrency and action timeout of `episodes`.
+/// Builds the RecoGym engine for a run: the users and world `recogym` describe, played as
+/// `run` says.
 pub fn recogym_engine(
     recogym: &config::RecoGymArgs,
-    episodes: &config::EpisodeArgs,
+    run: &config::LoopArgs,
     env_id: String,
 ) -> anyhow::Result<Engine<RecoGymEnv>> {
     let config = recogym.config().context("invalid recogym configuration")?;
     let world = Arc::new(recogym::World::try_new(&config).context("invalid recogym configuration")?);
-    Ok(recogym_engine_in(world, recogym, episodes, env_id))
+    Ok(recogym_engine_in(world, recogym, run, env_id))
 }
 
 /// [`recogym_engine`] over an existing world (drawn once, shared by several runs).
 pub fn recogym_engine_in(
     world: Arc<recogym::World>,
     recogym: &config::RecoGymArgs,
-    episodes: &config::EpisodeArgs,
+    run: &config::LoopArgs,
     env_id: String,
 ) -> Engine<RecoGymEnv> {
-    let engine_cfg = EngineConfig {
-        env_id,
-        concurrency: episodes.concurrency.max(1),
-        action_timeout: episodes.action_timeout,
-        max_resends: episodes.max_resends,
-    };
+    let engine_cfg = run.engine_config(env_id);
     let env = RecoGymEnv::new(world, recogym.recogym_first_user, recogym.recogym_users, recogym.recogym_max_steps);
     Engine::new(engine_cfg, env)
 }
@@ -243,7 +237,7 @@ pub async fn run(cfg: config::RunArgs, shutdown: CancellationToken) -> anyhow::R
             run_engine(engine, &cfg, shutdown).await?
         }
         EnvKind::Recogym => {
-            let engine = recogym_engine(&cfg.recogym, &cfg.episodes, format!("reco-gym-v1/{run_id}"))?;
+            let engine = recogym_engine(&cfg.recogym, &cfg.episodes.run, format!("reco-gym-v1/{run_id}"))?;
             tracing::info!(settings = ?engine.env().world().config(), "recogym world drawn");
             run_engine(engine, &cfg, shutdown).await?
         }
@@ -261,7 +255,7 @@ async fn run_engine<E: Environment>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Summary> {
     use common::registry::Registry;
-    let topics = cfg.topics.of(cfg.env, &cfg.recogym_topics);
+    let topics = cfg.topics.resolve(cfg.env);
     let (state_codec, action_codec) = Registry::new(&cfg.registry).step_codecs::<E::State>(&topics).await?;
     let mut link = link::KafkaEnvLink::connect(&cfg.kafka, &cfg.tuning, topics.clone()).await?;
     tracing::info!(
@@ -290,7 +284,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::{link::MemoryEnvLink, testing::dataset_with_users};
+    use crate::{engine::EngineConfig, link::MemoryEnvLink, testing::dataset_with_users};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_no_agent_the_run_ends_failed_instead_of_waiting_forever() -> anyhow::Result<()> {

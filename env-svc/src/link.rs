@@ -20,7 +20,6 @@ use common::{
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     producer::{FutureProducer, FutureRecord},
-    Message, Offset, TopicPartitionList,
 };
 use tokio::sync::mpsc;
 
@@ -64,23 +63,9 @@ impl KafkaEnvLink {
             .context("failed to create the action consumer")?;
         let (consumer, topic) = (Arc::new(consumer), topics.action_topic.clone());
         let c = consumer.clone();
-        let tpl = tokio::task::spawn_blocking(move || -> anyhow::Result<TopicPartitionList> {
-            let md = c
-                .fetch_metadata(Some(&topic), Duration::from_secs(30))
-                .with_context(|| format!("failed to fetch metadata of {topic}"))?;
-            let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
-            anyhow::ensure!(partitions > 0, "topic {topic} does not exist; run `make stack-up`");
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..partitions as i32 {
-                let (_, high) = c
-                    .fetch_watermarks(&topic, p, Duration::from_secs(30))
-                    .with_context(|| format!("failed to read the end of {topic}/{p}"))?;
-                tpl.add_partition_offset(&topic, p, Offset::Offset(high))?;
-            }
-            Ok(tpl)
-        })
-        .await
-        .context("metadata task failed")??;
+        let tpl = tokio::task::spawn_blocking(move || common::partitions::at_end(&*c, &topic))
+            .await
+            .context("metadata task failed")??;
         consumer.assign(&tpl).context("failed to assign the action partitions")?;
         let consumer = Arc::into_inner(consumer).context("consumer still shared")?;
         Ok(Self { producer, consumer, topics })
@@ -107,15 +92,7 @@ impl EnvLink for KafkaEnvLink {
     async fn next_action(&mut self) -> anyhow::Result<Raw> {
         loop {
             match self.consumer.recv().await {
-                Ok(m) => {
-                    return Ok(Raw {
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().unwrap_or_default().to_vec(),
-                        topic: m.topic().to_string(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                    })
-                }
+                Ok(m) => return Ok(Raw::from_message(&m)),
                 // Broker failures surface here and are retried by librdkafka; keep reading.
                 Err(e) => {
                     tracing::warn!(error = %e, "action consumer error");
@@ -155,10 +132,7 @@ impl EnvLink for MemoryEnvLink {
     fn publish(&self, key: String, payload: Vec<u8>) -> Delivery {
         let raw = Raw {
             key: Some(key.into_bytes()),
-            payload,
-            topic: protocol::topics::STATE_TOPIC.into(),
-            partition: 0,
-            offset: self.seq.fetch_add(1, Ordering::Relaxed),
+            ..Raw::in_memory(protocol::topics::STATE_TOPIC, payload, self.seq.fetch_add(1, Ordering::Relaxed))
         };
         let tx = self.state_tx.clone();
         Box::pin(async move { tx.send(raw).await.map_err(|_| "agent side of the memory link is closed".to_string()) })

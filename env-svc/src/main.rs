@@ -1,13 +1,9 @@
 //! `env-svc` binary: parses config, starts logging and runs a subcommand from the library.
 
 use clap::{Parser, Subcommand};
-use common::{
-    kafka::{EnvKind, KafkaArgs, RecoGymTopics, Topics},
-    registry::RegistryArgs,
-    telemetry::LogFormat,
-};
-use env_svc::{config::RunArgs, data::cli};
-use protocol::topics::value_subject;
+use common::telemetry::LogFormat;
+use env_svc::config::RunArgs;
+use fashion::cli;
 
 /// The recommendation environment: turns users (Amazon Fashion review sequences, or RecoGym's
 /// simulated users) into episodes and talks to the agent only through Kafka.
@@ -31,19 +27,7 @@ enum Command {
     Inspect(cli::InspectArgs),
     /// Print what this service sees of the stack (brokers, topics, schema subjects) as JSON;
     /// exit non-zero when a topic or subject it needs is missing.
-    Check {
-        /// Environment whose topics and subjects to check.
-        #[arg(long = "env", env = "ENV_KIND", value_enum, default_value_t = EnvKind::Fashion)]
-        env: EnvKind,
-        #[command(flatten)]
-        kafka: KafkaArgs,
-        #[command(flatten)]
-        registry: RegistryArgs,
-        #[command(flatten)]
-        topics: Topics,
-        #[command(flatten)]
-        recogym_topics: RecoGymTopics,
-    },
+    Check(common::check::CheckArgs),
 }
 
 #[tokio::main]
@@ -58,13 +42,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Generate(args) => cli::run_generate(&args)?,
         Command::Inspect(args) => cli::run_inspect(&args)?,
-        Command::Check { env, kafka, registry, topics, recogym_topics } => {
-            let t = topics.of(env, &recogym_topics);
-            let subjects = [value_subject(&t.state_topic), value_subject(&t.action_topic)];
-            let names = [t.state_topic.as_str(), t.action_topic.as_str(), t.dead_letter_topic.as_str()];
-            let report = common::check::report(&kafka, &registry, &names, &subjects).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        }
+        Command::Check(check) => println!("{}", serde_json::to_string_pretty(&check.run().await?)?),
     }
     Ok(())
 }

@@ -46,8 +46,18 @@ pub struct Metrics {
     /// Episodes that ended at their first state, without a step (RecoGym users who left before
     /// any recommendation).
     pub zero_step_episodes: u64,
+    /// Sum of what a uniformly random action would have earned, over the steps where the
+    /// environment knows it.
+    pub random_reward_sum: f64,
+    /// The steps where the environment knows it.
+    pub random_steps: u64,
+    /// The last [`RECENT_STEPS`] steps: (reward, random's expected reward).
+    recent: std::collections::VecDeque<(f64, Option<f64>)>,
     rtt_us: Histogram<u64>,
 }
+
+/// Steps the progress lines average over.
+pub const RECENT_STEPS: usize = 2_000;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -68,6 +78,9 @@ impl Default for Metrics {
             failed_episodes: 0,
             returns: Vec::new(),
             zero_step_episodes: 0,
+            random_reward_sum: 0.0,
+            random_steps: 0,
+            recent: std::collections::VecDeque::with_capacity(RECENT_STEPS),
             rtt_us: rtt_histogram(),
         }
     }
@@ -91,6 +104,26 @@ impl Metrics {
         self.steps += 1;
         self.reward_sum += t.reward;
         self.hits += u64::from(t.next_item_hit);
+        if let Some(r) = t.random_reward {
+            self.random_reward_sum += r;
+            self.random_steps += 1;
+        }
+        if self.recent.len() == RECENT_STEPS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((t.reward, t.random_reward));
+    }
+
+    /// Reward rate of the last [`RECENT_STEPS`] steps, and what a uniformly random policy would
+    /// have earned on them (when the environment knows it for every one); none before a step.
+    pub fn recent_rates(&self) -> Option<(f64, Option<f64>)> {
+        let n = self.recent.len();
+        if n == 0 {
+            return None;
+        }
+        let rate = self.recent.iter().map(|(r, _)| r).sum::<f64>() / n as f64;
+        let random: Option<f64> = self.recent.iter().map(|(_, r)| *r).sum();
+        Some((rate, random.map(|sum| sum / n as f64)))
     }
 
     /// Records a finished episode.
@@ -118,6 +151,8 @@ impl Metrics {
             mean_return: if self.episodes == 0 { 0.0 } else { self.return_sum / self.episodes as f64 },
             reward_sum: self.reward_sum,
             reward_rate: self.reward_sum / steps,
+            random_reward_rate: (self.random_steps == self.steps && self.steps > 0)
+                .then(|| self.random_reward_sum / steps),
             next_item_hit_rate: self.hits as f64 / steps,
             rtt_ms: Rtt { p50: ms(0.5), p99: ms(0.99), max: ms(1.0), mean: self.rtt_us.mean() / 1000.0 },
             resends: self.resends,
@@ -180,6 +215,10 @@ pub struct Summary {
     pub reward_sum: f64,
     /// Rewards per step (the paper's reward).
     pub reward_rate: f64,
+    /// What a uniformly random policy would have earned per step on the same steps, in
+    /// expectation (absent where the environment does not know it, e.g. RecoGym).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_reward_rate: Option<f64>,
     /// Actions that were exactly the user's next product, per step.
     pub next_item_hit_rate: f64,
     /// Step round trip.
@@ -253,7 +292,16 @@ impl std::fmt::Display for Summary {
             self.steps, self.steps_per_s, self.elapsed_s
         )?;
         writeln!(f, "  mean return       {:>10.3}", self.mean_return)?;
-        writeln!(f, "  reward rate       {:>10.4}", self.reward_rate)?;
+        match self.random_reward_rate {
+            Some(random) if random > 0.0 => writeln!(
+                f,
+                "  reward rate       {:>10.4}   ({:.2}x a uniformly random policy on the same steps: {:.4})",
+                self.reward_rate,
+                self.reward_rate / random,
+                random
+            )?,
+            _ => writeln!(f, "  reward rate       {:>10.4}", self.reward_rate)?,
+        }
         writeln!(f, "  next-item hits    {:>10.4}", self.next_item_hit_rate)?;
         writeln!(
             f,

@@ -1,6 +1,6 @@
 //! Small in-memory datasets for tests of the environment logic (no files).
 
-use crate::data::{Dataset, LoadStats, Product, UserSeq};
+use fashion::{Dataset, LoadStats, Product, UserSeq};
 
 /// A dataset of `n_products` products and one user per sequence (`user-0`, `user-1`, ...).
 pub fn dataset_with_users(n_products: u32, sequences: &[&[u32]]) -> Dataset {

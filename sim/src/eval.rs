@@ -17,10 +17,8 @@ use agent_svc::{
     core::AgentCore,
     policies::{Feedback, Policy},
 };
-use env_svc::{
-    config::EpisodeArgs,
-    data::{Dataset, Split},
-};
+use env_svc::config::{EpisodeArgs, LoopArgs};
+use fashion::{Dataset, Split};
 use protocol::StateMsg;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -151,13 +149,15 @@ pub struct EvalConfig {
 fn episodes(split: Split, episodes: usize, cfg: &EvalConfig) -> EpisodeArgs {
     EpisodeArgs {
         episodes,
-        concurrency: cfg.concurrency,
         max_steps: cfg.max_steps,
-        action_timeout: Duration::from_secs(60),
-        // In memory nothing is lost: a re-send means the agent is stuck, and ten minutes tell.
-        max_resends: 10,
         split,
         seed: cfg.seed,
+        run: LoopArgs {
+            concurrency: cfg.concurrency,
+            action_timeout: Duration::from_secs(60),
+            // In memory nothing is lost: a re-send means the agent is stuck, and ten minutes tell.
+            max_resends: 10,
+        },
     }
 }
 

@@ -21,7 +21,8 @@ use agent_svc::{
 use anyhow::Context;
 use common::link::{Delivery, Raw};
 use common::registry::TopicCodec;
-use env_svc::{config::EpisodeArgs, data::Dataset, engine::Engine, envs::Environment, link::EnvLink, metrics::Summary};
+use env_svc::{config::EpisodeArgs, engine::Engine, envs::Environment, link::EnvLink, metrics::Summary};
+use fashion::Dataset;
 use protocol::{ActionMsg, StateMsg};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

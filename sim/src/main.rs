@@ -6,9 +6,10 @@ use std::{path::PathBuf, sync::Arc};
 
 use agent_svc::AgentArgs;
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use common::telemetry::LogFormat;
-use env_svc::{config::EpisodeArgs, data::DatasetArgs};
+use clap::{CommandFactory, Parser, Subcommand};
+use common::{kafka::EnvKind, telemetry::LogFormat};
+use env_svc::config::EpisodeArgs;
+use fashion::DatasetArgs;
 
 /// Runs env-svc and agent-svc together in one process.
 #[derive(Debug, Parser)]
@@ -80,7 +81,17 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = common::cli::parse_with(agent_svc::policies::dqn::preset_defaults);
+    // A policy outside the environment's policy set is a command-line error, as clap reports one.
+    let (env, mut asked) = match &cli.command {
+        Command::Memory { agent, .. } => (EnvKind::Fashion, vec![agent.policy]),
+        Command::Eval { policies, .. } => (EnvKind::Fashion, policies.clone()),
+        Command::Recogym(args) => (EnvKind::Recogym, args.policies.clone()),
+    };
+    asked.dedup();
+    if let Some(refused) = asked.iter().find_map(|p| p.check_env(env).err()) {
+        Cli::command().error(clap::error::ErrorKind::ArgumentConflict, refused).exit();
+    }
     common::telemetry::init(cli.log_format);
     match cli.command {
         Command::Memory { dataset, episodes, agent, capacity, summary_json, quiet } => {
@@ -104,8 +115,8 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "evaluating {} policies: {train_episodes} training episodes each on {} train users, then {} test users",
                 policies.len(),
-                ds.users_in(env_svc::data::Split::Train).len(),
-                ds.users_in(env_svc::data::Split::Test).len()
+                ds.users_in(fashion::Split::Train).len(),
+                ds.users_in(fashion::Split::Test).len()
             );
             let mut report = sim::eval::Report::new();
             let mut curves = Vec::new();

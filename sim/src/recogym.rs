@@ -29,11 +29,11 @@ use std::{
 use agent_svc::{core::AgentCore, policies::PolicyKind, AgentArgs};
 use anyhow::Context;
 use common::{
-    kafka::{KafkaArgs, RecoGymTopics, Topics, TuningArgs},
+    kafka::{EnvKind, KafkaArgs, TopicArgs, Topics, TuningArgs},
     registry::{Registry, RegistryArgs},
 };
 use env_svc::{
-    config::{EpisodeArgs, RecoGymArgs},
+    config::{LoopArgs, RecoGymArgs},
     metrics::Summary,
 };
 use protocol::RecoStateMsg;
@@ -97,8 +97,9 @@ pub struct RecoArgs {
     pub registry: RegistryArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
+    /// The RecoGym topics, unless named otherwise.
     #[command(flatten)]
-    pub topics: RecoGymTopics,
+    pub topics: TopicArgs,
 }
 
 /// One policy's A/B result, as `ab.json` holds it.
@@ -177,20 +178,12 @@ impl RecoArgs {
         first..first + self.recogym.recogym_users
     }
 
-    fn episodes(&self) -> EpisodeArgs {
-        EpisodeArgs {
-            episodes: 0,
-            concurrency: self.concurrency.max(1),
-            max_steps: 0,
-            action_timeout: self.action_timeout,
-            max_resends: 30,
-            split: env_svc::data::Split::All,
-            seed: 0,
-        }
+    fn run_loop(&self) -> LoopArgs {
+        LoopArgs { concurrency: self.concurrency.max(1), action_timeout: self.action_timeout, max_resends: 30 }
     }
 
     fn topics(&self) -> Topics {
-        self.topics.topics()
+        self.topics.resolve(EnvKind::Recogym)
     }
 
     /// The `settings` object of ab.json: RecoGym's env parameters plus the protocol's sizes.
@@ -223,7 +216,7 @@ async fn play(
         RecoGymArgs { recogym_first_user: users.start, recogym_users: users.end - users.start, ..args.recogym.clone() };
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let env_id = format!("reco-gym-v1/{tag}-{run_id}");
-    let engine = env_svc::recogym_engine_in(world, &rargs, &args.episodes(), env_id.clone());
+    let engine = env_svc::recogym_engine_in(world, &rargs, &args.run_loop(), env_id.clone());
     let shutdown = CancellationToken::new();
     let max_batch = args.agent.max_batch;
     let outcome = match transport {
@@ -260,27 +253,16 @@ async fn play(
 /// the agent that joins the group then reads exactly what is published from now on, and no
 /// earlier run's backlog.
 pub async fn start_group_at_end(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<()> {
-    use rdkafka::{
-        consumer::{BaseConsumer, CommitMode, Consumer},
-        Offset, TopicPartitionList,
-    };
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
     let (kafka, group, topic) = (kafka.clone(), group.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let timeout = Duration::from_secs(30);
         let consumer: BaseConsumer = kafka
             .client_config()
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .create()
             .context("failed to create a kafka client")?;
-        let md = consumer.fetch_metadata(Some(&topic), timeout)?;
-        let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
-        anyhow::ensure!(partitions > 0, "topic {topic} does not exist; run `make stack-up`");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            let (_, high) = consumer.fetch_watermarks(&topic, p, timeout)?;
-            tpl.add_partition_offset(&topic, p, Offset::Offset(high))?;
-        }
+        let tpl = common::partitions::at_end(&consumer, &topic)?;
         consumer.commit(&tpl, CommitMode::Sync).with_context(|| format!("failed to position group {group}"))
     })
     .await

@@ -78,7 +78,7 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
-    ClientConfig, Message, Offset, TopicPartitionList,
+    ClientConfig, Offset, TopicPartitionList,
 };
 
 /// A client config pointing at the stack.
@@ -140,18 +140,6 @@ impl TestTopics {
         ]
     }
 
-    /// The flags that point a service's RecoGym topics (`--env recogym`) at these topics.
-    pub fn recogym_flags(&self) -> Vec<String> {
-        vec![
-            "--recogym-state-topic".into(),
-            self.state.clone(),
-            "--recogym-action-topic".into(),
-            self.action.clone(),
-            "--recogym-dead-letter-topic".into(),
-            self.dead_letter.clone(),
-        ]
-    }
-
     /// The topics as the services' config names them.
     pub fn service_topics(&self) -> common::kafka::Topics {
         common::kafka::Topics {
@@ -207,73 +195,24 @@ fn wait_for_metadata(names: &[String], partitions: usize) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// A record read back from a topic: key, value and headers.
-#[derive(Debug, Clone)]
-pub struct Record {
-    /// Key.
-    pub key: Option<Vec<u8>>,
-    /// Value.
-    pub payload: Vec<u8>,
-    /// Headers as (name, UTF-8 value).
-    pub headers: Vec<(String, String)>,
-}
+/// A record read back from a topic: the workspace's one raw-record type.
+pub type Record = common::link::Raw;
 
-/// Every record of `topic`, read from the beginning of each partition to its current end.
+/// Every record of `topic`, read from the beginning of each partition to its end when the read
+/// began ([`common::partitions::read_snapshot`]).
 pub fn read_topic(topic: &str) -> anyhow::Result<Vec<Record>> {
-    use rdkafka::message::Headers;
-    let consumer: BaseConsumer =
-        kafka_config().set("group.id", unique("reader")).set("enable.auto.commit", "false").create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
-    let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining = 0i64;
-    for p in 0..partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(30))?;
-        if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
-            remaining += high - low;
-        }
-    }
     let mut out = Vec::new();
-    if remaining == 0 {
-        return Ok(out);
-    }
-    consumer.assign(&tpl)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while (out.len() as i64) < remaining {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "read {} of {remaining} records of {topic}", out.len());
-        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-            // A dead broker shows up as transient transport errors; librdkafka fails over.
-            let Ok(m) = m else { continue };
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push(Record {
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().unwrap_or_default().to_vec(),
-                headers,
-            });
-        }
-    }
+    common::partitions::read_snapshot(&kafka_config(), topic, None, Duration::from_secs(60), |raw| {
+        out.push(raw);
+        Ok(())
+    })?;
     Ok(out)
 }
 
 /// Records currently in `topic` (sum over partitions of high minus low watermark).
 pub fn topic_size(topic: &str) -> anyhow::Result<i64> {
     let consumer: BaseConsumer = kafka_config().create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
-    let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
-    let mut total = 0;
-    for p in 0..partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(30))?;
-        total += high - low;
-    }
-    Ok(total)
+    Ok(common::partitions::watermarks(&consumer, topic)?.values().map(|m| m.high - m.low).sum())
 }
 
 /// The binary `bin` of workspace package `package` next to this test binary
@@ -348,8 +287,8 @@ pub fn committed_offsets(group: &str, topic: &str) -> anyhow::Result<std::collec
 }
 
 /// The repo's sample dataset (`data/sample`) with the default preprocessing.
-pub fn sample_dataset() -> env_svc::data::Dataset {
-    let args = env_svc::data::DatasetArgs { dataset: repo_root().join("data/sample"), ..Default::default() };
+pub fn sample_dataset() -> fashion::Dataset {
+    let args = fashion::DatasetArgs { dataset: repo_root().join("data/sample"), ..Default::default() };
     args.load(true).unwrap_or_else(|e| panic!("sample dataset: {e}"))
 }
 
@@ -361,13 +300,14 @@ pub type KeyedStates = Vec<(Option<Vec<u8>>, protocol::StateMsg)>;
 /// as the services decode them ([`decode_values`]).
 pub fn read_run(topics: &TestTopics) -> anyhow::Result<(KeyedStates, Vec<protocol::ActionMsg>)> {
     let records = read_topic(&topics.state)?;
-    let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.payload.clone()).collect();
+    let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.value().to_vec()).collect();
     let mut states = Vec::new();
     for (r, state) in records.into_iter().zip(decode_values::<protocol::StateMsg>(&topics.state, &payloads)?) {
         let state = state.map_err(|e| anyhow::anyhow!("a state on the topic is invalid: {e}"))?;
         states.push((r.key, state.msg));
     }
-    let payloads: Vec<Vec<u8>> = read_topic(&topics.action)?.into_iter().map(|r| r.payload).collect();
+    let payloads: Vec<Vec<u8>> =
+        read_topic(&topics.action)?.into_iter().map(|r| r.payload.unwrap_or_default()).collect();
     let actions = decode_values::<protocol::ActionMsg>(&topics.action, &payloads)?
         .into_iter()
         .filter_map(|d| d.ok().map(|d| d.msg))
@@ -411,7 +351,19 @@ pub fn decode_values<T: protocol::Message + Send>(
     })
 }
 
-pub use common::cli::{parse_flags, try_parse_flags};
+/// Parses `args` (the program name first) into `T` as the services' `main` does (a
+/// `--dqn-preset` applied), except that no argument falls back on an environment variable
+/// (see [`common::cli::try_parse_flags`]).
+pub fn try_parse_flags<T: clap::Parser>(
+    args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+) -> Result<T, clap::Error> {
+    common::cli::try_parse_flags_with(args, agent_svc::policies::dqn::preset_defaults)
+}
+
+/// [`try_parse_flags`], panicking with clap's message on bad flags.
+pub fn parse_flags<T: clap::Parser>(args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>) -> T {
+    try_parse_flags(args).unwrap_or_else(|e| panic!("bad flags: {e}"))
+}
 
 /// `program`, then `flags`, then the stack's location (`--bootstrap-servers`,
 /// `--schema-registry-url`) unless `flags` already set it.
@@ -495,11 +447,11 @@ pub async fn simulate_recogym_over_kafka(
         .await
         .unwrap_or_else(|e| panic!("cannot position {group}: {e:#}"));
     let mut env_args = vec!["--env".to_string(), "recogym".into()];
-    env_args.extend(topics.recogym_flags());
+    env_args.extend(topics.flags());
     env_args.extend(env_flags.iter().map(|s| s.to_string()));
     let env = env_run_args(&env_args);
     let mut agent_args = vec!["--env".to_string(), "recogym".into(), "--group-id".into(), group];
-    agent_args.extend(topics.recogym_flags());
+    agent_args.extend(topics.flags());
     agent_args.extend(agent_flags.iter().map(|s| s.to_string()));
     let agent = agent_run_args(&agent_args);
 
@@ -719,25 +671,11 @@ impl Drop for GroupGate {
 /// The high watermark of every partition of `topic`, by partition.
 pub fn high_watermarks(topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
     let consumer: BaseConsumer = kafka_config().create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
-    let mut marks = BTreeMap::new();
-    for p in md.topics().first().map(|t| t.partitions()).unwrap_or_default() {
-        let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(30))?;
-        marks.insert(p.id(), high);
-    }
-    Ok(marks)
+    Ok(common::partitions::watermarks(&consumer, topic)?.into_iter().map(|(p, m)| (p, m.high)).collect())
 }
 
-/// A record of a [`TopicTail`], with where it is.
-#[derive(Debug, Clone)]
-pub struct TailRecord {
-    /// Partition.
-    pub partition: i32,
-    /// Offset in the partition.
-    pub offset: i64,
-    /// Value.
-    pub payload: Vec<u8>,
-}
+/// A record of a [`TopicTail`].
+pub type TailRecord = common::link::Raw;
 
 /// Reads a topic while it grows: every record of every partition from the beginning, each
 /// partition in order.
@@ -775,11 +713,7 @@ impl TopicTail {
             let Some(polled) = self.consumer.poll(timeout) else { break };
             timeout = Duration::ZERO;
             if let Ok(m) = polled {
-                out.push(TailRecord {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                });
+                out.push(common::link::Raw::from_message(&m));
             }
         }
         out

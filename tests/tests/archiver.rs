@@ -283,8 +283,11 @@ async fn simulation_archived_once_second_run_changes_nothing_and_the_documented_
 
     // What is on the topics, decoded.
     fn decoded<T: protocol::Message + Send>(topic: &str) -> Vec<T> {
-        let payloads: Vec<Vec<u8>> =
-            read_topic(topic).unwrap_or_else(|e| panic!("{e}")).into_iter().map(|r| r.payload).collect();
+        let payloads: Vec<Vec<u8>> = read_topic(topic)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|r| r.payload.unwrap_or_default())
+            .collect();
         decode_values::<T>(topic, &payloads)
             .unwrap_or_else(|e| panic!("{e:#}"))
             .into_iter()

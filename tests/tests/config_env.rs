@@ -27,7 +27,7 @@ const STRAY: [(&str, &str); 9] = [
 #[derive(Debug, clap::Parser)]
 struct SimCli {
     #[command(flatten)]
-    dataset: env_svc::data::DatasetArgs,
+    dataset: fashion::DatasetArgs,
     #[command(flatten)]
     episodes: env_svc::config::EpisodeArgs,
     #[command(flatten)]

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 
-use env_svc::data::DatasetArgs;
+use fashion::DatasetArgs;
 use flate2::read::GzDecoder;
 use streamrec_tests::repo_root;
 

@@ -11,7 +11,7 @@ use streamrec_tests::{parse_flags, repo_root};
 #[derive(Debug, clap::Parser)]
 struct Cli {
     #[command(flatten)]
-    dataset: env_svc::data::DatasetArgs,
+    dataset: fashion::DatasetArgs,
     #[command(flatten)]
     agent: agent_svc::AgentArgs,
 }
@@ -28,7 +28,7 @@ async fn cooccurrence_beats_random_on_test_users() {
         args.policy = policy;
         let (report, returns) = evaluate(dataset.clone(), args.build(), &cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(returns.len(), 300, "one return per training episode");
-        assert_eq!(report.episodes, dataset.users_in(env_svc::data::Split::Test).len());
+        assert_eq!(report.episodes, dataset.users_in(fashion::Split::Test).len());
         for i in [report.reward_rate, report.hr10, report.ndcg10] {
             assert!(i.lo <= i.mean && i.mean <= i.hi && (0.0..=1.0).contains(&i.mean), "{i:?}");
         }
@@ -47,18 +47,11 @@ async fn cooccurrence_beats_random_on_test_users() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dqn_learns_to_beat_random_and_popularity_on_test_users() {
     let sample = repo_root().join("data/sample").display().to_string();
+    // `make eval`'s settings, with a shorter schedule for the smaller budget.
     let flags = [
-        "--dqn-net",
-        "mlp",
-        "--dqn-hidden",
-        "64",
-        "--dqn-wide",
-        "true",
+        "--dqn-preset",
+        "fashion",
         "--dqn-backpressure",
-        "--dqn-gamma",
-        "0",
-        "--dqn-lr",
-        "0.003",
         "--dqn-eps-decay-steps",
         "1000",
         "--dqn-learning-starts",

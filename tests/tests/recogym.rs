@@ -30,7 +30,7 @@ async fn read_validated<T: protocol::Message + Send + 'static>(topic: &str) -> V
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
         let records = read_topic(&topic).unwrap_or_else(|e| panic!("{e}"));
-        let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.payload.clone()).collect();
+        let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.value().to_vec()).collect();
         let decoded = decode_values::<T>(&topic, &payloads).unwrap_or_else(|e| panic!("{e:#}"));
         records
             .into_iter()

@@ -81,7 +81,7 @@ impl Watch {
     /// Reads what arrived (waiting up to `wait` for it); returns the new states.
     fn pump(&mut self, wait: Duration) -> Vec<SeenState> {
         for r in self.actions.drain(wait) {
-            let Ok(a) = self.action_codec.decode(&r.payload).map(|d| d.msg) else { continue };
+            let Ok(a) = self.action_codec.decode(r.value()).map(|d| d.msg) else { continue };
             if a.replica_id == "r1" {
                 self.r1_steps.insert((a.episode_id.clone(), a.step));
             }
@@ -91,7 +91,7 @@ impl Watch {
             .drain(Duration::ZERO)
             .into_iter()
             .filter_map(|r| {
-                let msg = self.state_codec.decode(&r.payload).ok()?.msg;
+                let msg = self.state_codec.decode(r.value()).ok()?.msg;
                 Some(SeenState { partition: r.partition, offset: r.offset, msg })
             })
             .collect()

@@ -183,9 +183,9 @@ async fn old_and_new_readers_read_both_versions_and_foreign_ids_are_refused() {
     let (mut old_read, mut new_read) = (0, 0);
     for r in &consumed {
         let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
-        let (id, _) = wire::unframe(&r.payload).unwrap_or_else(|e| panic!("{e}"));
-        let as_old = old_reader.decode_record(&r.payload).await;
-        let as_new = new_reader.decode_record(&r.payload).await;
+        let (id, _) = wire::unframe(r.value()).unwrap_or_else(|e| panic!("{e}"));
+        let as_old = old_reader.decode_record(r.value()).await;
+        let as_new = new_reader.decode_record(r.value()).await;
         match key.as_str() {
             "ep-unknown" => {
                 for e in [as_old.err(), as_new.err()] {
@@ -224,7 +224,7 @@ async fn old_and_new_readers_read_both_versions_and_foreign_ids_are_refused() {
     // Why the writer's schema matters: against its own (closed) schema only, the old reader
     // would refuse the new records it has just read.
     let new_record = consumed.iter().find(|r| r.key.as_deref() == Some(b"ep-new-1".as_slice()));
-    let refused = new_record.map(|r| Codec::<OldStateMsg>::new(0).map(|c| c.decode(&r.payload).is_err()));
+    let refused = new_record.map(|r| Codec::<OldStateMsg>::new(0).map(|c| c.decode(r.value()).is_err()));
     assert!(matches!(refused, Some(Ok(true))), "{refused:?}");
     topics.delete().await;
 }

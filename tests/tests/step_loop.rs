@@ -5,7 +5,8 @@
 use std::{sync::Arc, time::Duration};
 
 use common::registry::TopicCodec;
-use env_svc::{checker::check_run, data::Dataset};
+use env_svc::checker::check_run;
+use fashion::Dataset;
 use protocol::{schema::schema_of, topics::value_subject, wire, ActionMsg, StateMsg};
 use streamrec_tests::{parse_flags, read_run, read_topic, repo_root, wait_for_async, TestTopics};
 use tokio_util::sync::CancellationToken;
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, clap::Parser)]
 struct SimCli {
     #[command(flatten)]
-    dataset: env_svc::data::DatasetArgs,
+    dataset: fashion::DatasetArgs,
     #[command(flatten)]
     episodes: env_svc::config::EpisodeArgs,
     #[command(flatten)]
@@ -122,7 +123,7 @@ async fn malformed_and_schema_violating_actions_are_dead_lettered_while_the_run_
         .collect();
     assert!(reasons.iter().any(|r| r.contains("wire format") || r.contains("magic")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("schema violation") && r.contains("/ps")), "{reasons:?}");
-    assert!(dead.iter().any(|r| r.payload == b"this is not json"), "the original bytes are kept");
+    assert!(dead.iter().any(|r| r.value() == b"this is not json"), "the original bytes are kept");
     check_topics(&dataset, &topics, &summary);
     topics.delete().await;
 }
@@ -142,7 +143,7 @@ async fn memory_transport_passes_the_same_checker() {
             .unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(outcome.summary.episodes, 200);
         let (state_codec, action_codec) = sim::memory_codecs::<StateMsg>().unwrap_or_else(|e| panic!("{e:#}"));
-        let records = outcome.recording.states.iter().map(|r| (r.key.clone(), r.payload.clone()));
+        let records = outcome.recording.states.iter().map(|r| (r.key.clone(), r.value().to_vec()));
         let states = decode_all(&state_codec, records).await;
         let records = outcome.recording.actions.iter().map(|(k, p)| (Some(k.clone().into_bytes()), p.clone()));
         let actions: Vec<ActionMsg> = decode_all(&action_codec, records).await.into_iter().map(|(_, a)| a).collect();

@@ -8,10 +8,9 @@
 use std::collections::HashMap;
 
 use protocol::StateMsg;
-use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{Feedback, Policy};
+use super::{epsilon_greedy, Feedback, Policy};
 
 /// Transition counts between products, and how often each product was seen.
 #[derive(Debug, Clone)]
@@ -78,10 +77,8 @@ impl Policy for Cooccurrence {
             .iter()
             .map(|s| {
                 let n = s.n_actions.max(1);
-                let explore = epsilon / f64::from(n);
                 let best = self.ranked(s.observation.index, n, 1).first().copied().unwrap_or(0);
-                let a = if rng.random_bool(epsilon) { rng.random_range(0..n) } else { best };
-                (a, if a == best { 1.0 - epsilon + explore } else { explore })
+                epsilon_greedy(best, n, epsilon, rng)
             })
             .collect())
     }

@@ -15,6 +15,7 @@ pub use dqn::{Dqn, DqnArgs};
 pub use popularity::Popularity;
 pub use random::Random;
 
+use common::kafka::EnvKind;
 use protocol::StateMsg;
 use rand_chacha::ChaCha8Rng;
 
@@ -62,6 +63,37 @@ impl PolicyKind {
             PolicyKind::Likelihood => "likelihood",
             PolicyKind::Nn => "nn",
         }
+    }
+
+    /// The environments this policy serves (its policy set): `random` and `dqn` serve every
+    /// environment, the others the one whose state they read.
+    pub fn envs(self) -> &'static [EnvKind] {
+        match self {
+            PolicyKind::Random | PolicyKind::Dqn => &[EnvKind::Fashion, EnvKind::Recogym],
+            PolicyKind::Popularity | PolicyKind::Cooccurrence => &[EnvKind::Fashion],
+            PolicyKind::OrganicCount | PolicyKind::UserCount | PolicyKind::Likelihood | PolicyKind::Nn => {
+                &[EnvKind::Recogym]
+            }
+        }
+    }
+
+    /// The policies of `env`'s policy set, by name.
+    pub fn of_env(env: EnvKind) -> Vec<&'static str> {
+        use clap::ValueEnum;
+        Self::value_variants().iter().filter(|k| k.envs().contains(&env)).map(|k| k.name()).collect()
+    }
+
+    /// Refuses a policy that does not serve `env`, naming the ones that do.
+    pub fn check_env(self, env: EnvKind) -> Result<(), String> {
+        if self.envs().contains(&env) {
+            return Ok(());
+        }
+        Err(format!(
+            "policy {} does not serve --env {}; its policies are: {}",
+            self.name(),
+            env.name(),
+            Self::of_env(env).join(", ")
+        ))
     }
 }
 
@@ -142,6 +174,15 @@ pub trait Policy<S = StateMsg>: Send {
     }
 }
 
+/// Picks the action for one state epsilon-greedily (every exploring policy does it here): explore uniformly with probability `eps`,
+/// else take `greedy`; returns the action and its probability under that policy.
+pub fn epsilon_greedy<R: rand::Rng>(greedy: u32, n: u32, eps: f64, rng: &mut R) -> (u32, f64) {
+    let n = n.max(1);
+    let explore = eps / f64::from(n);
+    let action = if eps > 0.0 && rng.random::<f64>() < eps { rng.random_range(0..n) } else { greedy.min(n - 1) };
+    (action, if action == greedy { 1.0 - eps + explore } else { explore })
+}
+
 /// Builds a fashion policy; `dqn` and `seed` configure the DQN (which fails on bad flags or a
 /// checkpoint of another network). RecoGym-only policies are refused.
 pub fn build(kind: PolicyKind, epsilon: f64, dqn: &DqnArgs, seed: u64) -> anyhow::Result<Box<dyn Policy>> {
@@ -149,9 +190,30 @@ pub fn build(kind: PolicyKind, epsilon: f64, dqn: &DqnArgs, seed: u64) -> anyhow
         PolicyKind::Random => Box::new(Random),
         PolicyKind::Popularity => Box::new(Popularity::new(epsilon)),
         PolicyKind::Cooccurrence => Box::new(Cooccurrence::new(epsilon)),
-        PolicyKind::Dqn => Box::new(Dqn::new(dqn, seed)?),
+        PolicyKind::Dqn => Box::new(Dqn::<StateMsg>::new(dqn, seed)?),
         PolicyKind::OrganicCount | PolicyKind::UserCount | PolicyKind::Likelihood | PolicyKind::Nn => {
             anyhow::bail!("policy {} runs on RecoGym only (--env recogym)", kind.name())
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_environment_has_its_policy_set_and_refuses_the_others() {
+        assert_eq!(PolicyKind::of_env(EnvKind::Fashion), ["random", "popularity", "cooccurrence", "dqn"]);
+        assert_eq!(
+            PolicyKind::of_env(EnvKind::Recogym),
+            ["random", "dqn", "organic-count", "user-count", "likelihood", "nn"]
+        );
+        assert!(PolicyKind::Dqn.check_env(EnvKind::Recogym).is_ok());
+        let refused = PolicyKind::Popularity.check_env(EnvKind::Recogym).err().unwrap_or_default();
+        assert!(
+            refused.contains("popularity does not serve --env recogym") && refused.contains("organic-count"),
+            "{refused}"
+        );
+        assert!(PolicyKind::Nn.check_env(EnvKind::Fashion).is_err());
+    }
 }

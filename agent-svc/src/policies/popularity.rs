@@ -8,7 +8,7 @@ use protocol::StateMsg;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{Feedback, Policy};
+use super::{epsilon_greedy, Feedback, Policy};
 
 /// Counts rewards and sightings per product.
 #[derive(Debug, Clone)]
@@ -70,13 +70,8 @@ impl Policy for Popularity {
             .map(|s| {
                 let n = s.n_actions.max(1);
                 let epsilon = if self.frozen { 0.0 } else { self.epsilon };
-                let explore = epsilon / f64::from(n);
                 match self.best.filter(|b| *b < n) {
-                    Some(best) if !rng.random_bool(epsilon) => (best, 1.0 - epsilon + explore),
-                    Some(best) => {
-                        let a = rng.random_range(0..n);
-                        (a, if a == best { 1.0 - epsilon + explore } else { explore })
-                    }
+                    Some(best) => epsilon_greedy(best, n, epsilon, rng),
                     None => (rng.random_range(0..n), 1.0 / f64::from(n)),
                 }
             })

@@ -14,7 +14,7 @@ use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
 
 pub use super::Transition;
 use super::{Environment, Head};
-use crate::data::{Dataset, UserSeq};
+use fashion::{Dataset, UserSeq};
 
 /// The fashion environment of one run: which users are replayed, in which order, how many
 /// episodes and with which step limit.
@@ -103,7 +103,8 @@ impl Environment for FashionEnv {
             return None;
         }
         let episode = Episode::new(self.order[seq % self.order.len()], self.max_steps);
-        let first = Transition { reward: 0.0, next_item_hit: false, terminated: false, truncated: false };
+        let first =
+            Transition { reward: 0.0, next_item_hit: false, terminated: false, truncated: false, random_reward: None };
         let state = self.state_msg(head, &episode, first, None);
         Some((episode, state))
     }
@@ -158,13 +159,16 @@ impl Episode {
         let later = &items[self.pos + 1..];
         let reward = if later.contains(&action) { 1.0 } else { 0.0 };
         let next_item_hit = later.first() == Some(&action);
+        // A uniformly random action pays when it lands on one of the distinct later products.
+        let distinct = later.iter().collect::<std::collections::HashSet<_>>().len();
+        let random_reward = Some(distinct as f64 / f64::from(dataset.n_actions().max(1)));
         self.pos += 1;
         self.step += 1;
         self.ret += reward;
         self.hits += u32::from(next_item_hit);
         let terminated = self.pos + 1 >= items.len();
         let truncated = !terminated && self.step >= self.max_steps;
-        Transition { reward, next_item_hit, terminated, truncated }
+        Transition { reward, next_item_hit, terminated, truncated, random_reward }
     }
 }
 
@@ -186,6 +190,12 @@ mod tests {
         let t = ep.step(&ds, 1);
         assert_eq!((t.reward, t.terminated, t.truncated), (0.0, true, false), "1 is in the past, not later");
         assert_eq!((ep.ret, ep.hits, ep.step_count()), (2.0, 1, 3));
+        // What random earns: the share of the 10 products still ahead, each counted once.
+        let ds = dataset_with_users(10, &[&[1, 2, 2, 5]]);
+        let mut ep = Episode::new(0, 50);
+        assert_eq!(ep.step(&ds, 0).random_reward, Some(0.2), "2 and 5 are ahead");
+        assert_eq!(ep.step(&ds, 0).random_reward, Some(0.2));
+        assert_eq!(ep.step(&ds, 0).random_reward, Some(0.1));
     }
 
     #[test]

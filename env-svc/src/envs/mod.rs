@@ -20,6 +20,10 @@ pub struct Transition {
     pub terminated: bool,
     /// A step limit cut the episode before its natural end (never together with `terminated`).
     pub truncated: bool,
+    /// The reward a uniformly random action would have earned here, in expectation, when the
+    /// environment knows it (fashion: the share of the catalogue the user reviews later): the
+    /// baseline the summary and the progress lines compare the policy with.
+    pub random_reward: Option<f64>,
 }
 
 /// The identity every state message of an episode carries.

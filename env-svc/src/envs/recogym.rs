@@ -90,7 +90,13 @@ impl Environment for RecoGymEnv {
         let mut sim = self.world.user(user_id);
         let first = sim.reset(&self.world);
         let episode = RecoEpisode { user_id, sim, step: 0 };
-        let t = Transition { reward: 0.0, next_item_hit: false, terminated: first.done, truncated: false };
+        let t = Transition {
+            reward: 0.0,
+            next_item_hit: false,
+            terminated: first.done,
+            truncated: false,
+            random_reward: None,
+        };
         let state = self.state_msg(head, &episode, &first, None, t);
         Some((episode, state))
     }
@@ -100,7 +106,8 @@ impl Environment for RecoGymEnv {
         ep.step += 1;
         let terminated = next.done;
         let truncated = !terminated && self.max_steps.is_some_and(|m| ep.step >= m);
-        let t = Transition { reward: f64::from(u8::from(next.click)), next_item_hit: false, terminated, truncated };
+        let reward = f64::from(u8::from(next.click));
+        let t = Transition { reward, next_item_hit: false, terminated, truncated, random_reward: None };
         (self.state_msg(head, ep, &next, Some(action), t), t)
     }
 

@@ -34,7 +34,6 @@ use std::{
 
 use anyhow::{anyhow, Context};
 use protocol::StateMsg;
-use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tch::{nn, Device, Tensor};
 
@@ -44,12 +43,19 @@ use self::{
     replay::Transition,
     vocab::Vocab,
 };
-use super::{Feedback, Policy};
+use super::{epsilon_greedy, Feedback, Policy};
 
 /// DQN hyperparameters and settings; every one is a flag with an environment fallback, and the
-/// whole set is logged when the policy starts.
+/// whole set is logged when the policy starts. The defaults are the reference paper's network
+/// and plain DQN training; `--dqn-preset` names the tuned sets the make targets run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DqnArgs {
+    /// Named settings that replace the defaults of the other `--dqn-*` flags (a flag or
+    /// variable given explicitly still wins): `paper` (the defaults), `fashion` (what `make sim`
+    /// and `make eval` run on Amazon Fashion) or `recogym` (what `make recogym` runs); the
+    /// settings of each are in `docs/DQN.md` and [`DqnPreset::settings`].
+    #[arg(long, env = "DQN_PRESET", value_enum, default_value_t = DqnPreset::Paper)]
+    pub dqn_preset: DqnPreset,
     /// Q-network: `lstm` (embedding, bidirectional LSTMs, dense layers, as in the paper) or `mlp`
     /// (embedding averaged over the tokens, dense layers).
     #[arg(long, env = "DQN_NET", value_enum, default_value_t = NetKind::Lstm)]
@@ -105,7 +111,7 @@ pub struct DqnArgs {
     /// target for every action: `decay^(k-1)` for a product the user went on to see `k` steps
     /// later (see `--dqn-hindsight-decay`), 0 for all others. Sound here because a
     /// recommendation never changes what the user does next. Uses only what the stream showed.
-    #[arg(long, env = "DQN_HINDSIGHT", value_enum, default_value_t = Hindsight::Future)]
+    #[arg(long, env = "DQN_HINDSIGHT", value_enum, default_value_t = Hindsight::Off)]
     pub dqn_hindsight: Hindsight,
     /// `future` hindsight: the target of a product first seen `k` steps later is `decay^(k-1)`.
     /// 1 is exactly the env's reward (any later product pays 1); lower values favour what comes
@@ -114,7 +120,7 @@ pub struct DqnArgs {
     pub dqn_hindsight_decay: f64,
     /// Put the product's own id (its ASIN, as observed in the state) among the tokens the
     /// network reads, so it can tell apart products with similar text.
-    #[arg(long, env = "DQN_ID_TOKEN", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "DQN_ID_TOKEN", default_value_t = false, action = clap::ArgAction::Set)]
     pub dqn_id_token: bool,
     /// Add a wide table to the network: a learned Q-value offset for every (state's product,
     /// action) pair, next to the deep part that reads the text (Wide & Deep). It memorises
@@ -171,6 +177,64 @@ pub struct DqnArgs {
     /// (inference and learner); 0 leaves libtorch's default (one per core).
     #[arg(long, env = "DQN_THREADS", default_value_t = 1)]
     pub dqn_threads: i32,
+}
+
+/// Named sets of DQN settings (`--dqn-preset`), so that the make targets run settings that live
+/// in code, not in three shell strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DqnPreset {
+    /// The code's defaults: the paper's network (embedding, three bidirectional LSTMs, dense
+    /// layers) trained as a plain DQN (gamma 0.9, no hindsight, no id token, no wide table).
+    Paper,
+    /// Amazon Fashion as `make sim` and `make eval` run it: an MLP with the wide table, the id
+    /// token and full-feedback hindsight, `gamma 0` (a contextual bandit: in this environment an
+    /// action never changes the next state), lr 0.003, epsilon over 3,000 states.
+    Fashion,
+    /// RecoGym as `make recogym` runs it: an MLP, `gamma 0` (RecoGym's agents are bandits), lr
+    /// 0.001, a quarter of an update per transition after 1,000, a replay of 400,000.
+    Recogym,
+}
+
+impl DqnPreset {
+    /// The defaults this preset puts in place: `(argument id, value)`, the id being the
+    /// field's name in [`DqnArgs`].
+    pub fn settings(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            DqnPreset::Paper => &[],
+            DqnPreset::Fashion => &[
+                ("dqn_net", "mlp"),
+                ("dqn_hidden", "64"),
+                ("dqn_wide", "true"),
+                ("dqn_id_token", "true"),
+                ("dqn_hindsight", "future"),
+                ("dqn_hindsight_decay", "0.6"),
+                ("dqn_gamma", "0"),
+                ("dqn_lr", "0.003"),
+                ("dqn_eps_decay_steps", "3000"),
+            ],
+            DqnPreset::Recogym => &[
+                ("dqn_net", "mlp"),
+                ("dqn_gamma", "0"),
+                ("dqn_lr", "0.001"),
+                ("dqn_train_ratio", "0.25"),
+                ("dqn_learning_starts", "1000"),
+                ("dqn_replay_capacity", "400000"),
+            ],
+        }
+    }
+}
+
+/// The defaults of the `--dqn-preset` found in `matches` (in it or a subcommand's), for
+/// [`common::cli::parse_with`]: none when no command has the flag.
+pub fn preset_defaults(matches: &clap::ArgMatches) -> Vec<(&'static str, &'static str)> {
+    let mut m = Some(matches);
+    while let Some(here) = m {
+        if let Ok(Some(preset)) = here.try_get_one::<DqnPreset>("dqn_preset") {
+            return preset.settings().to_vec();
+        }
+        m = here.subcommand().map(|(_, sub)| sub);
+    }
+    Vec::new()
 }
 
 impl Default for DqnArgs {
@@ -304,13 +368,26 @@ pub fn pin_threads(n: i32) {
     }
 }
 
-/// Picks the action for one state epsilon-greedily: explore uniformly with probability `eps`,
-/// else take `greedy`; returns the action and its probability under that policy.
-pub fn epsilon_greedy<R: Rng>(greedy: u32, n: u32, eps: f64, rng: &mut R) -> (u32, f64) {
-    let n = n.max(1);
-    let explore = eps / f64::from(n);
-    let action = if eps > 0.0 && rng.random::<f64>() < eps { rng.random_range(0..n) } else { greedy.min(n - 1) };
-    (action, if action == greedy { 1.0 - eps + explore } else { explore })
+/// The full-feedback transitions of a finished episode. `steps` holds each step with the
+/// product shown next; the products shown after step `t` (from `t + 1` on) are those the user
+/// reviewed later: a product first seen `k` steps after `t` gets the target `decay^(k-1)`.
+fn full_feedback(steps: Vec<(Transition, i64)>, decay: f64) -> Vec<Transition> {
+    let shown: Vec<i64> = steps.iter().map(|(_, next)| *next).collect();
+    steps
+        .into_iter()
+        .enumerate()
+        .map(|(t, (step, _))| {
+            let mut positives: Vec<(i64, f32)> = Vec::new();
+            let mut weight = 1.0;
+            for &product in &shown[t..] {
+                if !positives.iter().any(|&(p, _)| p == product) {
+                    positives.push((product, weight as f32));
+                }
+                weight *= decay;
+            }
+            Transition { positives: Some(positives), ..step }
+        })
+        .collect()
 }
 
 /// Episodes whose steps `--dqn-hindsight future` holds at most, waiting for their end.
@@ -341,8 +418,63 @@ impl Drop for Live {
     }
 }
 
-/// The DQN policy (see the module documentation).
-pub struct Dqn {
+/// What the DQN reads of a state, whatever its environment: the words of its text, the item it
+/// points at (the wide table's row, the product `--dqn-hindsight` relabels) and what identifies
+/// its action space. Each environment's state implements it; no state is dressed up as another.
+pub trait DqnState {
+    /// The episode the state belongs to.
+    fn episode_id(&self) -> &str;
+    /// The step within the episode.
+    fn step(&self) -> u32;
+    /// Size of the action space.
+    fn n_actions(&self) -> u32;
+    /// Fingerprint of the catalogue the actions index; `None` when the size alone says it.
+    fn catalog(&self) -> Option<&str>;
+    /// The item the state points at (fashion: the current product; RecoGym: the last view).
+    fn item(&self) -> u32;
+    /// The words the network reads, separated by spaces.
+    fn text(&self) -> std::borrow::Cow<'_, str>;
+    /// The item's own id, put first among the words with `--dqn-id-token`; `None` where the
+    /// state has no item of its own.
+    fn id_token(&self) -> Option<&str>;
+    /// The episode reached its natural end (no bootstrapping past it).
+    fn terminated(&self) -> bool;
+    /// A step limit cut the episode (bootstrapping goes on).
+    fn truncated(&self) -> bool;
+}
+
+impl DqnState for StateMsg {
+    fn episode_id(&self) -> &str {
+        &self.episode_id
+    }
+    fn step(&self) -> u32 {
+        self.step
+    }
+    fn n_actions(&self) -> u32 {
+        self.n_actions
+    }
+    fn catalog(&self) -> Option<&str> {
+        self.catalog.as_deref()
+    }
+    fn item(&self) -> u32 {
+        self.observation.index
+    }
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(&self.observation.text)
+    }
+    fn id_token(&self) -> Option<&str> {
+        Some(&self.observation.asin)
+    }
+    fn terminated(&self) -> bool {
+        self.terminated
+    }
+    fn truncated(&self) -> bool {
+        self.truncated
+    }
+}
+
+/// The DQN policy over states of type `S` (see the module documentation).
+pub struct Dqn<S = StateMsg> {
     args: DqnArgs,
     net_cfg: NetConfig,
     device: Device,
@@ -355,9 +487,10 @@ pub struct Dqn {
     /// Steps of the episodes in flight with the product each led to, for full feedback at
     /// their end (`--dqn-hindsight future`).
     episodes: HashMap<String, Vec<(Transition, i64)>>,
+    _state: std::marker::PhantomData<fn(&S)>,
 }
 
-impl std::fmt::Debug for Dqn {
+impl<S: DqnState> std::fmt::Debug for Dqn<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dqn")
             .field("net", &self.net_cfg)
@@ -367,7 +500,7 @@ impl std::fmt::Debug for Dqn {
     }
 }
 
-impl Dqn {
+impl<S: DqnState> Dqn<S> {
     /// A DQN policy; loads the checkpoint in `--checkpoint-dir` when there is one (and refuses
     /// one written for another network, unless `--dqn-checkpoint-mismatch fresh`). The networks
     /// are built on the first state, which gives the size of the action space and the catalogue.
@@ -419,6 +552,7 @@ impl Dqn {
             live: None,
             eval: false,
             episodes: HashMap::new(),
+            _state: std::marker::PhantomData,
         })
     }
 
@@ -441,35 +575,12 @@ impl Dqn {
         }
     }
 
-    /// The full-feedback transitions of a finished episode. `steps` holds each step with the
-    /// product shown next; the products shown after step `t` (from `t + 1` on) are those the user
-    /// reviewed later: a product first seen `k` steps after `t` gets the target `decay^(k-1)`.
-    fn full_feedback(steps: Vec<(Transition, i64)>, decay: f64) -> Vec<Transition> {
-        let shown: Vec<i64> = steps.iter().map(|(_, next)| *next).collect();
-        steps
-            .into_iter()
-            .enumerate()
-            .map(|(t, (step, _))| {
-                let mut positives: Vec<(i64, f32)> = Vec::new();
-                let mut weight = 1.0;
-                for &product in &shown[t..] {
-                    if !positives.iter().any(|&(p, _)| p == product) {
-                        positives.push((product, weight as f32));
-                    }
-                    weight *= decay;
-                }
-                Transition { positives: Some(positives), ..step }
-            })
-            .collect()
-    }
-
     /// The text the network reads for a state: its metadata text, after its product id when
     /// `--dqn-id-token` is on.
-    fn text_of(&self, s: &StateMsg) -> String {
-        if self.args.dqn_id_token {
-            format!("{} {}", s.observation.asin, s.observation.text)
-        } else {
-            s.observation.text.clone()
+    fn text_of(&self, s: &S) -> String {
+        match s.id_token().filter(|_| self.args.dqn_id_token) {
+            Some(id) => format!("{id} {}", s.text()),
+            None => s.text().into_owned(),
         }
     }
 
@@ -528,24 +639,26 @@ impl Dqn {
     /// The live network for `states`, built on first use from the first state's action space
     /// and catalogue. Fails when it cannot be built, when the learner stopped on a failure, or
     /// when a state belongs to another action space or catalogue than the network's.
-    fn ensure_live(&mut self, states: &[&StateMsg]) -> anyhow::Result<&mut Live> {
+    fn ensure_live(&mut self, states: &[&S]) -> anyhow::Result<&mut Live> {
         if let Some(why) = self.shared.failure() {
             anyhow::bail!("the dqn learner stopped: {why}");
         }
         if self.live.is_none() {
             if let Some(first) = states.first() {
-                self.start(first.n_actions, first.catalog.as_deref()).context("dqn cannot start")?;
+                self.start(first.n_actions(), first.catalog()).context("dqn cannot start")?;
             }
         }
         let live = self.live.as_mut().context("dqn has no network yet: it is built on the first state")?;
-        if let Some(s) = states.iter().find(|s| s.n_actions != live.n_actions || s.catalog != live.catalog) {
+        if let Some(s) =
+            states.iter().find(|s| s.n_actions() != live.n_actions || s.catalog() != live.catalog.as_deref())
+        {
             anyhow::bail!(
                 "state {}#{} is of an action space of {} products (catalogue {}), but this agent's network serves {} \
                  (catalogue {}); one agent group serves one catalogue",
-                s.episode_id,
-                s.step,
-                s.n_actions,
-                s.catalog.as_deref().unwrap_or("none"),
+                s.episode_id(),
+                s.step(),
+                s.n_actions(),
+                s.catalog().unwrap_or("none"),
                 live.n_actions,
                 live.catalog.as_deref().unwrap_or("none"),
             );
@@ -560,7 +673,7 @@ impl Dqn {
     }
 
     /// Q-values `[states, n_actions]` of the inference copy; the live net must exist.
-    fn q_values(&mut self, states: &[&StateMsg]) -> anyhow::Result<Tensor> {
+    fn q_values(&mut self, states: &[&S]) -> anyhow::Result<Tensor> {
         let (max_tokens, grow) = (self.args.dqn_max_tokens, !self.eval);
         let texts: Vec<String> = states.iter().map(|s| self.text_of(s)).collect();
         let rows: Vec<Vec<i64>> = {
@@ -570,7 +683,7 @@ impl Dqn {
         let live = self.live.as_ref().context("dqn has no network yet")?;
         let refs: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
         let ids = net::batch_ids(&refs, self.device);
-        let items: Vec<i64> = states.iter().map(|s| i64::from(s.observation.index)).collect();
+        let items: Vec<i64> = states.iter().map(|s| i64::from(s.item())).collect();
         let items = Tensor::from_slice(&items).to_device(self.device);
         Ok(tch::no_grad(|| live.net.forward(&ids, Some(&items))))
     }
@@ -611,19 +724,19 @@ impl Dqn {
     }
 
     /// What the learner stores for `fb`.
-    fn transition(&self, fb: &Feedback<'_>) -> Transition {
+    fn transition(&self, fb: &Feedback<'_, S>) -> Transition {
         let max_tokens = self.args.dqn_max_tokens;
         let (prev, next) = (self.text_of(fb.prev), self.text_of(fb.next));
         let mut vocab = self.vocab();
         Transition {
             obs: vocab.encode(&prev, max_tokens, true),
-            item: i64::from(fb.prev.observation.index),
+            item: i64::from(fb.prev.item()),
             action: i64::from(fb.action),
             reward: fb.reward as f32,
             next_obs: vocab.encode(&next, max_tokens, true),
-            next_item: i64::from(fb.next.observation.index),
+            next_item: i64::from(fb.next.item()),
             // Truncation (the step limit) is no end of the episode: keep bootstrapping.
-            terminated: fb.next.terminated,
+            terminated: fb.next.terminated(),
             positives: None,
         }
     }
@@ -638,12 +751,12 @@ impl Dqn {
     }
 }
 
-impl Policy for Dqn {
+impl<S: DqnState> Policy<S> for Dqn<S> {
     fn name(&self) -> &'static str {
         "dqn"
     }
 
-    fn act(&mut self, states: &[&StateMsg], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<(u32, f64)>> {
+    fn act(&mut self, states: &[&S], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<(u32, f64)>> {
         if states.is_empty() {
             return Ok(Vec::new());
         }
@@ -662,7 +775,7 @@ impl Policy for Dqn {
         Ok(greedy.into_iter().map(|g| epsilon_greedy(u32::try_from(g).unwrap_or(0), n, eps, rng)).collect())
     }
 
-    fn learn(&mut self, fb: &Feedback<'_>) -> anyhow::Result<()> {
+    fn learn(&mut self, fb: &Feedback<'_, S>) -> anyhow::Result<()> {
         if self.eval {
             return Ok(());
         }
@@ -670,7 +783,7 @@ impl Policy for Dqn {
         anyhow::ensure!(fb.action < n_actions, "action {} outside the network's 0..{n_actions}", fb.action);
         let tx = self.learner_tx()?;
         let t = self.transition(fb);
-        let next = fb.next.observation.index;
+        let next = fb.next.item();
         let batch: Vec<Transition> = match self.args.dqn_hindsight {
             Hindsight::Off => vec![t],
             Hindsight::Next => {
@@ -682,15 +795,15 @@ impl Policy for Dqn {
                 std::iter::once(t).chain(relabelled).collect()
             }
             Hindsight::Future => {
-                if self.episodes.len() >= MAX_OPEN_EPISODES && !self.episodes.contains_key(&fb.next.episode_id) {
+                if self.episodes.len() >= MAX_OPEN_EPISODES && !self.episodes.contains_key(fb.next.episode_id()) {
                     // Episodes that never ended (e.g. cut by a restart) would pile up: forget them.
                     tracing::warn!(open = self.episodes.len(), "dqn forgets the steps of unfinished episodes");
                     self.episodes.clear();
                 }
-                self.episodes.entry(fb.next.episode_id.clone()).or_default().push((t, i64::from(next)));
-                if fb.next.terminated || fb.next.truncated {
-                    let steps = self.episodes.remove(&fb.next.episode_id).unwrap_or_default();
-                    Self::full_feedback(steps, self.args.dqn_hindsight_decay)
+                self.episodes.entry(fb.next.episode_id().to_string()).or_default().push((t, i64::from(next)));
+                if fb.next.terminated() || fb.next.truncated() {
+                    let steps = self.episodes.remove(fb.next.episode_id()).unwrap_or_default();
+                    full_feedback(steps, self.args.dqn_hindsight_decay)
                 } else {
                     Vec::new()
                 }
@@ -723,7 +836,7 @@ impl Policy for Dqn {
         Ok(())
     }
 
-    fn top_k(&mut self, states: &[&StateMsg], k: usize) -> anyhow::Result<Vec<Vec<u32>>> {
+    fn top_k(&mut self, states: &[&S], k: usize) -> anyhow::Result<Vec<Vec<u32>>> {
         if states.is_empty() {
             return Ok(Vec::new());
         }

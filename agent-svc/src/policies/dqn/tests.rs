@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use protocol::{messages::examples, StateMsg};
+use rand::Rng;
 use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
 
 use super::*;
@@ -70,7 +71,7 @@ fn epsilon_falls_linearly_and_propensities_match() {
 
 #[test]
 fn transitions_end_bootstrapping_on_termination_not_truncation() {
-    let dqn = Dqn::new(&small(None), 0).unwrap_or_else(|e| panic!("{e:#}"));
+    let dqn = Dqn::<StateMsg>::new(&small(None), 0).unwrap_or_else(|e| panic!("{e:#}"));
     let prev = state("red dress", 10, 0);
     let mut next = state("blue shirt", 10, 1);
     next.truncated = true;
@@ -134,7 +135,7 @@ fn greedy_accuracy(dqn: &mut Dqn) -> f64 {
 #[test]
 fn learns_a_two_context_problem_well_beyond_random() {
     let _rng = net::torch_rng_guard();
-    let mut dqn = Dqn::new(&small(None), 1).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut dqn = Dqn::<StateMsg>::new(&small(None), 1).unwrap_or_else(|e| panic!("{e:#}"));
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let late_rate = play(&mut dqn, 1_600, &mut rng);
     let updates = dqn.flush(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
@@ -152,7 +153,7 @@ fn resumes_from_its_checkpoint_and_refuses_another_action_space() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     // With the wide table, so that its rows go through the checkpoint too.
     let args = DqnArgs { dqn_wide: true, ..small(Some(dir.path())) };
-    let mut dqn = Dqn::new(&args, 2).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut dqn = Dqn::<StateMsg>::new(&args, 2).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(dqn.save().is_ok(), "nothing to save before the first state");
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     play(&mut dqn, 300, &mut rng);
@@ -166,7 +167,7 @@ fn resumes_from_its_checkpoint_and_refuses_another_action_space() {
     let words = dqn.vocab().words().to_vec();
     drop(dqn);
 
-    let mut resumed = Dqn::new(&args, 3).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut resumed = Dqn::<StateMsg>::new(&args, 3).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(resumed.model_version(), version);
     assert_eq!(resumed.vocab().words(), words.as_slice());
     assert_eq!(resumed.epsilon(), eps);
@@ -179,7 +180,7 @@ fn resumes_from_its_checkpoint_and_refuses_another_action_space() {
 
     let file = checkpoint::file_in(dir.path());
     let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
-    let mut other = Dqn::new(&args, 4).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut other = Dqn::<StateMsg>::new(&args, 4).unwrap_or_else(|e| panic!("{e:#}"));
     let wider = state("red", 12, 0);
     let e = other.act(&[&wider], &mut rng).err().unwrap_or_else(|| panic!("answered with a refused checkpoint"));
     assert!(format!("{e:#}").contains("trained for 10 actions but the states announce 12"), "{e:#}");
@@ -187,7 +188,8 @@ fn resumes_from_its_checkpoint_and_refuses_another_action_space() {
     assert_eq!(std::fs::read(&file).unwrap_or_else(|e| panic!("{e}")), bytes, "checkpoint untouched");
 
     let wrong_net = DqnArgs { dqn_hidden: vec![8], ..args };
-    let e = Dqn::new(&wrong_net, 5).err().unwrap_or_else(|| panic!("loaded a checkpoint of another network"));
+    let e =
+        Dqn::<StateMsg>::new(&wrong_net, 5).err().unwrap_or_else(|| panic!("loaded a checkpoint of another network"));
     assert!(e.to_string().contains("another network"), "{e}");
 }
 
@@ -205,11 +207,11 @@ fn full_feedback_targets_decay_with_the_distance_to_each_later_product() {
     };
     // Products shown after each step: 5, then 6, then 5 again (episode end).
     let steps = vec![(step(9, 1.0), 5), (step(1, 0.0), 6), (step(2, 0.0), 5)];
-    let full = Dqn::full_feedback(steps.clone(), 0.5);
+    let full = full_feedback(steps.clone(), 0.5);
     let positives: Vec<Vec<(i64, f32)>> = full.iter().map(|t| t.positives.clone().unwrap_or_default()).collect();
     assert_eq!(positives, [vec![(5, 1.0), (6, 0.5)], vec![(6, 1.0), (5, 0.5)], vec![(5, 1.0)]]);
     assert_eq!(full.iter().map(|t| t.action).collect::<Vec<_>>(), [9, 1, 2], "actions taken are kept");
-    let exact = Dqn::full_feedback(steps, 1.0);
+    let exact = full_feedback(steps, 1.0);
     assert!(
         exact.iter().flat_map(|t| t.positives.clone().unwrap_or_default()).all(|(_, r)| r == 1.0),
         "decay 1: the env's reward"
@@ -230,7 +232,7 @@ fn future_hindsight_learns_products_seen_later_without_choosing_them() {
         dqn_gamma: 0.0,
         ..small(None)
     };
-    let mut dqn = Dqn::new(&args, 7).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut dqn = Dqn::<StateMsg>::new(&args, 7).unwrap_or_else(|e| panic!("{e:#}"));
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let product = |color: &str, index: u32, step: u32, episode: usize| {
         let mut s = state(color, 10, step);
@@ -268,7 +270,7 @@ fn a_dqn_that_cannot_start_fails_instead_of_answering() {
     let _rng = net::torch_rng_guard();
     // The wide table is dense: refused above 4,096 actions, as an error of the first call.
     let args = DqnArgs { dqn_wide: true, ..small(None) };
-    let mut dqn = Dqn::new(&args, 0).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut dqn = Dqn::<StateMsg>::new(&args, 0).unwrap_or_else(|e| panic!("{e:#}"));
     let big = state("red", 5_000, 0);
     let e = dqn.act(&[&big], &mut ChaCha8Rng::seed_from_u64(0)).err().unwrap_or_else(|| panic!("answered"));
     let msg = format!("{e:#}");
@@ -282,7 +284,7 @@ fn a_dqn_that_cannot_start_fails_instead_of_answering() {
 #[test]
 fn a_state_of_another_action_space_is_an_error_once_serving() {
     let _rng = net::torch_rng_guard();
-    let mut dqn = Dqn::new(&small(None), 0).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut dqn = Dqn::<StateMsg>::new(&small(None), 0).unwrap_or_else(|e| panic!("{e:#}"));
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     assert!(dqn.act(&[&state("red", 10, 0)], &mut rng).is_ok());
     let e = dqn.act(&[&state("red", 12, 0)], &mut rng).err().unwrap_or_else(|| panic!("answered"));
@@ -304,22 +306,22 @@ fn a_checkpoint_of_another_catalogue_is_refused_or_set_aside_when_asked() {
         s
     };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut dqn = Dqn::new(&args, 0).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut dqn = Dqn::<StateMsg>::new(&args, 0).unwrap_or_else(|e| panic!("{e:#}"));
     dqn.act(&[&on("00000000000000aa")], &mut rng).unwrap_or_else(|e| panic!("{e:#}"));
     dqn.save().unwrap_or_else(|e| panic!("{e:#}"));
     drop(dqn);
 
-    let mut same = Dqn::new(&args, 0).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut same = Dqn::<StateMsg>::new(&args, 0).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(same.act(&[&on("00000000000000aa")], &mut rng).is_ok(), "the same catalogue resumes");
     drop(same);
-    let mut other = Dqn::new(&args, 0).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut other = Dqn::<StateMsg>::new(&args, 0).unwrap_or_else(|e| panic!("{e:#}"));
     let e = other.act(&[&on("00000000000000bb")], &mut rng).err().unwrap_or_else(|| panic!("mixed catalogues"));
     let msg = format!("{e:#}");
     assert!(msg.contains("catalogue 00000000000000aa but the states come from catalogue 00000000000000bb"), "{msg}");
     drop(other);
 
     let fresh = DqnArgs { dqn_checkpoint_mismatch: CheckpointMismatch::Fresh, ..args };
-    let mut other = Dqn::new(&fresh, 0).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut other = Dqn::<StateMsg>::new(&fresh, 0).unwrap_or_else(|e| panic!("{e:#}"));
     other.act(&[&on("00000000000000bb")], &mut rng).unwrap_or_else(|e| panic!("{e:#}"));
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap_or_else(|e| panic!("{e}"))
@@ -327,4 +329,55 @@ fn a_checkpoint_of_another_catalogue_is_refused_or_set_aside_when_asked() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(names.iter().any(|n| n.starts_with("dqn.ckpt.replaced-")), "the old checkpoint is kept aside: {names:?}");
+}
+
+/// `DqnArgs` from `flags` as the services parse them (presets applied), no environment read.
+fn parsed(flags: &[&str]) -> DqnArgs {
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        dqn: DqnArgs,
+    }
+    let args = std::iter::once("agent").chain(flags.iter().copied());
+    common::cli::try_parse_flags_with::<Wrap>(args, preset_defaults).unwrap_or_else(|e| panic!("{e}")).dqn
+}
+
+#[test]
+fn the_defaults_are_the_papers_network_and_a_preset_replaces_them_but_not_what_was_given() {
+    let paper = parsed(&[]);
+    assert_eq!(
+        (paper.dqn_net, paper.dqn_lstm_units.clone(), paper.dqn_hidden.clone()),
+        (NetKind::Lstm, vec![64, 64, 32], vec![64, 32])
+    );
+    assert_eq!(
+        (paper.dqn_gamma, paper.dqn_hindsight, paper.dqn_id_token, paper.dqn_wide),
+        (0.9, Hindsight::Off, false, false)
+    );
+    assert_eq!(parsed(&["--dqn-preset", "paper"]).net_config(), paper.net_config());
+
+    let fashion = parsed(&["--dqn-preset", "fashion"]);
+    assert_eq!((fashion.dqn_net, fashion.dqn_hidden.clone(), fashion.dqn_wide), (NetKind::Mlp, vec![64], true));
+    assert_eq!((fashion.dqn_gamma, fashion.dqn_lr, fashion.dqn_eps_decay_steps), (0.0, 0.003, 3000));
+    assert_eq!((fashion.dqn_hindsight, fashion.dqn_id_token), (Hindsight::Future, true));
+    let mine = parsed(&["--dqn-preset", "fashion", "--dqn-lr", "0.01", "--dqn-hidden", "8,8"]);
+    assert_eq!((mine.dqn_lr, mine.dqn_hidden.clone(), mine.dqn_net), (0.01, vec![8, 8], NetKind::Mlp));
+
+    let recogym = parsed(&["--dqn-preset", "recogym"]);
+    assert_eq!((recogym.dqn_net, recogym.dqn_train_ratio, recogym.dqn_replay_capacity), (NetKind::Mlp, 0.25, 400_000));
+}
+
+#[test]
+fn every_preset_names_real_flags() {
+    use clap::{CommandFactory, ValueEnum};
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        dqn: DqnArgs,
+    }
+    let command = Wrap::command();
+    for preset in DqnPreset::value_variants() {
+        for (id, _) in preset.settings() {
+            assert!(command.get_arguments().any(|a| a.get_id() == *id), "{preset:?} sets {id}, which is no flag");
+        }
+    }
 }

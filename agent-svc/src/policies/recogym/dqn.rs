@@ -1,6 +1,6 @@
-//! `--policy dqn` on RecoGym: the fashion DQN ([`Dqn`]) unchanged, behind an adapter that
-//! presents a RecoGym state as a fashion state whose text is the user's organic views, one token
-//! per view (`"p3 p3 p7"`, the most recent `--dqn-max-tokens`).
+//! `--policy dqn` on RecoGym: the DQN ([`Dqn`]) unchanged, reading a [`RecoView`] of each
+//! RecoGym state (its [`DqnState`]): the text is the user's organic views so far, one token per
+//! view (`"p3 p3 p7"`, the most recent `--dqn-max-tokens`), the item the last view.
 //!
 //! Why this is sound: the DQN reads a bag (MLP: the mean of token embeddings, i.e. an embedding
 //! of the user's view shares) or a sequence (LSTM) of tokens, which is exactly the information
@@ -13,63 +13,94 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use protocol::{ProductObs, RecoStateMsg, StateMsg, SCHEMA_VERSION};
+use protocol::RecoStateMsg;
 use rand_chacha::ChaCha8Rng;
 use recogym::{Event, Log};
 
 use super::one_hot;
 use crate::policies::{
-    dqn::{Dqn, DqnArgs, Hindsight},
+    dqn::{Dqn, DqnArgs, DqnState, Hindsight},
     Choice, Feedback, Policy,
 };
 
 /// Episodes the adapter remembers at most (their views so far).
 const MAX_EPISODES: usize = 100_000;
 
+/// What the DQN reads of a RecoGym state: the user's views so far, and the state's place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoView {
+    episode_id: String,
+    step: u32,
+    n_actions: u32,
+    /// The views, oldest first, one `p<product>` token each.
+    text: String,
+    /// The last view (0 when none yet).
+    last: u32,
+    terminated: bool,
+    truncated: bool,
+}
+
+impl RecoView {
+    /// The view of `s` whose user viewed `views` (oldest first).
+    fn new(s: &RecoStateMsg, views: &VecDeque<u32>) -> Self {
+        let text: Vec<String> = views.iter().map(|p| format!("p{p}")).collect();
+        Self {
+            episode_id: s.episode_id.clone(),
+            step: s.step,
+            n_actions: s.n_actions,
+            text: text.join(" "),
+            last: views.back().copied().unwrap_or(0),
+            terminated: s.terminated,
+            truncated: s.truncated,
+        }
+    }
+}
+
+impl DqnState for RecoView {
+    fn episode_id(&self) -> &str {
+        &self.episode_id
+    }
+    fn step(&self) -> u32 {
+        self.step
+    }
+    fn n_actions(&self) -> u32 {
+        self.n_actions
+    }
+    /// RecoGym's products are numbered 0..n: the count is the whole catalogue.
+    fn catalog(&self) -> Option<&str> {
+        None
+    }
+    fn item(&self) -> u32 {
+        self.last
+    }
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(&self.text)
+    }
+    /// A view has no product of its own.
+    fn id_token(&self) -> Option<&str> {
+        None
+    }
+    fn terminated(&self) -> bool {
+        self.terminated
+    }
+    fn truncated(&self) -> bool {
+        self.truncated
+    }
+}
+
 #[derive(Debug, Default)]
 struct Episode {
     views: VecDeque<u32>,
-    prev: Option<StateMsg>,
-    cur: Option<StateMsg>,
+    prev: Option<RecoView>,
+    cur: Option<RecoView>,
 }
 
 /// The DQN serving RecoGym states.
 #[derive(Debug)]
 pub struct RecoDqn {
-    inner: Dqn,
+    inner: Dqn<RecoView>,
     max_tokens: usize,
     episodes: HashMap<String, Episode>,
-}
-
-/// The fashion state the DQN reads for a RecoGym state whose user viewed `views` (oldest first).
-fn as_fashion(s: &RecoStateMsg, views: &VecDeque<u32>) -> StateMsg {
-    let text: Vec<String> = views.iter().map(|p| format!("p{p}")).collect();
-    let last = views.back().copied().unwrap_or(0);
-    StateMsg {
-        schema_version: SCHEMA_VERSION,
-        env_id: s.env_id.clone(),
-        episode_id: s.episode_id.clone(),
-        step: s.step,
-        user_id: s.user_id.to_string(),
-        n_actions: s.n_actions,
-        // RecoGym's products are numbered 0..n: the count is the whole catalogue.
-        catalog: None,
-        observation: ProductObs {
-            asin: format!("p{last}"),
-            index: last,
-            text: text.join(" "),
-            sizes: Vec::new(),
-            colors: Vec::new(),
-            keywords: Vec::new(),
-        },
-        last_action: s.last_action,
-        reward: s.reward,
-        next_item_hit: false,
-        terminated: s.terminated,
-        truncated: s.truncated,
-        attempt: s.attempt,
-        ts_ms: s.ts_ms,
-    }
 }
 
 impl RecoDqn {
@@ -99,16 +130,16 @@ impl RecoDqn {
     pub fn train(&mut self, log: &Log, products: u32) -> anyhow::Result<()> {
         let proto = RecoStateMsg { n_actions: products, ..protocol::messages::examples::reco_state() };
         // The network is built on first sight of a state (which gives the action space).
-        self.inner.top_k(&[&as_fashion(&proto, &VecDeque::new())], 1)?;
+        self.inner.top_k(&[&RecoView::new(&proto, &VecDeque::new())], 1)?;
         let mut fed = 0u64;
         for user in log.rows.chunk_by(|a, b| a.u == b.u) {
             let mut views = VecDeque::new();
             // (state before the recommendation, action, click)
-            let mut pending: Option<(StateMsg, u32, bool)> = None;
+            let mut pending: Option<(RecoView, u32, bool)> = None;
             let mut step = 0;
             let state_at = |views: &VecDeque<u32>, step: u32, terminated: bool| {
                 let s = RecoStateMsg { step, terminated, episode_id: format!("log-{}", user[0].u), ..proto.clone() };
-                as_fashion(&s, views)
+                RecoView::new(&s, views)
             };
             for row in user {
                 match (row.z, row.v, row.a, row.c) {
@@ -134,20 +165,19 @@ impl RecoDqn {
         self.inner.set_eval(true)
     }
 
-    fn learn_one(&mut self, prev: &StateMsg, action: u32, click: bool, next: &StateMsg) -> anyhow::Result<()> {
+    fn learn_one(&mut self, prev: &RecoView, action: u32, click: bool, next: &RecoView) -> anyhow::Result<()> {
         let reward = f64::from(u8::from(click));
-        let next = StateMsg { reward, ..next.clone() };
-        self.inner.learn(&Feedback { prev, prev_index: prev.observation.index, action, reward, next: &next })
+        self.inner.learn(&Feedback { prev, prev_index: prev.last, action, reward, next })
     }
 
-    fn current(&self, s: &RecoStateMsg) -> StateMsg {
+    fn current(&self, s: &RecoStateMsg) -> RecoView {
         match self.episodes.get(&s.episode_id).and_then(|e| e.cur.as_ref()) {
             Some(cur) if cur.step == s.step => cur.clone(),
             // Not observed (called outside the agent core): this step's views only.
             _ => {
                 let mut views = VecDeque::new();
                 Self::push_views(&mut views, s.organic.iter().map(|v| v.product), self.max_tokens);
-                as_fashion(s, &views)
+                RecoView::new(s, &views)
             }
         }
     }
@@ -167,7 +197,7 @@ impl Policy<RecoStateMsg> for RecoDqn {
         let ep = self.episodes.entry(s.episode_id.clone()).or_default();
         Self::push_views(&mut ep.views, s.organic.iter().map(|v| v.product), max);
         ep.prev = ep.cur.take();
-        ep.cur = Some(as_fashion(s, &ep.views));
+        ep.cur = Some(RecoView::new(s, &ep.views));
         if s.terminated || s.truncated {
             // Kept until `learn` saw the last transition; dropped at the next call otherwise.
             ep.views.clear();
@@ -176,8 +206,8 @@ impl Policy<RecoStateMsg> for RecoDqn {
     }
 
     fn act(&mut self, states: &[&RecoStateMsg], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<(u32, f64)>> {
-        let fashion: Vec<StateMsg> = states.iter().map(|s| self.current(s)).collect();
-        let refs: Vec<&StateMsg> = fashion.iter().collect();
+        let views: Vec<RecoView> = states.iter().map(|s| self.current(s)).collect();
+        let refs: Vec<&RecoView> = views.iter().collect();
         self.inner.act(&refs, rng)
     }
 
@@ -209,7 +239,7 @@ impl Policy<RecoStateMsg> for RecoDqn {
                 let (prev, next) = (prev.clone(), next.clone());
                 self.inner.learn(&Feedback {
                     prev: &prev,
-                    prev_index: prev.observation.index,
+                    prev_index: prev.last,
                     action: fb.action,
                     reward: fb.reward,
                     next: &next,
@@ -223,8 +253,8 @@ impl Policy<RecoStateMsg> for RecoDqn {
     }
 
     fn top_k(&mut self, states: &[&RecoStateMsg], k: usize) -> anyhow::Result<Vec<Vec<u32>>> {
-        let fashion: Vec<StateMsg> = states.iter().map(|s| self.current(s)).collect();
-        let refs: Vec<&StateMsg> = fashion.iter().collect();
+        let views: Vec<RecoView> = states.iter().map(|s| self.current(s)).collect();
+        let refs: Vec<&RecoView> = views.iter().collect();
         self.inner.top_k(&refs, k)
     }
 
@@ -249,9 +279,9 @@ mod tests {
     fn a_recogym_state_reads_as_its_users_views() {
         let s = protocol::messages::examples::reco_state();
         let views: VecDeque<u32> = [7, 3, 3].into_iter().collect();
-        let f = as_fashion(&s, &views);
-        assert_eq!(f.observation.text, "p7 p3 p3");
-        assert_eq!((f.observation.index, f.n_actions, f.step), (3, s.n_actions, s.step));
+        let v = RecoView::new(&s, &views);
+        assert_eq!((v.text().as_ref(), v.id_token()), ("p7 p3 p3", None));
+        assert_eq!((v.item(), v.n_actions(), v.step(), v.catalog()), (3, s.n_actions, s.step, None));
         let mut capped = VecDeque::new();
         RecoDqn::push_views(&mut capped, [1, 2, 3, 4], 3);
         assert_eq!(capped, VecDeque::from(vec![2, 3, 4]), "the most recent views are kept");

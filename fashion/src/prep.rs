@@ -298,7 +298,7 @@ mod tests {
     use std::borrow::Cow;
 
     use super::*;
-    use crate::data::amazon::Review;
+    use crate::amazon::Review;
 
     fn review(user: &str, product: &str, time: i64, size: Option<&str>, text: &str) -> Review<'static> {
         Review {

@@ -1265,7 +1265,7 @@ impl GzWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::amazon::{parse_meta_2018, parse_review_2018};
+    use crate::amazon::{parse_meta_2018, parse_review_2018};
 
     #[test]
     fn json_strings_follow_python_json_dumps() {
