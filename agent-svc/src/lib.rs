@@ -147,20 +147,34 @@ impl AgentArgs {
         self.try_build().unwrap_or_else(|e| panic!("cannot build the agent: {e:#}"))
     }
 
-    /// A RecoGym agent over `products` products, its policy trained on `log` when given
-    /// (RecoGym's protocol: train on a logging policy's logs, then serve frozen).
+    /// The RecoGym agent these settings describe. With `trained_on = Some((log, products))` its
+    /// policy is trained on the log of a logging run over `products` products first (RecoGym's
+    /// protocol: train on a logging policy's logs, then serve frozen); with `None` it is built
+    /// on the first state it sees, which gives the number of products (the policies that need
+    /// no logs: `random`, `user-count`, `dqn` learning online).
     pub fn try_build_recogym(
         &self,
-        products: u32,
-        log: Option<&recogym::Log>,
+        trained_on: Option<(&recogym::Log, u32)>,
     ) -> anyhow::Result<AgentCore<RecoStateMsg>> {
         let replica = self.replica_id.clone().unwrap_or_else(default_replica_id);
         let age_ms = i64::try_from(self.max_state_age.as_millis()).unwrap_or(i64::MAX);
-        if log.is_none() && policies::recogym::needs_logs(self.policy) {
-            tracing::warn!(policy = self.policy.name(), "no training logs: the policy serves untrained");
-        }
-        let policy = policies::recogym::build(self.policy, products, log, &self.recogym, &self.dqn, self.agent_seed)
-            .with_context(|| format!("policy {} cannot start", self.policy.name()))?;
+        let policy: Box<dyn policies::Policy<RecoStateMsg>> = match trained_on {
+            Some((log, products)) => {
+                policies::recogym::build(self.policy, products, Some(log), &self.recogym, &self.dqn, self.agent_seed)
+                    .with_context(|| format!("policy {} cannot start", self.policy.name()))?
+            }
+            None => {
+                anyhow::ensure!(
+                    !policies::recogym::needs_logs(self.policy),
+                    "--policy {} learns from logs only: give --train-env-id",
+                    self.policy.name()
+                );
+                let (policy, args, dqn, seed) = (self.policy, self.recogym.clone(), self.dqn.clone(), self.agent_seed);
+                Box::new(policies::recogym::Lazy::new(policy.name(), move |products| {
+                    policies::recogym::build(policy, products, None, &args, &dqn, seed)
+                }))
+            }
+        };
         Ok(self.recogym_fallback(AgentCore::new(policy, self.agent_seed, replica, age_ms)))
     }
 
@@ -176,19 +190,6 @@ impl AgentArgs {
             }
             None => core,
         }
-    }
-
-    /// An untrained RecoGym agent, built on the first state it sees (which gives the number of
-    /// products); for the policies that need no logs (`random`, `user-count`, `dqn` learning
-    /// online).
-    pub fn try_build_recogym_untrained(&self) -> anyhow::Result<AgentCore<RecoStateMsg>> {
-        let replica = self.replica_id.clone().unwrap_or_else(default_replica_id);
-        let age_ms = i64::try_from(self.max_state_age.as_millis()).unwrap_or(i64::MAX);
-        let (policy, args, dqn, seed) = (self.policy, self.recogym.clone(), self.dqn.clone(), self.agent_seed);
-        let lazy = policies::recogym::Lazy::new(policy.name(), move |products| {
-            policies::recogym::build(policy, products, None, &args, &dqn, seed)
-        });
-        Ok(self.recogym_fallback(AgentCore::new(Box::new(lazy), self.agent_seed, replica, age_ms)))
     }
 }
 
@@ -434,18 +435,11 @@ pub async fn run(cfg: RunArgs, shutdown: CancellationToken) -> anyhow::Result<Ag
                     let products = policies::recogym::logs::products_in(&log);
                     anyhow::ensure!(products > 0, "the logging run {env_id} has no message on {}", topics.state_topic);
                     let agent = cfg.agent.clone();
-                    tokio::task::spawn_blocking(move || agent.try_build_recogym(products, Some(&log)))
+                    tokio::task::spawn_blocking(move || agent.try_build_recogym(Some((&log, products))))
                         .await
                         .context("training panicked")??
                 }
-                None => {
-                    anyhow::ensure!(
-                        !policies::recogym::needs_logs(cfg.agent.policy),
-                        "--policy {} learns from logs only: give --train-env-id",
-                        cfg.agent.policy.name()
-                    );
-                    cfg.agent.try_build_recogym_untrained()?
-                }
+                None => cfg.agent.try_build_recogym(None)?,
             };
             serve(core, &cfg, &topics, shutdown).await?
         }

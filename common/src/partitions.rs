@@ -107,17 +107,18 @@ pub fn snapshot_spans<C: ConsumerContext + 'static>(
             by_time.insert(e.partition(), e.offset());
         }
     }
-    Ok(marks
-        .into_iter()
-        .filter_map(|(p, m)| {
-            let start = match by_time.get(&p) {
-                Some(Offset::Offset(o)) => (*o).max(m.low),
-                Some(_) => m.high, // nothing at or after the time
-                None => m.low,
-            };
-            (start < m.high).then_some((p, Span { start, end: m.high }))
-        })
-        .collect())
+    Ok(marks.into_iter().filter_map(|(p, m)| span(m, by_time.get(&p).copied()).map(|s| (p, s))).collect())
+}
+
+/// What a snapshot reads of a partition with watermarks `m`, given the offset a time lookup
+/// found (`None`: no lookup, read from the start); `None` when there is nothing to read.
+fn span(m: Marks, by_time: Option<Offset>) -> Option<Span> {
+    let start = match by_time {
+        Some(Offset::Offset(o)) => o.max(m.low),
+        Some(_) => m.high, // nothing at or after the time
+        None => m.low,
+    };
+    (start < m.high).then_some(Span { start, end: m.high })
 }
 
 impl Raw {
@@ -194,4 +195,21 @@ pub fn read_snapshot(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_reads_from_the_start_or_the_time_to_the_end_it_saw() {
+        let m = Marks { low: 10, high: 20 };
+        assert_eq!(span(m, None), Some(Span { start: 10, end: 20 }));
+        assert_eq!(span(m, Some(Offset::Offset(15))), Some(Span { start: 15, end: 20 }));
+        // A time before what the partition still holds starts at what it holds.
+        assert_eq!(span(m, Some(Offset::Offset(3))), Some(Span { start: 10, end: 20 }));
+        // Nothing at or after the time, or an empty partition: nothing to read.
+        assert_eq!(span(m, Some(Offset::End)), None);
+        assert_eq!(span(Marks { low: 5, high: 5 }, None), None);
+    }
 }

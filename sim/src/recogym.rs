@@ -307,7 +307,7 @@ async fn training_log(args: &RecoArgs, world: Arc<World>, transport: Transport) 
             let mut logger = args.agent.clone();
             logger.policy = PolicyKind::Random;
             logger.agent_seed = config.random_seed;
-            let core = logger.try_build_recogym(config.num_products, None)?;
+            let core = logger.try_build_recogym(None)?;
             let since_ms = common::kafka::now_ms() - 5_000;
             let (summary, env_id) = play(args, world, users, core, Transport::Kafka, "logging").await?;
             let run_s = started.elapsed().as_secs_f64();
@@ -361,7 +361,7 @@ pub async fn run_transport(
         let mut agent = args.agent.clone();
         agent.policy = kind;
         let train_log = log.clone();
-        let core = tokio::task::spawn_blocking(move || agent.try_build_recogym(products, Some(&train_log)))
+        let core = tokio::task::spawn_blocking(move || agent.try_build_recogym(Some((&train_log, products))))
             .await
             .context("training panicked")??;
         let train_s = started.elapsed().as_secs_f64();
