@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::{
-    kafka::{EnvKind, KafkaArgs, TopicArgs, Topics, TuningArgs},
+    check::StackArgs,
+    kafka::{EnvKind, KafkaArgs, Topics, TuningArgs},
     link::Raw,
     offsets::Ticket,
     registry::RegistryArgs,
@@ -35,18 +36,12 @@ use crate::{
 /// `agent-svc run`: answer states with actions through Kafka until stopped.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Environment served: `fashion` (`StateMsg` on the fashion topics) or `recogym`
-    /// (`RecoStateMsg` on the RecoGym topics).
-    #[arg(long = "env", env = "ENV_KIND", value_enum, default_value_t = EnvKind::Fashion)]
-    pub env: EnvKind,
+    // The environment served (`--env`: `StateMsg` on the fashion topics, or `RecoStateMsg` on
+    // the RecoGym ones) and where the stack is.
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub registry: RegistryArgs,
+    pub stack: StackArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
-    #[command(flatten)]
-    pub topics: TopicArgs,
     #[command(flatten)]
     pub agent: AgentArgs,
     /// RecoGym: the env id of a logging run (e.g. `reco-gym-v1/3f2a9c`) whose states and
@@ -421,8 +416,8 @@ fn on_event<S, L: AgentLink>(
 /// `agent-svc run`: joins the group and answers until SIGTERM; returns the counters. With
 /// `--env recogym` and `--train-env-id`, first reads that run back and trains the policy.
 pub async fn run(cfg: RunArgs, shutdown: CancellationToken) -> anyhow::Result<AgentStats> {
-    let topics = cfg.topics.resolve(cfg.env);
-    let stats = match cfg.env {
+    let topics = cfg.stack.topics();
+    let stats = match cfg.stack.env {
         EnvKind::Fashion => {
             let core = cfg.agent.try_build()?;
             serve(core, &cfg, &topics, shutdown).await?
@@ -431,7 +426,8 @@ pub async fn run(cfg: RunArgs, shutdown: CancellationToken) -> anyhow::Result<Ag
             let core = match &cfg.train_env_id {
                 Some(env_id) => {
                     let since_ms = cfg.train_since.map(|d| common::kafka::now_ms() - d.as_millis() as i64);
-                    let log = read_training_log(&cfg.kafka, &cfg.registry, &topics, env_id, since_ms).await?;
+                    let log =
+                        read_training_log(&cfg.stack.kafka, &cfg.stack.registry, &topics, env_id, since_ms).await?;
                     let products = policies::recogym::logs::products_in(&log);
                     anyhow::ensure!(products > 0, "the logging run {env_id} has no message on {}", topics.state_topic);
                     let agent = cfg.agent.clone();
@@ -486,10 +482,10 @@ where
     S: StepState + protocol::Message + Clone,
 {
     use common::registry::Registry;
-    let (state_codec, action_codec) = Registry::new(&cfg.registry).step_codecs::<S>(topics).await?;
+    let (state_codec, action_codec) = Registry::new(&cfg.stack.registry).step_codecs::<S>(topics).await?;
     let mut link =
-        link::KafkaAgentLink::connect(&cfg.kafka, &cfg.tuning, topics.clone(), &cfg.group_id, &cfg.offset_reset)?;
-    tracing::info!(policy = core.policy_name(), group = %cfg.group_id, env = ?cfg.env, ?cfg.agent, "agent starts");
+        link::KafkaAgentLink::connect(&cfg.stack.kafka, &cfg.tuning, topics.clone(), &cfg.group_id, &cfg.offset_reset)?;
+    tracing::info!(policy = core.policy_name(), group = %cfg.group_id, env = ?cfg.stack.env, ?cfg.agent, "agent starts");
     let delivery = DeliveryPolicy::new(cfg.agent.delivery_attempts);
     let stats = drive(&mut core, &mut link, &state_codec, &action_codec, cfg.agent.max_batch, delivery, shutdown).await;
     link.close();

@@ -21,14 +21,14 @@ enum Command {
     Run(Box<agent_svc::RunArgs>),
     /// Print what this service sees of the stack (brokers, topics, schema subjects) as JSON;
     /// exit non-zero when a topic or subject it needs is missing.
-    Check(common::check::CheckArgs),
+    Check(common::check::StackArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = common::cli::parse_with(agent_svc::policies::dqn::preset_defaults);
     if let Command::Run(args) = &cli.command {
-        if let Err(refused) = args.agent.policy.check_env(args.env) {
+        if let Err(refused) = args.agent.policy.check_env(args.stack.env) {
             Cli::command().error(clap::error::ErrorKind::ArgumentConflict, refused).exit();
         }
     }
@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
             let stats = agent_svc::run(*args, common::shutdown::on_signals()).await?;
             println!("{}", serde_json::to_string(&stats)?);
         }
-        Command::Check(check) => println!("{}", serde_json::to_string_pretty(&check.run().await?)?),
+        Command::Check(stack) => println!("{}", serde_json::to_string_pretty(&stack.check().await?)?),
     }
     Ok(())
 }

@@ -5,14 +5,16 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::{
-    kafka::{describe_topics, EnvKind, KafkaArgs, TopicArgs},
+    kafka::{describe_topics, EnvKind, KafkaArgs, TopicArgs, Topics},
     registry::{Registry, RegistryArgs},
 };
 
-/// The `check` subcommand of a service: which environment's topics and subjects to look at.
+/// Where a service finds the stack, and which environment's topics it uses: flattened into
+/// every service's `run`, and the whole of its `check`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct CheckArgs {
-    /// Environment whose topics and subjects to check.
+pub struct StackArgs {
+    /// Environment: `fashion` (Amazon Fashion review sequences, `StateMsg`) or `recogym`
+    /// (RecoGym's `reco-gym-v1` simulator, `RecoStateMsg`); picks the topics and the state type.
     #[arg(long = "env", env = "ENV_KIND", value_enum, default_value_t = EnvKind::Fashion)]
     pub env: EnvKind,
     #[command(flatten)]
@@ -23,10 +25,16 @@ pub struct CheckArgs {
     pub topics: TopicArgs,
 }
 
-impl CheckArgs {
-    /// The report of the environment's three topics and its two subjects (states, actions).
-    pub async fn run(&self) -> anyhow::Result<Value> {
-        let t = self.topics.resolve(self.env);
+impl StackArgs {
+    /// The environment's topics, with the names given by flag or variable in place.
+    pub fn topics(&self) -> Topics {
+        self.topics.resolve(self.env)
+    }
+
+    /// `check`: the report of the environment's three topics and its two subjects (states,
+    /// actions).
+    pub async fn check(&self) -> anyhow::Result<Value> {
+        let t = self.topics();
         let subjects =
             [protocol::topics::value_subject(&t.state_topic), protocol::topics::value_subject(&t.action_topic)];
         let names = [t.state_topic.as_str(), t.action_topic.as_str(), t.dead_letter_topic.as_str()];

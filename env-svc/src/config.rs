@@ -3,28 +3,19 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use common::{
-    kafka::{EnvKind, KafkaArgs, TopicArgs, TuningArgs},
-    registry::RegistryArgs,
-};
+use common::{check::StackArgs, kafka::TuningArgs};
 
 use fashion::{DatasetArgs, Split};
 
 /// `env-svc run`: play episodes against the agent through Kafka.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Environment to run: `fashion` (Amazon Fashion review sequences, `--dataset`) or
-    /// `recogym` (the `reco-gym-v1` simulator, `--recogym-*`).
-    #[arg(long = "env", env = "ENV_KIND", value_enum, default_value_t = EnvKind::Fashion)]
-    pub env: EnvKind,
+    // The environment to run (`--env`; `fashion` plays `--dataset`, `recogym` the
+    // `--recogym-*` simulator) and where the stack is.
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub registry: RegistryArgs,
+    pub stack: StackArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
-    #[command(flatten)]
-    pub topics: TopicArgs,
     #[command(flatten)]
     pub dataset: DatasetArgs,
     #[command(flatten)]

@@ -227,7 +227,7 @@ pub fn recogym_engine_in(
 /// written to `--summary-json`).
 pub async fn run(cfg: config::RunArgs, shutdown: CancellationToken) -> anyhow::Result<Summary> {
     let run_id = cfg.run_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_string());
-    let summary = match cfg.env {
+    let summary = match cfg.stack.env {
         EnvKind::Fashion => {
             let (dataset_args, quiet) = (cfg.dataset.clone(), cfg.quiet);
             let dataset =
@@ -248,16 +248,16 @@ pub async fn run(cfg: config::RunArgs, shutdown: CancellationToken) -> anyhow::R
     Ok(summary)
 }
 
-/// Plays `engine`'s episodes through Kafka on the topics of `cfg.env`.
+/// Plays `engine`'s episodes through Kafka on the topics of `cfg.stack.env`.
 async fn run_engine<E: Environment>(
     mut engine: Engine<E>,
     cfg: &config::RunArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Summary> {
     use common::registry::Registry;
-    let topics = cfg.topics.resolve(cfg.env);
-    let (state_codec, action_codec) = Registry::new(&cfg.registry).step_codecs::<E::State>(&topics).await?;
-    let mut link = link::KafkaEnvLink::connect(&cfg.kafka, &cfg.tuning, topics.clone()).await?;
+    let topics = cfg.stack.topics();
+    let (state_codec, action_codec) = Registry::new(&cfg.stack.registry).step_codecs::<E::State>(&topics).await?;
+    let mut link = link::KafkaEnvLink::connect(&cfg.stack.kafka, &cfg.tuning, topics.clone()).await?;
     tracing::info!(
         env_id = engine.env_id(),
         episodes = %engine.env().label(),

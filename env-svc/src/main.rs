@@ -27,7 +27,7 @@ enum Command {
     Inspect(cli::InspectArgs),
     /// Print what this service sees of the stack (brokers, topics, schema subjects) as JSON;
     /// exit non-zero when a topic or subject it needs is missing.
-    Check(common::check::CheckArgs),
+    Check(common::check::StackArgs),
 }
 
 #[tokio::main]
@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Generate(args) => cli::run_generate(&args)?,
         Command::Inspect(args) => cli::run_inspect(&args)?,
-        Command::Check(check) => println!("{}", serde_json::to_string_pretty(&check.run().await?)?),
+        Command::Check(stack) => println!("{}", serde_json::to_string_pretty(&stack.check().await?)?),
     }
     Ok(())
 }
