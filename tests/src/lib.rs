@@ -367,10 +367,24 @@ pub fn parse_flags<T: clap::Parser>(args: impl IntoIterator<Item = impl Into<std
 
 /// `program`, then `flags`, then the stack's location (`--bootstrap-servers`,
 /// `--schema-registry-url`) unless `flags` already set it.
+///
+/// Topics not named in `flags` are named after the environment (`--env`), so that resolving
+/// them never falls back on the process's `STATE_TOPIC` or `RECOGYM_STATE_TOPIC` either.
 fn service_args(program: &str, flags: &[impl AsRef<str>]) -> Vec<String> {
     let mut args = vec![program.to_string()];
     args.extend(flags.iter().map(|f| f.as_ref().to_string()));
-    for (flag, value) in [("--bootstrap-servers", bootstrap()), ("--schema-registry-url", registry_url())] {
+    let env = match args.iter().position(|a| a == "--env").and_then(|i| args.get(i + 1)) {
+        Some(kind) if kind == "recogym" => common::kafka::EnvKind::Recogym,
+        _ => common::kafka::EnvKind::Fashion,
+    };
+    let own = env.topics();
+    for (flag, value) in [
+        ("--bootstrap-servers", bootstrap()),
+        ("--schema-registry-url", registry_url()),
+        ("--state-topic", own.state_topic),
+        ("--action-topic", own.action_topic),
+        ("--dead-letter-topic", own.dead_letter_topic),
+    ] {
         if !args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
             args.extend([flag.to_string(), value]);
         }

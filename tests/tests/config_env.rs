@@ -12,7 +12,7 @@ use streamrec_tests::{agent_run_args, env_run_args, parse_flags};
 const PROBE_OUT: &str = "STREAMREC_CONFIG_PROBE_OUT";
 
 /// Variables a developer's shell may export, each of which some flag falls back on.
-const STRAY: [(&str, &str); 9] = [
+const STRAY: [(&str, &str); 10] = [
     ("DQN_NET", "lstm"),
     ("DQN_HIDDEN", "7,7"),
     ("CHECKPOINT_DIR", "/nonexistent/checkpoints"),
@@ -22,6 +22,8 @@ const STRAY: [(&str, &str); 9] = [
     ("AGENT_POLICY", "dqn"),
     ("AGENT_GROUP_ID", "stray"),
     ("STATE_TOPIC", "stray_state"),
+    // With ENV_KIND=recogym above, the topics resolve from the RecoGym variables.
+    ("RECOGYM_STATE_TOPIC", "stray_state"),
 ];
 
 #[derive(Debug, clap::Parser)]
@@ -45,12 +47,15 @@ struct EnvCli {
 fn describe_configs() -> String {
     use clap::Parser;
     let none: &[&str] = &[];
+    // The topics as the services resolve them (flag, else the environment's variable).
+    let (env, agent) = (env_run_args(none), agent_run_args(none));
     let helpers = [
-        format!("{:?}", env_run_args(none)),
-        format!("{:?}", agent_run_args(none)),
+        format!("{env:?} {:?}", env.stack.topics()),
+        format!("{agent:?} {:?}", agent.stack.topics()),
         format!("{:?}", parse_flags::<SimCli>(["sim"])),
     ];
-    let clap = format!("{:?}", EnvCli::parse_from(["env-svc"]).run);
+    let run = EnvCli::parse_from(["env-svc"]).run;
+    let clap = format!("{run:?} {:?}", run.stack.topics());
     format!("helpers {}\nclap {clap}\n", helpers.join(" "))
 }
 
