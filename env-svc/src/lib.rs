@@ -179,7 +179,7 @@ impl Progress {
                 active = engine.active(),
                 resends = m.resends,
                 reward_rate_recent = format!("{recent:.4}"),
-                random_rate_recent = random.map(|r| format!("{r:.4}")),
+                random_rate_recent = random.map(|r| format!("{r:.6}")),
                 recent_steps = metrics::RECENT_STEPS.min(m.steps as usize),
                 "progress"
             );

@@ -295,7 +295,7 @@ impl std::fmt::Display for Summary {
         match self.random_reward_rate {
             Some(random) if random > 0.0 => writeln!(
                 f,
-                "  reward rate       {:>10.4}   ({:.2}x a uniformly random policy on the same steps: {:.4})",
+                "  reward rate       {:>10.4}   ({:.2}x a uniformly random policy on the same steps: {:.6})",
                 self.reward_rate,
                 self.reward_rate / random,
                 random
