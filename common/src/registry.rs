@@ -31,12 +31,13 @@ pub struct RegistryArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The registry could not be reached or answered garbage.
-    #[error("schema registry at {url} unreachable: {source}")]
+    #[error("schema registry at {url} unreachable: {}", Causes(error))]
     Http {
         /// The URL called.
         url: String,
-        /// What reqwest reported.
-        source: reqwest::Error,
+        /// What reqwest reported; its causes are in this error's message (not a `source`, so
+        /// that a chain printer does not print them twice).
+        error: reqwest::Error,
     },
     /// The registry answered with an error status.
     #[error("schema registry refused {url}: HTTP {status}: {body}")]
@@ -69,6 +70,24 @@ pub struct Registry {
 }
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+/// How many times a request that got no answer is sent before the registry counts as unreachable.
+const SEND_ATTEMPTS: u32 = 3;
+
+/// An error with every cause under it, `a: b: c` (reqwest's own message names only the URL).
+struct Causes<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
 /// Longest wait for one lookup of a writer schema; a registry that hangs is an unreachable one.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -113,14 +132,34 @@ impl Registry {
         Self { base: args.schema_registry_url.trim_end_matches('/').to_string(), http: reqwest::Client::new() }
     }
 
+    /// Sends `req`. A request that fails before any answer (a refused connection, or a pooled
+    /// keep-alive connection that the registry closed as it was reused) is sent again, up to
+    /// [`SEND_ATTEMPTS`] times in all: every call of this client is idempotent (lookups, and a
+    /// registration that returns the same id for the same schema). A timeout is not resent: a
+    /// registry that hangs is an unreachable one.
     async fn call(&self, req: reqwest::RequestBuilder, url: String) -> Result<Value, RegistryError> {
-        let resp = req.send().await.map_err(|source| RegistryError::Http { url: url.clone(), source })?;
+        let mut attempt = 1;
+        let mut next = req;
+        let resp = loop {
+            let spare = next.try_clone();
+            match next.send().await {
+                Ok(resp) => break resp,
+                Err(source) if attempt < SEND_ATTEMPTS && !source.is_timeout() && source.status().is_none() => {
+                    let Some(spare) = spare else { return Err(RegistryError::Http { url, error: source }) };
+                    tracing::warn!(url, attempt, error = %Causes(&source), "registry request failed before an answer; sending it again");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    attempt += 1;
+                    next = spare;
+                }
+                Err(source) => return Err(RegistryError::Http { url, error: source }),
+            }
+        };
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
             return Err(RegistryError::Status { url, status: status.as_u16(), body });
         }
-        resp.json().await.map_err(|source| RegistryError::Http { url, source })
+        resp.json().await.map_err(|error| RegistryError::Http { url, error })
     }
 
     /// GETs `path` for a writer-schema lookup: `Ok(None)` when the registry answers 404.
@@ -428,5 +467,51 @@ mod tests {
             DecodeError::Registry(RegistryError::Status { url: "u".into(), status: 503, body: String::new() });
         assert!(registry.is_retryable());
         assert!(!DecodeError::Record(ProtocolError::UnknownSchemaId(3)).is_retryable());
+    }
+
+    /// A loopback server that closes the first `drops` connections unanswered, then answers
+    /// every request with `{"subjects": 1}`; returns its base URL and a count of connections.
+    async fn flaky_server(drops: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                if count.fetch_add(1, Ordering::SeqCst) < drops {
+                    drop(conn);
+                    continue;
+                }
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let body = r#"["a","b"]"#;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = conn.write_all(format!("{head}{body}").as_bytes()).await;
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_unanswered_is_sent_again_and_then_reported_with_its_causes() {
+        use std::sync::atomic::Ordering;
+        // Closed once, then answered: the call succeeds on its second connection.
+        let (url, seen) = flaky_server(1).await;
+        let registry = Registry::new(&RegistryArgs { schema_registry_url: url });
+        let subjects = registry.subjects().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((subjects, seen.load(Ordering::SeqCst)), (vec!["a".to_string(), "b".to_string()], 2));
+
+        // Closed every time: unreachable after SEND_ATTEMPTS connections, and the message says why.
+        let (url, seen) = flaky_server(usize::MAX).await;
+        let registry = Registry::new(&RegistryArgs { schema_registry_url: url.clone() });
+        let err = registry.subjects().await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(seen.load(Ordering::SeqCst), SEND_ATTEMPTS as usize);
+        assert!(
+            err.starts_with(&format!("schema registry at {url}/subjects unreachable: error sending request")),
+            "{err}"
+        );
+        assert!(err.matches(": ").count() >= 2, "the causes under reqwest's message are named: {err}");
     }
 }
