@@ -9,6 +9,7 @@
 //! env ignores the duplicates a restart may produce.
 
 pub mod core;
+pub mod envs;
 pub mod link;
 pub mod policies;
 pub mod train_logs;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use common::{
     check::StackArgs,
-    kafka::{EnvKind, KafkaArgs, Topics, TuningArgs},
+    kafka::{KafkaArgs, Topics, TuningArgs},
     link::Raw,
     offsets::Ticket,
     registry::RegistryArgs,
@@ -417,29 +418,7 @@ fn on_event<S, L: AgentLink>(
 /// `--env recogym` and `--train-env-id`, first reads that run back and trains the policy.
 pub async fn run(cfg: RunArgs, shutdown: CancellationToken) -> anyhow::Result<AgentStats> {
     let topics = cfg.stack.topics();
-    let stats = match cfg.stack.env {
-        EnvKind::Fashion => {
-            let core = cfg.agent.try_build()?;
-            serve(core, &cfg, &topics, shutdown).await?
-        }
-        EnvKind::Recogym => {
-            let core = match &cfg.train_env_id {
-                Some(env_id) => {
-                    let since_ms = cfg.train_since.map(|d| common::kafka::now_ms() - d.as_millis() as i64);
-                    let log =
-                        read_training_log(&cfg.stack.kafka, &cfg.stack.registry, &topics, env_id, since_ms).await?;
-                    let products = policies::recogym::logs::products_in(&log);
-                    anyhow::ensure!(products > 0, "the logging run {env_id} has no message on {}", topics.state_topic);
-                    let agent = cfg.agent.clone();
-                    tokio::task::spawn_blocking(move || agent.try_build_recogym(Some((&log, products))))
-                        .await
-                        .context("training panicked")??
-                }
-                None => cfg.agent.try_build_recogym(None)?,
-            };
-            serve(core, &cfg, &topics, shutdown).await?
-        }
-    };
+    let stats = envs::serve(&cfg, &topics, shutdown).await?;
     if let Some(path) = &cfg.summary_json {
         std::fs::write(path, serde_json::to_vec_pretty(&stats)?)
             .with_context(|| format!("failed to write {}", path.display()))?;
@@ -472,7 +451,7 @@ pub async fn read_training_log(
 }
 
 /// Joins the group on `topics` and answers with `core` until SIGTERM.
-async fn serve<S>(
+pub(crate) async fn serve<S>(
     mut core: AgentCore<S>,
     cfg: &RunArgs,
     topics: &Topics,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use protocol::topics::EnvSpec;
 use rdkafka::{
     admin::AdminClient,
     client::DefaultClientContext,
@@ -146,6 +147,9 @@ pub struct Topics {
 }
 
 /// Which environment a service runs (`--env`); picks the topics and the state message type.
+/// The one list of environments in the stack: a new environment adds a variant and its
+/// [`EnvSpec`] here, its messages to `protocol`, and one arm to each service's list
+/// (`env_svc::envs`, `agent_svc::envs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum EnvKind {
     /// Amazon Fashion review sequences (`fashion_*` topics, `StateMsg`).
@@ -156,22 +160,27 @@ pub enum EnvKind {
 }
 
 impl EnvKind {
+    /// The environment's name and topics, declared beside its messages in `protocol`.
+    pub fn spec(self) -> &'static EnvSpec {
+        match self {
+            EnvKind::Fashion => &protocol::topics::FASHION,
+            EnvKind::Recogym => &protocol::topics::RECOGYM,
+        }
+    }
+
     /// The name on the command line, e.g. `recogym`.
     pub fn name(self) -> &'static str {
-        match self {
-            EnvKind::Fashion => "fashion",
-            EnvKind::Recogym => "recogym",
-        }
+        self.spec().name
     }
 
     /// The environment's own topics (`deploy/topics.env`).
     pub fn topics(self) -> Topics {
-        use protocol::topics as t;
-        let (state, action, dead_letter) = match self {
-            EnvKind::Fashion => (t::STATE_TOPIC, t::ACTION_TOPIC, t::DEAD_LETTER_TOPIC),
-            EnvKind::Recogym => (t::RECOGYM_STATE_TOPIC, t::RECOGYM_ACTION_TOPIC, t::RECOGYM_DEAD_LETTER_TOPIC),
-        };
-        Topics { state_topic: state.into(), action_topic: action.into(), dead_letter_topic: dead_letter.into() }
+        let s = self.spec();
+        Topics {
+            state_topic: s.state_topic.into(),
+            action_topic: s.action_topic.into(),
+            dead_letter_topic: s.dead_letter_topic.into(),
+        }
     }
 }
 
@@ -207,10 +216,7 @@ impl TopicArgs {
     /// [`TopicArgs::resolve`] with `lookup` in place of the process environment.
     pub fn resolve_with(&self, env: EnvKind, lookup: impl Fn(&str) -> Option<String>) -> Topics {
         let own = env.topics();
-        let prefix = match env {
-            EnvKind::Fashion => "",
-            EnvKind::Recogym => "RECOGYM_",
-        };
+        let prefix = env.spec().topics_env_prefix;
         let pick = |flag: &Option<String>, var: &str, default: String| {
             flag.clone().or_else(|| lookup(&format!("{prefix}{var}"))).unwrap_or(default)
         };

@@ -5,16 +5,20 @@
 #   BOOTSTRAP_SERVERS  broker list (default 127.0.0.1:9092)
 #   TOPICS_ENV         path of deploy/topics.env (default: beside this script, ../topics.env)
 #   TOPIC_PARTITIONS   overrides the partition count of topics.env
+# With --list, prints the topics it would create, one per line, and touches nothing.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 partitions_override=${TOPIC_PARTITIONS:-}
-. "${TOPICS_ENV:-$here/../topics.env}"
+topics_env=${TOPICS_ENV:-$here/../topics.env}
+. "$topics_env"
 [ -n "$partitions_override" ] && TOPIC_PARTITIONS=$partitions_override
 KAFKA_TOPICS_CMD=${KAFKA_TOPICS_CMD:-kafka-topics}
 BOOTSTRAP_SERVERS=${BOOTSTRAP_SERVERS:-127.0.0.1:9092}
 
-for topic in "$STATE_TOPIC" "$ACTION_TOPIC" "$DEAD_LETTER_TOPIC" \
-  "$RECOGYM_STATE_TOPIC" "$RECOGYM_ACTION_TOPIC" "$RECOGYM_DEAD_LETTER_TOPIC"; do
+# Every variable of topics.env named *_TOPIC is a topic (an environment declares its three there).
+for var in $(sed -n 's/^\([A-Z0-9_]*_TOPIC\)=.*/\1/p' "$topics_env"); do
+  eval "topic=\$$var"
+  if [ "${1:-}" = --list ]; then echo "$topic"; continue; fi
   # shellcheck disable=SC2086 # KAFKA_TOPICS_CMD is a command line on purpose
   $KAFKA_TOPICS_CMD --bootstrap-server "$BOOTSTRAP_SERVERS" --create --if-not-exists \
     --topic "$topic" --partitions "$TOPIC_PARTITIONS" \

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Registers the JSON Schemas of the value subjects (fashion and RecoGym states and actions) and
+# Registers the JSON Schemas of the value subjects (every environment's states and actions) and
 # sets their compatibility level.
 # Shared by deploy/local/stack.sh and the `init-schemas` service of docker-compose.yml.
 # Idempotent: registering an identical schema returns the existing id.
@@ -7,11 +7,14 @@
 #                        (Confluent: http://host:8081, Apicurio: http://host:8081/apis/ccompat/v7)
 #   SCHEMA_DIR           folder of the generated schemas (default: ../../protocol/schemas)
 #   TOPICS_ENV           path of deploy/topics.env
+# With --list, prints the subjects it would register and their schema files, one pair per line,
+# and touches nothing.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-. "${TOPICS_ENV:-$here/../topics.env}"
+topics_env=${TOPICS_ENV:-$here/../topics.env}
+. "$topics_env"
 SCHEMA_DIR=${SCHEMA_DIR:-$here/../../protocol/schemas}
-url=${SCHEMA_REGISTRY_URL:?set SCHEMA_REGISTRY_URL}
+[ "${1:-}" = --list ] || url=${SCHEMA_REGISTRY_URL:?set SCHEMA_REGISTRY_URL}
 ct='Content-Type: application/vnd.schemaregistry.v1+json'
 
 # JSON-escape a schema file into a string literal with sh tools only (the Confluent images have no jq).
@@ -26,7 +29,10 @@ register() { # subject file
   echo "subject $1: $id compatibility=$SCHEMA_COMPATIBILITY"
 }
 
-register "$STATE_TOPIC-value" "$SCHEMA_DIR/$STATE_TOPIC-value.json"
-register "$ACTION_TOPIC-value" "$SCHEMA_DIR/$ACTION_TOPIC-value.json"
-register "$RECOGYM_STATE_TOPIC-value" "$SCHEMA_DIR/$RECOGYM_STATE_TOPIC-value.json"
-register "$RECOGYM_ACTION_TOPIC-value" "$SCHEMA_DIR/$RECOGYM_ACTION_TOPIC-value.json"
+# Every state and action topic of topics.env (variables named *STATE_TOPIC, *ACTION_TOPIC) has a
+# value subject; dead-letter topics carry raw bytes and have none.
+for var in $(sed -n 's/^\([A-Z0-9_]*\(STATE\|ACTION\)_TOPIC\)=.*/\1/p' "$topics_env"); do
+  eval "topic=\$$var"
+  if [ "${1:-}" = --list ]; then echo "$topic-value $SCHEMA_DIR/$topic-value.json"; continue; fi
+  register "$topic-value" "$SCHEMA_DIR/$topic-value.json"
+done

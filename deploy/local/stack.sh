@@ -331,8 +331,11 @@ status() {
   local describe="" subjects="[]" keyspaces=""
   if alive kafka-0 || alive kafka-1 || alive kafka-2; then
     # shellcheck disable=SC1090
-    describe=$(. "$ROOT/deploy/topics.env" && JAVA17=$JAVA STREAMREC_CACHE=$CACHE "$HERE/bin/kafka-topics" --bootstrap-server "$BOOTSTRAP" \
-      --describe --topic "$STATE_TOPIC|$ACTION_TOPIC|$DEAD_LETTER_TOPIC|$RECOGYM_STATE_TOPIC|$RECOGYM_ACTION_TOPIC|$RECOGYM_DEAD_LETTER_TOPIC" 2> /dev/null || true)
+    # Every *_TOPIC of topics.env, as one regular expression: a|b|c.
+    local pattern
+    pattern=$(sed -n 's/^[A-Z0-9_]*_TOPIC=//p' "$ROOT/deploy/topics.env" | paste -sd'|')
+    describe=$(JAVA17=$JAVA STREAMREC_CACHE=$CACHE "$HERE/bin/kafka-topics" --bootstrap-server "$BOOTSTRAP" \
+      --describe --topic "$pattern" 2> /dev/null || true)
   fi
   alive registry && subjects=$(curl -fsS "$REGISTRY_URL/subjects" 2> /dev/null || echo '[]')
   alive cassandra && keyspaces=$(cqlsh -e 'SELECT keyspace_name FROM system_schema.keyspaces' 2> /dev/null || true)

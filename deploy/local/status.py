@@ -61,8 +61,8 @@ def main():
     env = topics_env(os.environ["TOPICS_ENV"])
     described = parse_describe(os.environ.get("DESCRIBE", ""))
     topics = {}
-    for key in ("STATE_TOPIC", "ACTION_TOPIC", "DEAD_LETTER_TOPIC",
-                "RECOGYM_STATE_TOPIC", "RECOGYM_ACTION_TOPIC", "RECOGYM_DEAD_LETTER_TOPIC"):
+    # Every *_TOPIC of topics.env is a topic of some environment.
+    for key in (k for k in env if k.endswith("_TOPIC")):
         name = env[key]
         topics[name] = described.get(name, {"exists": False})
     services = {}

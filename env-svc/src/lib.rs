@@ -15,20 +15,21 @@ pub mod metrics;
 #[doc(hidden)]
 pub mod testing;
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
+pub use envs::{
+    fashion::engine_for,
+    recogym::{recogym_engine, recogym_engine_in},
 };
 
+use std::time::{Duration, Instant};
+
 use anyhow::Context;
-use common::kafka::EnvKind;
 use futures::{stream::FuturesUnordered, StreamExt};
 use protocol::{ActionMsg, Codec};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     engine::{Engine, Verdict},
-    envs::{fashion::FashionEnv, recogym::RecoGymEnv, Environment},
+    envs::Environment,
     link::EnvLink,
     metrics::{Summary, SummaryHead},
 };
@@ -187,61 +188,12 @@ impl Progress {
     }
 }
 
-/// Builds the fashion engine for a run from its episode settings and the loaded dataset.
-pub fn engine_for(cfg: &config::EpisodeArgs, dataset: Arc<fashion::Dataset>, env_id: String) -> Engine<FashionEnv> {
-    let users: Vec<usize> = {
-        let wanted: std::collections::HashSet<&str> =
-            dataset.users_in(cfg.split).into_iter().map(|u| u.user_id.as_str()).collect();
-        dataset.users.iter().enumerate().filter(|(_, u)| wanted.contains(u.user_id.as_str())).map(|(i, _)| i).collect()
-    };
-    let env = FashionEnv::new(dataset, users, cfg.episodes, cfg.max_steps, cfg.seed, cfg.split_name());
-    Engine::new(cfg.run.engine_config(env_id), env)
-}
-
-/// Builds the RecoGym engine for a run: the users and world `recogym` describe, played as
-/// `run` says.
-pub fn recogym_engine(
-    recogym: &config::RecoGymArgs,
-    run: &config::LoopArgs,
-    env_id: String,
-) -> anyhow::Result<Engine<RecoGymEnv>> {
-    let config = recogym.config().context("invalid recogym configuration")?;
-    let world = Arc::new(recogym::World::try_new(&config).context("invalid recogym configuration")?);
-    Ok(recogym_engine_in(world, recogym, run, env_id))
-}
-
-/// [`recogym_engine`] over an existing world (drawn once, shared by several runs).
-pub fn recogym_engine_in(
-    world: Arc<recogym::World>,
-    recogym: &config::RecoGymArgs,
-    run: &config::LoopArgs,
-    env_id: String,
-) -> Engine<RecoGymEnv> {
-    let engine_cfg = run.engine_config(env_id);
-    let env = RecoGymEnv::new(world, recogym.recogym_first_user, recogym.recogym_users, recogym.recogym_max_steps);
-    Engine::new(engine_cfg, env)
-}
-
 /// `env-svc run`: builds the environment (loads the data, or draws the RecoGym world),
 /// registers the schemas, plays every episode through Kafka and returns the summary (also
 /// written to `--summary-json`).
 pub async fn run(cfg: config::RunArgs, shutdown: CancellationToken) -> anyhow::Result<Summary> {
     let run_id = cfg.run_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_string());
-    let summary = match cfg.stack.env {
-        EnvKind::Fashion => {
-            let (dataset_args, quiet) = (cfg.dataset.clone(), cfg.quiet);
-            let dataset =
-                tokio::task::spawn_blocking(move || dataset_args.load(quiet)).await.context("loader panicked")??;
-            tracing::info!(products = dataset.products.len(), users = dataset.users.len(), "dataset loaded");
-            let engine = engine_for(&cfg.episodes, Arc::new(dataset), format!("fashion-v1/{run_id}"));
-            run_engine(engine, &cfg, shutdown).await?
-        }
-        EnvKind::Recogym => {
-            let engine = recogym_engine(&cfg.recogym, &cfg.episodes.run, format!("reco-gym-v1/{run_id}"))?;
-            tracing::info!(settings = ?engine.env().world().config(), "recogym world drawn");
-            run_engine(engine, &cfg, shutdown).await?
-        }
-    };
+    let summary = envs::play(&cfg, &run_id, shutdown).await?;
     if let Some(path) = &cfg.summary_json {
         write_json(path, &summary)?;
     }
@@ -249,7 +201,7 @@ pub async fn run(cfg: config::RunArgs, shutdown: CancellationToken) -> anyhow::R
 }
 
 /// Plays `engine`'s episodes through Kafka on the topics of `cfg.stack.env`.
-async fn run_engine<E: Environment>(
+pub(crate) async fn run_engine<E: Environment>(
     mut engine: Engine<E>,
     cfg: &config::RunArgs,
     shutdown: CancellationToken,
@@ -281,10 +233,12 @@ pub fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> any
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::{engine::EngineConfig, link::MemoryEnvLink, testing::dataset_with_users};
+    use crate::{engine::EngineConfig, envs::fashion::FashionEnv, link::MemoryEnvLink, testing::dataset_with_users};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_no_agent_the_run_ends_failed_instead_of_waiting_forever() -> anyhow::Result<()> {

@@ -13,6 +13,40 @@ pub const RECOGYM_STATE_TOPIC: &str = "recogym_state";
 pub const RECOGYM_ACTION_TOPIC: &str = "recogym_action";
 /// RecoGym records that could not be used, with the reason in the headers.
 pub const RECOGYM_DEAD_LETTER_TOPIC: &str = "recogym_dead_letter";
+/// What the stack knows of one environment apart from its messages: its name on the command
+/// line and its three topics. Each environment declares one, beside its topic names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvSpec {
+    /// The name on the command line (`--env`), e.g. `recogym`.
+    pub name: &'static str,
+    /// Its states topic.
+    pub state_topic: &'static str,
+    /// Its actions topic.
+    pub action_topic: &'static str,
+    /// Its dead-letter topic.
+    pub dead_letter_topic: &'static str,
+    /// Prefix of its variables in `deploy/topics.env` (`RECOGYM_` for `RECOGYM_STATE_TOPIC`).
+    pub topics_env_prefix: &'static str,
+}
+
+/// Amazon Fashion review sequences (`StateMsg`).
+pub const FASHION: EnvSpec = EnvSpec {
+    name: "fashion",
+    state_topic: STATE_TOPIC,
+    action_topic: ACTION_TOPIC,
+    dead_letter_topic: DEAD_LETTER_TOPIC,
+    topics_env_prefix: "",
+};
+
+/// RecoGym's `reco-gym-v1` simulator (`RecoStateMsg`).
+pub const RECOGYM: EnvSpec = EnvSpec {
+    name: "recogym",
+    state_topic: RECOGYM_STATE_TOPIC,
+    action_topic: RECOGYM_ACTION_TOPIC,
+    dead_letter_topic: RECOGYM_DEAD_LETTER_TOPIC,
+    topics_env_prefix: "RECOGYM_",
+};
+
 /// Default partition count of every topic (caps the number of agent replicas that get work).
 pub const DEFAULT_PARTITIONS: u32 = 6;
 /// Replication factor of every topic.

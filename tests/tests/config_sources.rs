@@ -25,55 +25,77 @@ fn schema_files_match_the_rust_types() {
     }
 }
 
-/// The keys of `deploy/topics.env` that name topics.
-const TOPIC_KEYS: [&str; 6] = [
-    "STATE_TOPIC",
-    "ACTION_TOPIC",
-    "DEAD_LETTER_TOPIC",
-    "RECOGYM_STATE_TOPIC",
-    "RECOGYM_ACTION_TOPIC",
-    "RECOGYM_DEAD_LETTER_TOPIC",
-];
+/// Every environment's topics as `deploy/topics.env` names them: `(key, topic)`, the key being
+/// the environment's prefix and `STATE_TOPIC`, `ACTION_TOPIC` or `DEAD_LETTER_TOPIC`.
+fn env_topics() -> Vec<(String, &'static str)> {
+    use clap::ValueEnum;
+    common::kafka::EnvKind::value_variants()
+        .iter()
+        .flat_map(|env| {
+            let s = env.spec();
+            let p = s.topics_env_prefix;
+            [
+                (format!("{p}STATE_TOPIC"), s.state_topic),
+                (format!("{p}ACTION_TOPIC"), s.action_topic),
+                (format!("{p}DEAD_LETTER_TOPIC"), s.dead_letter_topic),
+            ]
+        })
+        .collect()
+}
+
+/// What an init script prints with `--list`, one line each.
+fn listed(script: &str) -> Vec<String> {
+    let out = std::process::Command::new("sh")
+        .arg(repo_root().join(script))
+        .arg("--list")
+        .env_remove("TOPICS_ENV")
+        .env_remove("SCHEMA_DIR")
+        .output()
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    assert!(out.status.success(), "{script} --list: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
 
 #[test]
 fn every_topic_is_created_and_every_subject_registered_by_the_init_scripts() {
-    let create = read("deploy/init/create-topics.sh");
-    for key in TOPIC_KEYS {
-        assert!(create.contains(&format!("\"${key}\"")), "deploy/init/create-topics.sh does not create ${key}");
-    }
-    // Every subject the protocol crate defines has its schema file and is registered.
-    let register = read("deploy/init/register-schemas.sh");
-    let env = topics_env();
-    let registered: Vec<String> = register
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("register \"$"))
-        .filter_map(|l| l.split_once('-').map(|(key, _)| key.to_string()))
-        .filter_map(|key| env.get(&key).map(|topic| topics::value_subject(topic)))
+    // The init scripts take every *_TOPIC of topics.env: each environment's three, no other.
+    let mut created = listed("deploy/init/create-topics.sh");
+    let mut expected: Vec<String> = env_topics().into_iter().map(|(_, t)| t.to_string()).collect();
+    created.sort();
+    expected.sort();
+    assert_eq!(created, expected, "deploy/init/create-topics.sh creates every environment's topics");
+
+    // Every subject the protocol crate defines has its schema file and is registered, and only those.
+    let registered: Vec<(String, String)> = listed("deploy/init/register-schemas.sh")
+        .iter()
+        .filter_map(|l| l.split_once(' ').map(|(s, f)| (s.to_string(), f.to_string())))
         .collect();
-    for (subject, _) in protocol::schema::subjects() {
-        assert!(registered.contains(&subject), "deploy/init/register-schemas.sh does not register {subject}");
-        assert!(repo_root().join(format!("protocol/schemas/{subject}.json")).exists(), "no schema file for {subject}");
+    let mut subjects: Vec<String> = registered.iter().map(|(s, _)| s.clone()).collect();
+    let mut defined: Vec<String> = protocol::schema::subjects().into_iter().map(|(s, _)| s).collect();
+    subjects.sort();
+    defined.sort();
+    assert_eq!(subjects, defined, "deploy/init/register-schemas.sh registers the protocol's subjects");
+    for (subject, file) in &registered {
+        assert!(std::path::Path::new(file).exists(), "no schema file {file} for {subject}");
     }
-    assert_eq!(registered.len(), protocol::schema::subjects().len(), "{registered:?}");
 }
 
 #[test]
 fn protocol_constants_match_topics_env() {
     let env = topics_env();
-    let expect = [
-        ("STATE_TOPIC", topics::STATE_TOPIC.to_string()),
-        ("ACTION_TOPIC", topics::ACTION_TOPIC.to_string()),
-        ("DEAD_LETTER_TOPIC", topics::DEAD_LETTER_TOPIC.to_string()),
-        ("RECOGYM_STATE_TOPIC", topics::RECOGYM_STATE_TOPIC.to_string()),
-        ("RECOGYM_ACTION_TOPIC", topics::RECOGYM_ACTION_TOPIC.to_string()),
-        ("RECOGYM_DEAD_LETTER_TOPIC", topics::RECOGYM_DEAD_LETTER_TOPIC.to_string()),
-        ("TOPIC_PARTITIONS", topics::DEFAULT_PARTITIONS.to_string()),
-        ("TOPIC_REPLICATION_FACTOR", topics::REPLICATION_FACTOR.to_string()),
-        ("TOPIC_MIN_ISR", topics::MIN_INSYNC_REPLICAS.to_string()),
-    ];
-    for (key, value) in expect {
-        assert_eq!(env.get(key), Some(&value), "deploy/topics.env {key} differs from the protocol crate");
+    let mut expect: Vec<(String, String)> = env_topics().into_iter().map(|(k, t)| (k, t.to_string())).collect();
+    expect.extend([
+        ("TOPIC_PARTITIONS".into(), topics::DEFAULT_PARTITIONS.to_string()),
+        ("TOPIC_REPLICATION_FACTOR".into(), topics::REPLICATION_FACTOR.to_string()),
+        ("TOPIC_MIN_ISR".into(), topics::MIN_INSYNC_REPLICAS.to_string()),
+    ]);
+    for (key, value) in &expect {
+        assert_eq!(env.get(key), Some(value), "deploy/topics.env {key} differs from the protocol crate");
     }
+    // No topic in topics.env that no environment declares.
+    let declared: Vec<String> = env_topics().into_iter().map(|(k, _)| k).collect();
+    let stray: Vec<&String> = env.keys().filter(|k| k.ends_with("_TOPIC") && !declared.contains(k)).collect();
+    assert!(stray.is_empty(), "deploy/topics.env has topics of no environment: {stray:?}");
 }
 
 fn compose() -> Yaml {
@@ -117,8 +139,8 @@ fn neither_compose_nor_the_local_stack_hard_codes_topics() {
     let env = topics_env();
     for rel in ["docker-compose.yml", "deploy/local/stack.sh", ".env.example"] {
         let text = read(rel);
-        for key in TOPIC_KEYS {
-            let name = &env[key];
+        for (key, _) in env_topics() {
+            let name = &env[&key];
             assert!(!text.contains(name.as_str()), "{rel} names topic {name}; take it from deploy/topics.env");
         }
         assert!(!text.contains("partitions 6") && !text.contains("PARTITIONS=6"), "{rel} hard-codes a partition count");

@@ -65,27 +65,21 @@ impl PolicyKind {
         }
     }
 
-    /// The environments this policy serves (its policy set): `random` and `dqn` serve every
-    /// environment, the others the one whose state they read.
-    pub fn envs(self) -> &'static [EnvKind] {
-        match self {
-            PolicyKind::Random | PolicyKind::Dqn => &[EnvKind::Fashion, EnvKind::Recogym],
-            PolicyKind::Popularity | PolicyKind::Cooccurrence => &[EnvKind::Fashion],
-            PolicyKind::OrganicCount | PolicyKind::UserCount | PolicyKind::Likelihood | PolicyKind::Nn => {
-                &[EnvKind::Recogym]
-            }
-        }
+    /// The environments this policy serves: those whose policy set
+    /// ([`crate::envs::policy_set`]) holds it.
+    pub fn envs(self) -> Vec<EnvKind> {
+        use clap::ValueEnum;
+        EnvKind::value_variants().iter().copied().filter(|&env| crate::envs::policy_set(env).contains(&self)).collect()
     }
 
     /// The policies of `env`'s policy set, by name.
     pub fn of_env(env: EnvKind) -> Vec<&'static str> {
-        use clap::ValueEnum;
-        Self::value_variants().iter().filter(|k| k.envs().contains(&env)).map(|k| k.name()).collect()
+        crate::envs::policy_set(env).iter().map(|k| k.name()).collect()
     }
 
     /// Refuses a policy that does not serve `env`, naming the ones that do.
     pub fn check_env(self, env: EnvKind) -> Result<(), String> {
-        if self.envs().contains(&env) {
+        if crate::envs::policy_set(env).contains(&self) {
             return Ok(());
         }
         Err(format!(
@@ -96,6 +90,10 @@ impl PolicyKind {
         ))
     }
 }
+
+/// The policies of Amazon Fashion states (`StateMsg`).
+pub const FASHION_POLICIES: &[PolicyKind] =
+    &[PolicyKind::Random, PolicyKind::Popularity, PolicyKind::Cooccurrence, PolicyKind::Dqn];
 
 /// What the agent learns after an action: the reward it earned and where it led. `S` is the
 /// state message of the environment (`StateMsg` by default).
@@ -215,5 +213,10 @@ mod tests {
             "{refused}"
         );
         assert!(PolicyKind::Nn.check_env(EnvKind::Fashion).is_err());
+        // No policy is left out of every set.
+        use clap::ValueEnum;
+        let orphans: Vec<_> = PolicyKind::value_variants().iter().filter(|k| k.envs().is_empty()).collect();
+        assert!(orphans.is_empty(), "{orphans:?}");
+        assert_eq!(PolicyKind::Dqn.envs(), [EnvKind::Fashion, EnvKind::Recogym]);
     }
 }

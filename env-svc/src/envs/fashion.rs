@@ -14,7 +14,37 @@ use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
 
 pub use super::Transition;
 use super::{Environment, Head};
+use crate::engine::Engine;
 use fashion::{Dataset, UserSeq};
+
+/// Builds the fashion engine for a run from its episode settings and the loaded dataset.
+pub fn engine_for(
+    cfg: &crate::config::EpisodeArgs,
+    dataset: Arc<fashion::Dataset>,
+    env_id: String,
+) -> Engine<FashionEnv> {
+    let users: Vec<usize> = {
+        let wanted: std::collections::HashSet<&str> =
+            dataset.users_in(cfg.split).into_iter().map(|u| u.user_id.as_str()).collect();
+        dataset.users.iter().enumerate().filter(|(_, u)| wanted.contains(u.user_id.as_str())).map(|(i, _)| i).collect()
+    };
+    let env = FashionEnv::new(dataset, users, cfg.episodes, cfg.max_steps, cfg.seed, cfg.split_name());
+    Engine::new(cfg.run.engine_config(env_id), env)
+}
+
+/// `env-svc run --env fashion`: loads `--dataset` and plays its episodes through Kafka.
+pub(crate) async fn play(
+    cfg: &crate::config::RunArgs,
+    run_id: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<crate::metrics::Summary> {
+    use anyhow::Context;
+    let (dataset_args, quiet) = (cfg.dataset.clone(), cfg.quiet);
+    let dataset = tokio::task::spawn_blocking(move || dataset_args.load(quiet)).await.context("loader panicked")??;
+    tracing::info!(products = dataset.products.len(), users = dataset.users.len(), "dataset loaded");
+    let engine = engine_for(&cfg.episodes, Arc::new(dataset), format!("fashion-v1/{run_id}"));
+    crate::run_engine(engine, cfg, shutdown).await
+}
 
 /// The fashion environment of one run: which users are replayed, in which order, how many
 /// episodes and with which step limit.

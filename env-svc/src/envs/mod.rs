@@ -2,11 +2,30 @@
 //! knows nothing of transports. The engine (`crate::engine`) runs any [`Environment`]: it owns
 //! the episodes in flight, the verdicts on incoming actions, re-sends and accounting; an
 //! environment only starts episodes and steps them.
+//!
+//! A new environment is a module here (its [`Environment`], its engine builder and its `play`),
+//! one arm in [`play`], its flags flattened into `crate::config::RunArgs`, and its messages
+//! and [`protocol::topics::EnvSpec`] in `protocol`.
 
 pub mod fashion;
 pub mod recogym;
 
+use common::kafka::EnvKind;
 use protocol::{Message, StepState};
+use tokio_util::sync::CancellationToken;
+
+/// `env-svc run`: builds the environment `--env` names and plays its episodes through Kafka.
+/// The one list of environments on the env side.
+pub(crate) async fn play(
+    cfg: &crate::config::RunArgs,
+    run_id: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<crate::metrics::Summary> {
+    match cfg.stack.env {
+        EnvKind::Fashion => fashion::play(cfg, run_id, shutdown).await,
+        EnvKind::Recogym => recogym::play(cfg, run_id, shutdown).await,
+    }
+}
 
 /// Outcome of one action.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -13,7 +13,45 @@ use std::sync::Arc;
 use protocol::{OrganicView, RecoStateMsg, SCHEMA_VERSION};
 use recogym::{Step, UserSim, World};
 
+use anyhow::Context;
+
 use super::{Environment, Head, Transition};
+use crate::engine::Engine;
+
+/// Builds the RecoGym engine for a run: the users and world `recogym` describe, played as
+/// `run` says.
+pub fn recogym_engine(
+    recogym: &crate::config::RecoGymArgs,
+    run: &crate::config::LoopArgs,
+    env_id: String,
+) -> anyhow::Result<Engine<RecoGymEnv>> {
+    let config = recogym.config().context("invalid recogym configuration")?;
+    let world = Arc::new(recogym::World::try_new(&config).context("invalid recogym configuration")?);
+    Ok(recogym_engine_in(world, recogym, run, env_id))
+}
+
+/// [`recogym_engine`] over an existing world (drawn once, shared by several runs).
+pub fn recogym_engine_in(
+    world: Arc<recogym::World>,
+    recogym: &crate::config::RecoGymArgs,
+    run: &crate::config::LoopArgs,
+    env_id: String,
+) -> Engine<RecoGymEnv> {
+    let engine_cfg = run.engine_config(env_id);
+    let env = RecoGymEnv::new(world, recogym.recogym_first_user, recogym.recogym_users, recogym.recogym_max_steps);
+    Engine::new(engine_cfg, env)
+}
+
+/// `env-svc run --env recogym`: draws the `--recogym-*` world and plays its users through Kafka.
+pub(crate) async fn play(
+    cfg: &crate::config::RunArgs,
+    run_id: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<crate::metrics::Summary> {
+    let engine = recogym_engine(&cfg.recogym, &cfg.episodes.run, format!("reco-gym-v1/{run_id}"))?;
+    tracing::info!(settings = ?engine.env().world().config(), "recogym world drawn");
+    crate::run_engine(engine, cfg, shutdown).await
+}
 
 /// The users of one RecoGym run over one world.
 #[derive(Debug)]

@@ -39,6 +39,34 @@ impl Default for RecoGymPolicyArgs {
     }
 }
 
+/// The policies of RecoGym states.
+pub const POLICIES: &[PolicyKind] = &[
+    PolicyKind::Random,
+    PolicyKind::Dqn,
+    PolicyKind::OrganicCount,
+    PolicyKind::UserCount,
+    PolicyKind::Likelihood,
+    PolicyKind::Nn,
+];
+
+/// The agent of `agent-svc run --env recogym`: with `--train-env-id`, its policy trained first
+/// on that logging run, read back from `topics`; without, built on the first state it sees.
+pub(crate) async fn core_for_run(
+    cfg: &crate::RunArgs,
+    topics: &common::kafka::Topics,
+) -> anyhow::Result<crate::core::AgentCore<RecoStateMsg>> {
+    use anyhow::Context as _;
+    let Some(env_id) = &cfg.train_env_id else { return cfg.agent.try_build_recogym(None) };
+    let since_ms = cfg.train_since.map(|d| common::kafka::now_ms() - d.as_millis() as i64);
+    let log = crate::read_training_log(&cfg.stack.kafka, &cfg.stack.registry, topics, env_id, since_ms).await?;
+    let products = logs::products_in(&log);
+    anyhow::ensure!(products > 0, "the logging run {env_id} has no message on {}", topics.state_topic);
+    let agent = cfg.agent.clone();
+    tokio::task::spawn_blocking(move || agent.try_build_recogym(Some((&log, products))))
+        .await
+        .context("training panicked")?
+}
+
 /// Whether `kind` learns only from logs (and so needs them before it can serve well).
 pub fn needs_logs(kind: PolicyKind) -> bool {
     matches!(kind, PolicyKind::OrganicCount | PolicyKind::Likelihood | PolicyKind::Nn)

@@ -1,0 +1,32 @@
+//! The environments agent-svc serves, one arm each: the policy set of each (the policies that
+//! read its state message) and how its agent is built for a run. The one list of environments
+//! on the agent side: a new environment adds an arm to [`policy_set`] and to [`serve`], and its
+//! policies in its own module under `crate::policies`.
+
+use common::kafka::{EnvKind, Topics};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    core::AgentStats,
+    policies::{self, PolicyKind},
+    RunArgs,
+};
+
+/// The policies that serve `env`.
+pub fn policy_set(env: EnvKind) -> &'static [PolicyKind] {
+    match env {
+        EnvKind::Fashion => policies::FASHION_POLICIES,
+        EnvKind::Recogym => policies::recogym::POLICIES,
+    }
+}
+
+/// `agent-svc run`: builds the agent of `--env` and serves its states on `topics` until stopped.
+pub(crate) async fn serve(cfg: &RunArgs, topics: &Topics, shutdown: CancellationToken) -> anyhow::Result<AgentStats> {
+    match cfg.stack.env {
+        EnvKind::Fashion => crate::serve(cfg.agent.try_build()?, cfg, topics, shutdown).await,
+        EnvKind::Recogym => {
+            let core = policies::recogym::core_for_run(cfg, topics).await?;
+            crate::serve(core, cfg, topics, shutdown).await
+        }
+    }
+}
