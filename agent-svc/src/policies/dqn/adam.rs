@@ -13,8 +13,14 @@
 //!   A batch touches at most 64 of its rows, and the dense update of n_actions² floats would
 //!   cost more than the rest of the step. Invariant (the caller's): the table's gradient is
 //!   zero outside the rows it names.
+//! - The tower head's item tables (`item_id`, `item_bias`, one row per product) are not trainable
+//!   as whole tables: a step gathers the rows it reads as small leaves ([`ItemRows`]), and Adam
+//!   updates exactly those rows from the leaves' gradients, lazily as above. The gradient of a
+//!   step is then `[rows, dim]`, never `[n_actions, dim]`.
 
 use tch::{nn::VarStore, Tensor};
+
+use super::net::ItemRows;
 
 /// How a variable's rows are updated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +31,12 @@ enum Update {
     Prefix,
     /// The rows named by the step only (the wide table).
     Lazy,
+    /// The rows a step gathered as leaves of their own (the tower's item tables).
+    Gathered,
 }
+
+/// The tower's item tables, by variable name.
+const GATHERED: [&str; 2] = ["item_bias", "item_id"];
 
 /// The rows the current gradient can be non-zero in, for the row-sparse variables.
 #[derive(Debug, Clone, Copy)]
@@ -34,11 +45,28 @@ pub struct Rows<'a> {
     pub active: i64,
     /// Distinct rows of the wide table in the batch (`None`: the table got no gradient).
     pub lazy: Option<&'a Tensor>,
+    /// The item rows the step gathered (the tower head), whose leaves hold the gradient.
+    pub gathered: Option<&'a ItemRows>,
+}
+
+impl<'a> Rows<'a> {
+    /// The rows of `p` this step updates and the gradient on them, for the row-sparse kinds.
+    fn sparse(&self, name: &str, update: Update, value_grad: &Tensor) -> Option<(&'a Tensor, Tensor)> {
+        match update {
+            Update::Lazy => self.lazy.map(|r| (r, value_grad.index_select(0, r))),
+            Update::Gathered => self.gathered.map(|g| {
+                let leaf = if name == "item_id" { &g.id } else { &g.bias };
+                (&g.index, leaf.grad())
+            }),
+            Update::Dense | Update::Prefix => None,
+        }
+    }
 }
 
 /// One trainable variable and its moments.
 #[derive(Debug)]
 struct Param {
+    name: String,
     value: Tensor,
     m: Tensor,
     v: Tensor,
@@ -72,7 +100,11 @@ impl Adam {
     /// variables; the variable named `row_limited` (if any) is updated only on its active rows,
     /// the one named `lazy` (if any) only on the rows each step names.
     pub fn new(vs: &VarStore, lr: f64, row_limited: &str, lazy: &str) -> Self {
-        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut named: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(name, t)| t.requires_grad() || GATHERED.contains(&name.as_str()))
+            .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let params = named
             .into_iter()
@@ -83,9 +115,12 @@ impl Adam {
                     Update::Prefix
                 } else if name == lazy {
                     Update::Lazy
+                } else if GATHERED.contains(&name.as_str()) {
+                    Update::Gathered
                 } else {
                     Update::Dense
                 },
+                name,
                 value,
             })
             .collect();
@@ -100,7 +135,7 @@ impl Adam {
     /// Zeroes the gradients (of the active rows: the others are zero already; a lazy variable's
     /// gradient is zeroed by the step that applied it).
     pub fn zero_grad(&self, rows: Rows<'_>) {
-        for p in self.params.iter().filter(|p| p.update != Update::Lazy) {
+        for p in self.params.iter().filter(|p| matches!(p.update, Update::Dense | Update::Prefix)) {
             let g = p.value.grad();
             if g.defined() {
                 let _ = p.rows(&g, rows).zero_();
@@ -108,16 +143,24 @@ impl Adam {
         }
     }
 
-    /// The gradients that can be non-zero, each cut to its rows (copies for a lazy variable).
-    fn grads(&self, rows: Rows<'_>) -> Vec<(&Param, Tensor)> {
+    /// The gradients that can be non-zero, each cut to its rows (copies for a lazy variable,
+    /// the leaves' own for gathered rows), with the rows they are of for the row-sparse kinds.
+    fn grads(&self, rows: Rows<'_>) -> Vec<(&Param, Tensor, Option<Tensor>)> {
         self.params
             .iter()
-            .map(|p| (p, p.value.grad()))
-            .filter(|(_, g)| g.defined())
-            .filter_map(|(p, g)| match (p.update, rows.lazy) {
-                (Update::Lazy, None) => None,
-                (Update::Lazy, Some(r)) => Some((p, g.index_select(0, r))),
-                _ => Some((p, p.rows(&g, rows))),
+            .filter_map(|p| match p.update {
+                Update::Lazy | Update::Gathered => {
+                    let g = if p.update == Update::Lazy { p.value.grad() } else { Tensor::new() };
+                    if p.update == Update::Lazy && !g.defined() {
+                        return None;
+                    }
+                    let (r, g) = rows.sparse(&p.name, p.update, &g)?;
+                    g.defined().then(|| (p, g, Some(r.shallow_clone())))
+                }
+                Update::Dense | Update::Prefix => {
+                    let g = p.value.grad();
+                    g.defined().then(|| (p, p.rows(&g, rows), None))
+                }
             })
             .collect()
     }
@@ -130,13 +173,14 @@ impl Adam {
             if grads.is_empty() {
                 return Ok(0.0);
             }
-            let norms: Vec<Tensor> = grads.iter().map(|(_, g)| g.norm()).collect();
+            let norms: Vec<Tensor> = grads.iter().map(|(_, g, _)| g.norm()).collect();
             let total = f64::try_from(Tensor::stack(&norms, 0).norm())?;
             let coef = max / (total + 1e-6);
             if coef < 1.0 {
-                for (p, g) in &grads {
+                for (p, g, r) in &grads {
+                    // In place: a dense, prefix or gathered gradient is the gradient itself.
                     let _ = g.shallow_clone().f_mul_scalar_(coef)?;
-                    if let (Update::Lazy, Some(r)) = (p.update, rows.lazy) {
+                    if let (Update::Lazy, Some(r)) = (p.update, r) {
                         let _ = p.value.grad().f_index_copy_(0, r, g)?;
                     }
                 }
@@ -152,8 +196,8 @@ impl Adam {
         let bc2_sqrt = (1.0 - self.beta2.powi(self.steps)).sqrt();
         let step_size = self.lr / bc1;
         tch::no_grad(|| {
-            for (p, g) in self.grads(rows) {
-                let lazy = rows.lazy.filter(|_| p.update == Update::Lazy);
+            for (p, g, sparse) in self.grads(rows) {
+                let lazy = sparse.as_ref();
                 let (mut m, mut v, mut w) = match lazy {
                     Some(r) => (p.m.index_select(0, r), p.v.index_select(0, r), p.value.index_select(0, r)),
                     None => (p.rows(&p.m, rows), p.rows(&p.v, rows), p.rows(&p.value, rows)),
@@ -173,7 +217,9 @@ impl Adam {
                     let _ = pm.f_index_copy_(0, r, &m)?;
                     let _ = pv.f_index_copy_(0, r, &v)?;
                     let _ = pw.f_index_copy_(0, r, &w)?;
-                    let _ = p.value.grad().f_index_fill_(0, r, 0.0)?;
+                    if p.update == Update::Lazy {
+                        let _ = p.value.grad().f_index_fill_(0, r, 0.0)?;
+                    }
                 }
             }
             Ok(())
@@ -218,10 +264,11 @@ mod tests {
                 reference.clip_grad_norm(0.5);
                 reference.step();
                 let loss = nb.forward(&x, None).pow_tensor_scalar(2).mean(Kind::Float);
-                ours.zero_grad(Rows { active: 10, lazy: None });
+                ours.zero_grad(Rows { active: 10, lazy: None, gathered: None });
                 loss.backward();
-                ours.clip_grad_norm(0.5, Rows { active: 10, lazy: None }).unwrap_or_else(|e| panic!("{e}"));
-                ours.step(Rows { active: 10, lazy: None }).unwrap_or_else(|e| panic!("{e}"));
+                ours.clip_grad_norm(0.5, Rows { active: 10, lazy: None, gathered: None })
+                    .unwrap_or_else(|e| panic!("{e}"));
+                ours.step(Rows { active: 10, lazy: None, gathered: None }).unwrap_or_else(|e| panic!("{e}"));
             }
             let (va, vb) = (a.variables(), b.variables());
             for (name, t) in &va {
@@ -243,7 +290,7 @@ mod tests {
         // Six actions: the table has 7 rows. A batch naming every row: lazy is plain Adam.
         let x = batch_ids(&[&[2], &[3], &[4], &[2], &[3], &[4], &[5]], Device::Cpu);
         let all = Tensor::arange(7, (Kind::Int64, Device::Cpu));
-        let rows = Rows { active: 12, lazy: Some(&all) };
+        let rows = Rows { active: 12, lazy: Some(&all), gathered: None };
         for _ in 0..4 {
             let loss = (na.forward(&x, Some(&all)) - 1.0).square().mean(Kind::Float);
             reference.zero_grad();
@@ -264,7 +311,7 @@ mod tests {
         let before = vb["wide"].copy();
         let one = Tensor::from_slice(&[1i64, 1]);
         let x = batch_ids(&[&[2], &[3]], Device::Cpu);
-        let rows = Rows { active: 12, lazy: Some(&Tensor::from_slice(&[1i64])) };
+        let rows = Rows { active: 12, lazy: Some(&Tensor::from_slice(&[1i64])), gathered: None };
         let loss = (nb.forward(&x, Some(&one)) - 1.0).square().mean(Kind::Float);
         ours.zero_grad(rows);
         loss.backward();

@@ -11,18 +11,20 @@ use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
         mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError},
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
     },
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
+use rand::Rng;
 use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
 use tch::{nn, Device, Reduction, Tensor};
 
 use super::{
     adam::{Adam, Rows},
     checkpoint::{self, Meta},
+    items::ItemTokens,
     net::{self, Net, NetConfig},
     replay::{Batch, Replay, Transition},
     vocab::{Vocab, RESERVED},
@@ -65,6 +67,10 @@ pub struct Hyper {
     /// Updates the learner may owe (transitions x train ratio not yet trained on) before it
     /// skips them: a learner slower than the stream falls behind by at most this much.
     pub max_owed: f64,
+    /// Tower head: actions drawn uniformly per batch as the full-feedback rows' negatives.
+    pub negatives: usize,
+    /// Tower head: weight of each negative in its row's loss (a positive weighs 1).
+    pub negative_weight: f64,
 }
 
 /// A copy of the online weights for the inference side.
@@ -103,6 +109,9 @@ pub struct Shared {
     /// Why the learner stopped, when it stopped on a failure (an update or a checkpoint that
     /// failed); the policy side turns it into an error of its next call.
     pub failure: Mutex<Option<String>>,
+    /// The items' tokens as the stream showed them (the tower head's item side): written by the
+    /// policy side, read by the learner.
+    pub items: Arc<RwLock<ItemTokens>>,
 }
 
 impl Shared {
@@ -158,6 +167,8 @@ pub struct Learner {
     updates: u64,
     /// Fingerprint of the catalogue the learner trains on, written into checkpoints.
     catalog: Option<String>,
+    /// The items' tokens (tower head), shared with the policy side.
+    items: Arc<RwLock<ItemTokens>>,
 }
 
 impl Learner {
@@ -193,7 +204,13 @@ impl Learner {
             rng: ChaCha8Rng::seed_from_u64(hp.seed),
             updates: 0,
             catalog: None,
+            items: Arc::default(),
         })
+    }
+
+    /// Reads the items' tokens from `items` (the policy side records them there).
+    pub fn set_items(&mut self, items: Arc<RwLock<ItemTokens>>) {
+        self.items = items;
     }
 
     /// Records the fingerprint of the catalogue the actions index (saved in checkpoints).
@@ -237,15 +254,72 @@ impl Learner {
 
     /// Online Q-values for token ids (no gradient), e.g. for checks.
     pub fn q_values(&self, ids: &Tensor, items: &Tensor) -> Tensor {
-        tch::no_grad(|| self.online.forward(ids, Some(items)))
+        let tokens = self.items.read().unwrap_or_else(|p| p.into_inner());
+        tch::no_grad(|| self.online.q_all(ids, Some(items), &tokens))
     }
 
     /// One gradient step on a batch sampled from the replay buffer; returns the loss.
     pub fn update(&mut self) -> anyhow::Result<f64> {
         let slots = self.replay.sample_indices(self.hp.batch_size, &mut self.rng);
         anyhow::ensure!(!slots.is_empty(), "the replay buffer is empty");
+        if self.online.is_tower() {
+            let negatives: Vec<i64> =
+                (0..self.hp.negatives).map(|_| self.rng.random_range(0..self.n_actions.max(1))).collect();
+            let batch = self.replay.candidates(&slots, &negatives, self.hp.negative_weight as f32, self.device);
+            return self.update_tower(&batch);
+        }
         let batch = self.replay.batch(&slots, self.n_actions, self.device);
         self.update_on(&batch)
+    }
+
+    /// One gradient step of the tower head on `c`: each row's candidates against their targets
+    /// (Huber, weighted within the row, rows weighing the same), then the target update when
+    /// due. With `gamma > 0` the next state's value is the best of the batch's candidates under
+    /// the target network (Double DQN: the online network's pick among them), not of the whole
+    /// catalogue: a sampled maximum, which costs one small product instead of a pass over every
+    /// item per update.
+    pub fn update_tower(&mut self, c: &super::replay::Candidates) -> anyhow::Result<f64> {
+        let items = Arc::clone(&self.items);
+        let tokens = items.read().unwrap_or_else(|p| p.into_inner());
+        let b = &c.states;
+        let u = self.online.state_vec(&b.obs);
+        let rows = self.online.gather_items(&c.cands, true);
+        let q = self.online.q_candidates(&u, &rows, &c.cands, c.k, &tokens);
+        let target = tch::no_grad(|| {
+            if self.hp.gamma == 0.0 {
+                return c.targets.shallow_clone();
+            }
+            let t_rows = self.target.gather_items(&c.cands, false);
+            let (t_u, pool) = (self.target.state_vec(&b.next_obs), t_rows.items.len() as i64);
+            let all: Vec<i64> = (0..b.obs.size()[0]).flat_map(|_| t_rows.items.iter().copied()).collect();
+            let next_t = self.target.q_candidates(&t_u, &t_rows, &all, pool, &tokens);
+            let next_value = if self.hp.double {
+                let o_rows = self.online.gather_items(&c.cands, false);
+                let next_o =
+                    self.online.q_candidates(&self.online.state_vec(&b.next_obs), &o_rows, &all, pool, &tokens);
+                next_t.gather(1, &next_o.argmax(1, true), false).squeeze_dim(1)
+            } else {
+                next_t.amax(1, false)
+            };
+            let bootstrap: Tensor = (1.0 - &b.terminated) * next_value * self.hp.gamma;
+            &c.targets + bootstrap.unsqueeze(1)
+        });
+        drop(tokens);
+        let per = q.huber_loss(&target, Reduction::None, self.hp.huber_delta) * &c.weights;
+        let per_row = per.sum_dim_intlist(1, false, None) / c.weights.sum_dim_intlist(1, false, None).clamp_min(1e-6);
+        let loss = per_row.mean(None);
+        let grad_rows = Rows { active: self.active_rows, lazy: None, gathered: Some(&rows) };
+        self.opt.zero_grad(grad_rows);
+        loss.backward();
+        if self.hp.grad_clip > 0.0 {
+            self.opt.clip_grad_norm(self.hp.grad_clip, grad_rows)?;
+        }
+        self.opt.step(grad_rows)?;
+        self.updates += 1;
+        if self.updates % self.hp.target_every.max(1) == 0 {
+            net::blend(&self.target_vars, &self.online_vars, self.hp.tau).context("target update failed")?;
+        }
+        Ok(f64::try_from(&loss)?)
     }
 
     /// One gradient step on `batch` (Huber loss of Q(s, a) against the DQN target, Adam), then
@@ -273,7 +347,7 @@ impl Learner {
         };
         // The wide table's rows this batch reads (its gradient is zero elsewhere).
         let lazy = self.net_cfg.wide.then(|| self.online.wide_rows(&b.items).internal_unique(true, false).0);
-        let rows = Rows { active: self.active_rows, lazy: lazy.as_ref() };
+        let rows = Rows { active: self.active_rows, lazy: lazy.as_ref(), gathered: None };
         self.opt.zero_grad(rows);
         loss.backward();
         if self.hp.grad_clip > 0.0 {
@@ -471,6 +545,8 @@ mod tests {
             seed: 0,
             max_owed: 1_000.0,
             backpressure: false,
+            negatives: 16,
+            negative_weight: 1.0,
         }
     }
 
@@ -589,6 +665,99 @@ mod tests {
         let too_big = NetConfig { wide: true, ..NetConfig::paper(10, 4) };
         let err = Learner::new(&too_big, net::MAX_WIDE_ACTIONS + 1, &hp, Device::Cpu).err();
         assert!(err.is_some_and(|e| e.to_string().contains("--dqn-wide")), "refused above the limit");
+    }
+
+    /// A learner of the tower head over `n` items whose words are known: item `i` reads
+    /// `words[i]`.
+    fn tower_learner(n: i64, words: &[&[i64]], hp: &Hyper) -> Learner {
+        let cfg = NetConfig {
+            kind: NetKind::Mlp,
+            embedding_dim: 8,
+            hidden: vec![16],
+            head: net::Head::Tower,
+            tower_dim: 8,
+            ..NetConfig::paper(300, 4)
+        };
+        let mut learner = Learner::new(&cfg, n, hp, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let items = Arc::new(RwLock::new(ItemTokens::default()));
+        for (i, w) in words.iter().enumerate() {
+            items.write().unwrap_or_else(|p| p.into_inner()).set(i as i64, w);
+        }
+        learner.set_items(items);
+        learner
+    }
+
+    #[test]
+    fn the_tower_learns_full_feedback_from_sampled_negatives_and_its_two_paths_agree() {
+        let _rng = net::torch_rng_guard();
+        tch::manual_seed(0);
+        let hp = Hyper { gamma: 0.0, lr: 0.02, negatives: 6, ..hyper() };
+        // Eight items; the state "token 2" is followed by item 1, "token 3" by item 5.
+        let words: Vec<&[i64]> = vec![&[10], &[11], &[12], &[13], &[14], &[15], &[16], &[17]];
+        let mut learner = tower_learner(8, &words, &hp);
+        for (tok, good) in [(2, 1), (3, 5)] {
+            learner.push(&Transition {
+                obs: vec![tok],
+                item: 0,
+                action: 7,
+                reward: 0.0,
+                next_obs: vec![tok],
+                next_item: 0,
+                terminated: true,
+                positives: Some(vec![(good, 1.0)]),
+            });
+        }
+        for _ in 0..400 {
+            learner.update().unwrap_or_else(|e| panic!("{e}"));
+        }
+        let ids = Tensor::from_slice(&[2i64, 3]).view([2, 1]);
+        let q = learner.q_values(&ids, &Tensor::from_slice(&[0i64, 0]));
+        assert_eq!(q.size(), [2, 8]);
+        let best = Vec::<i64>::try_from(q.argmax(1, false)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(best, [1, 5]);
+        // The training path (candidates) and the serving path (the whole catalogue) agree.
+        let tokens = learner.items.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let rows = learner.online.gather_items(&[1, 5, 7, 1, 5, 7], false);
+        let u = tch::no_grad(|| learner.online.state_vec(&ids));
+        let some = tch::no_grad(|| learner.online.q_candidates(&u, &rows, &[1, 5, 7, 1, 5, 7], 3, &tokens));
+        let want = q.index_select(1, &Tensor::from_slice(&[1i64, 5, 7]));
+        assert!(some.allclose(&want, 1e-5, 1e-5, false), "{some} vs {want}");
+    }
+
+    #[test]
+    fn the_tower_scores_items_never_rewarded_by_the_words_they_share() {
+        let _rng = net::torch_rng_guard();
+        tch::manual_seed(2);
+        let hp = Hyper { gamma: 0.0, lr: 0.02, negatives: 8, ..hyper() };
+        // 200 items: 0..20 say "red" (token 5), the others "blue" (token 6), each also its own
+        // word. After the state "token 2" only red items 0..10 were ever rewarded; red items
+        // 10..20 never were (they are at most drawn now and then as negatives).
+        let own: Vec<Vec<i64>> = (0..200).map(|i| vec![if i < 20 { 5 } else { 6 }, 7 + i]).collect();
+        let words: Vec<&[i64]> = own.iter().map(Vec::as_slice).collect();
+        let mut learner = tower_learner(200, &words, &hp);
+        for good in 0..10 {
+            learner.push(&Transition {
+                obs: vec![2],
+                item: 199,
+                action: 199,
+                reward: 0.0,
+                next_obs: vec![2],
+                next_item: 199,
+                terminated: true,
+                positives: Some(vec![(good, 1.0)]),
+            });
+        }
+        for _ in 0..300 {
+            learner.update().unwrap_or_else(|e| panic!("{e}"));
+        }
+        let q = learner.q_values(&Tensor::from_slice(&[2i64]).view([1, 1]), &Tensor::from_slice(&[199i64]));
+        let q = Vec::<f32>::try_from(q.view([-1])).unwrap_or_else(|e| panic!("{e}"));
+        let mean = |r: std::ops::Range<usize>| q[r.clone()].iter().sum::<f32>() / r.len() as f32;
+        let (unrewarded_red, blue) = (mean(10..20), mean(20..200));
+        assert!(
+            unrewarded_red > blue + 0.1,
+            "red items never rewarded ({unrewarded_red}) score above blue ones ({blue}) by what their word learned"
+        );
     }
 
     #[test]

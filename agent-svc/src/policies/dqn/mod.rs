@@ -15,6 +15,7 @@
 
 pub mod adam;
 pub mod checkpoint;
+pub mod items;
 pub mod learner;
 pub mod net;
 pub mod replay;
@@ -26,7 +27,7 @@ use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, RwLock,
     },
     thread::JoinHandle,
     time::Duration,
@@ -38,8 +39,9 @@ use rand_chacha::ChaCha8Rng;
 use tch::{nn, Device, Tensor};
 
 use self::{
+    items::ItemTokens,
     learner::{Hyper, Learner, Shared, Snapshot, ToLearner},
-    net::{Net, NetConfig, NetKind},
+    net::{Head, Net, NetConfig, NetKind},
     replay::Transition,
     vocab::Vocab,
 };
@@ -128,6 +130,22 @@ pub struct DqnArgs {
     /// 4,096 actions.
     #[arg(long, env = "DQN_WIDE", default_value_t = false, action = clap::ArgAction::Set)]
     pub dqn_wide: bool,
+    /// How Q-values come out: `dense` (one output per action, the paper's; its weights grow
+    /// with the catalogue times the last layer) or `tower` (the state's vector against each
+    /// item's: an id embedding plus the item's own words, with a bias per item; serves a
+    /// catalogue of any size, and items share what their words learn). See docs/DQN.md.
+    #[arg(long, env = "DQN_HEAD", value_enum, default_value_t = Head::Dense)]
+    pub dqn_head: Head,
+    /// Width of the state and item vectors of `--dqn-head tower`.
+    #[arg(long, env = "DQN_TOWER_DIM", default_value_t = 64)]
+    pub dqn_tower_dim: i64,
+    /// `--dqn-head tower` with full feedback: actions drawn uniformly per batch as each row's
+    /// negatives (target 0), instead of scoring every action of the catalogue.
+    #[arg(long, env = "DQN_NEGATIVES", default_value_t = 256)]
+    pub dqn_negatives: usize,
+    /// Weight of each negative in its row's loss, a positive weighing 1.
+    #[arg(long, env = "DQN_NEGATIVE_WEIGHT", default_value_t = 1.0)]
+    pub dqn_negative_weight: f64,
     /// Double DQN: the online network picks the next action, the target network values it.
     #[arg(long, env = "DQN_DOUBLE", default_value_t = true, action = clap::ArgAction::Set)]
     pub dqn_double: bool,
@@ -264,6 +282,8 @@ impl DqnArgs {
             hidden: self.dqn_hidden.clone(),
             lead_token: self.dqn_id_token && self.dqn_net == NetKind::Mlp,
             wide: self.dqn_wide,
+            head: self.dqn_head,
+            tower_dim: if self.dqn_head == Head::Tower { self.dqn_tower_dim } else { 0 },
         }
     }
 
@@ -286,6 +306,8 @@ impl DqnArgs {
             seed,
             max_owed: self.dqn_max_owed as f64,
             backpressure: self.dqn_backpressure,
+            negatives: self.dqn_negatives,
+            negative_weight: self.dqn_negative_weight,
         }
     }
 
@@ -327,6 +349,7 @@ impl DqnArgs {
         );
         anyhow::ensure!(self.dqn_queue > 0, "--dqn-queue must be positive");
         anyhow::ensure!(unit(self.dqn_hindsight_decay), "--dqn-hindsight-decay must be in [0, 1]");
+        anyhow::ensure!(self.dqn_negative_weight >= 0.0, "--dqn-negative-weight must be >= 0");
         Ok(())
     }
 
@@ -403,6 +426,10 @@ struct Live {
     net: Net,
     vars: Vec<Tensor>,
     version: u64,
+    /// Tower head: every item's vector and bias under the current weights, computed on first
+    /// use after each snapshot (so an item's words join at the next snapshot after they were
+    /// first seen).
+    items_cache: Option<(Tensor, Tensor)>,
     inbox_tx: Option<SyncSender<ToLearner>>,
     snapshot_rx: Receiver<Snapshot>,
     thread: Option<JoinHandle<()>>,
@@ -437,6 +464,9 @@ pub trait DqnState {
     /// The item's own id, put first among the words with `--dqn-id-token`; `None` where the
     /// state has no item of its own.
     fn id_token(&self) -> Option<&str>;
+    /// Whether the state's words describe its item (fashion: the current product's own text),
+    /// so the tower head may take them as the item's words.
+    fn describes_item(&self) -> bool;
     /// The episode reached its natural end (no bootstrapping past it).
     fn terminated(&self) -> bool;
     /// A step limit cut the episode (bootstrapping goes on).
@@ -464,6 +494,9 @@ impl DqnState for StateMsg {
     }
     fn id_token(&self) -> Option<&str> {
         Some(&self.observation.asin)
+    }
+    fn describes_item(&self) -> bool {
+        true
     }
     fn terminated(&self) -> bool {
         self.terminated
@@ -540,6 +573,7 @@ impl<S: DqnState> Dqn<S> {
             dropped: AtomicU64::new(0),
             updates: AtomicU64::new(0),
             failure: Mutex::new(None),
+            items: Arc::new(RwLock::new(ItemTokens::default())),
         });
         Ok(Self {
             args: args.clone(),
@@ -597,6 +631,7 @@ impl<S: DqnState> Dqn<S> {
         tch::manual_seed(i64::from_le_bytes(self.seed.to_le_bytes()));
         let mut learner = Learner::new(&self.net_cfg, n_actions, &self.args.hyper(self.seed), self.device)?;
         learner.set_catalog(catalog.map(str::to_string));
+        learner.set_items(Arc::clone(&self.shared.items));
         if let Some(ckpt) = self.resume.take() {
             match ckpt.check(&self.net_cfg, Some(n_actions)).and_then(|()| ckpt.check_catalog(catalog)) {
                 Ok(()) => learner.restore(&ckpt)?,
@@ -629,6 +664,7 @@ impl<S: DqnState> Dqn<S> {
             net,
             vars,
             version: first.version,
+            items_cache: None,
             inbox_tx: Some(inbox_tx),
             snapshot_rx,
             thread: Some(thread),
@@ -668,6 +704,7 @@ impl<S: DqnState> Dqn<S> {
         if let Some(s) = live.snapshot_rx.try_iter().last().filter(|s| s.version > live.version) {
             net::assign(&live.vars, &s.weights).context("dqn snapshot not applied")?;
             live.version = s.version;
+            live.items_cache = None;
         }
         Ok(live)
     }
@@ -680,9 +717,21 @@ impl<S: DqnState> Dqn<S> {
             let mut vocab = self.vocab();
             texts.iter().map(|t| vocab.encode(t, max_tokens, grow)).collect()
         };
-        let live = self.live.as_ref().context("dqn has no network yet")?;
+        if grow {
+            self.record_items(states.iter().copied().zip(&rows));
+        }
+        let live = self.live.as_mut().context("dqn has no network yet")?;
         let refs: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
         let ids = net::batch_ids(&refs, self.device);
+        if live.net.is_tower() {
+            let shared = Arc::clone(&self.shared);
+            let net = &live.net;
+            let (v, b) = live.items_cache.get_or_insert_with(|| {
+                let tokens = shared.items.read().unwrap_or_else(|p| p.into_inner());
+                tch::no_grad(|| net.item_matrix(&tokens))
+            });
+            return Ok(tch::no_grad(|| net.scores(&net.state_vec(&ids), v, b)));
+        }
         let items: Vec<i64> = states.iter().map(|s| i64::from(s.item())).collect();
         let items = Tensor::from_slice(&items).to_device(self.device);
         Ok(tch::no_grad(|| live.net.forward(&ids, Some(&items))))
@@ -706,6 +755,7 @@ impl<S: DqnState> Dqn<S> {
         let s = reply_rx.recv_timeout(Duration::from_secs(60)).context("the dqn learner did not answer")?;
         net::assign(&live.vars, &s.weights)?;
         live.version = s.version;
+        live.items_cache = None;
         Ok(())
     }
 
@@ -723,17 +773,35 @@ impl<S: DqnState> Dqn<S> {
         }
     }
 
+    /// Records the tokens of the items that `states` describe (the tower head's item side).
+    fn record_items<'a>(&self, states: impl Iterator<Item = (&'a S, &'a Vec<i64>)>)
+    where
+        S: 'a,
+    {
+        if self.net_cfg.head != Head::Tower {
+            return;
+        }
+        let mut items = self.shared.items.write().unwrap_or_else(|p| p.into_inner());
+        for (s, tokens) in states.filter(|(s, _)| s.describes_item()) {
+            items.set(i64::from(s.item()), tokens);
+        }
+    }
+
     /// What the learner stores for `fb`.
     fn transition(&self, fb: &Feedback<'_, S>) -> Transition {
         let max_tokens = self.args.dqn_max_tokens;
         let (prev, next) = (self.text_of(fb.prev), self.text_of(fb.next));
-        let mut vocab = self.vocab();
+        let (obs, next_obs) = {
+            let mut vocab = self.vocab();
+            (vocab.encode(&prev, max_tokens, true), vocab.encode(&next, max_tokens, true))
+        };
+        self.record_items([(fb.prev, &obs), (fb.next, &next_obs)].into_iter());
         Transition {
-            obs: vocab.encode(&prev, max_tokens, true),
+            obs,
             item: i64::from(fb.prev.item()),
             action: i64::from(fb.action),
             reward: fb.reward as f32,
-            next_obs: vocab.encode(&next, max_tokens, true),
+            next_obs,
             next_item: i64::from(fb.next.item()),
             // Truncation (the step limit) is no end of the episode: keep bootstrapping.
             terminated: fb.next.terminated(),

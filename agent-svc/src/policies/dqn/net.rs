@@ -18,13 +18,26 @@
 //! generalises over text; the table memorises product-to-product effects that the deep part's
 //! narrow layers cannot hold for every product (measured in docs/DQN.md).
 //!
+//! `tower` ([`Head::Tower`], either network as the state tower) factorises the output:
+//! `Q(s, a) = state(s) · item(a) + bias(a)`, where `state(s)` is the deep part's last layer
+//! projected to `tower_dim` and `item(a)` is an id embedding of the item plus a projection of the
+//! mean embedding of the item's own text tokens (the same token embedding the state reads; see
+//! [`super::items`]). Its parameters grow with the catalogue as `n_actions × (tower_dim + 1)`,
+//! not `n_actions × width`, and items share what their words learn. The item tables
+//! (`item_id`, `item_bias`) are not autograd leaves of the whole table: a training step gathers
+//! the rows it reads ([`ItemRows`]) and Adam updates those rows only, so a step costs the same
+//! at 1,500 and at 186,637 items.
+//!
 //! Invariant: two nets built from the same [`NetConfig`] and action count have the same variables
 //! under the same names, so weights move between them by name ([`Net::vars`] order).
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
-use super::vocab::{Vocab, PAD};
+use super::{
+    items::ItemTokens,
+    vocab::{Vocab, PAD},
+};
 
 /// Which network maps a state's tokens to Q-values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -34,6 +47,19 @@ pub enum NetKind {
     Lstm,
     /// Embedding averaged over the tokens, dense layers: much cheaper, for small machines and tests.
     Mlp,
+}
+
+/// How the network turns what it read of a state into Q-values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Head {
+    /// One output unit per action (the paper): `n_actions × width` weights, each action learned
+    /// on its own.
+    #[default]
+    Dense,
+    /// Factorised: a state vector against item vectors (id embedding plus the item's text),
+    /// plus a bias per item; scales with the catalogue.
+    Tower,
 }
 
 /// The shape of the network; a checkpoint only loads into a net of the same shape.
@@ -60,6 +86,12 @@ pub struct NetConfig {
     /// the action space, so it is refused above [`MAX_WIDE_ACTIONS`].
     #[serde(default)]
     pub wide: bool,
+    /// How Q-values come out (absent from checkpoints written before the tower: dense).
+    #[serde(default)]
+    pub head: Head,
+    /// Width of the state and item vectors of the tower head.
+    #[serde(default)]
+    pub tower_dim: i64,
 }
 
 /// Largest action space a wide table is built for: 4,096² floats are 64 MiB per copy, and the
@@ -78,6 +110,8 @@ impl NetConfig {
             hidden: vec![64, 32],
             lead_token: false,
             wide: false,
+            head: Head::Dense,
+            tower_dim: 0,
         }
     }
 
@@ -91,6 +125,12 @@ impl NetConfig {
         }
         if self.lstm_units.iter().chain(&self.hidden).any(|&u| u <= 0) {
             return Err("layer widths must be positive".into());
+        }
+        if self.head == Head::Tower && self.tower_dim <= 0 {
+            return Err("the tower head needs a positive --dqn-tower-dim".into());
+        }
+        if self.head == Head::Tower && self.wide {
+            return Err("the wide table is not available with the tower head".into());
         }
         Ok(())
     }
@@ -106,7 +146,35 @@ pub struct Net {
     out: nn::Linear,
     lead_token: bool,
     wide: Option<Tensor>,
+    tower: Option<Tower>,
     n_actions: i64,
+}
+
+/// The item side of the tower head: `n_actions + 1` rows each (the last for an index out of
+/// range), not trainable as whole tables (see [`ItemRows`]).
+#[derive(Debug)]
+struct Tower {
+    /// `[n_actions + 1, tower_dim]` id embeddings.
+    id: Tensor,
+    /// `[n_actions + 1]` biases.
+    bias: Tensor,
+    /// The mean embedding of an item's tokens to `tower_dim`.
+    text: nn::Linear,
+}
+
+/// The rows of the item tables one training step reads, gathered as leaves of their own so the
+/// gradient is `[rows, tower_dim]`, not the whole table's; Adam writes them back
+/// ([`super::adam::Adam::step`]).
+#[derive(Debug)]
+pub struct ItemRows {
+    /// The distinct item indices, `[u]` int64 (each in `0..=n_actions`).
+    pub index: Tensor,
+    /// Those items as a Rust list, in the same order.
+    pub items: Vec<i64>,
+    /// `[u, tower_dim]` their id rows (requires grad).
+    pub id: Tensor,
+    /// `[u]` their biases (requires grad).
+    pub bias: Tensor,
 }
 
 impl Net {
@@ -138,16 +206,41 @@ impl Net {
         // regress every action at once) remove that noise fastest by silencing the hidden ReLUs
         // for good (measured: the Q-values became the same for every state).
         let out_cfg = nn::LinearConfig { ws_init: nn::Init::Const(0.0), ..Default::default() };
-        let out = nn::linear(p / "q", width, n_actions, out_cfg);
+        let (out, tower) = match cfg.head {
+            Head::Dense => (nn::linear(p / "q", width, n_actions, out_cfg), None),
+            Head::Tower => {
+                // The state's projection starts random and the id rows small: the first
+                // gradients reach both sides (a zero side would give the other none).
+                let out = nn::linear(p / "state_out", width, cfg.tower_dim, Default::default());
+                let text_cfg = nn::LinearConfig { bias: false, ..Default::default() };
+                let text = nn::linear(p / "item_text", cfg.embedding_dim, cfg.tower_dim, text_cfg);
+                let id = p.zeros_no_train("item_id", &[n_actions + 1, cfg.tower_dim]);
+                tch::no_grad(|| {
+                    let _ = id.shallow_clone().normal_(0.0, 0.01);
+                });
+                let bias = p.zeros_no_train("item_bias", &[n_actions + 1]);
+                (out, Some(Tower { id, bias, text }))
+            }
+        };
         // Zero: the table starts neutral and only learns what the deep part misses.
         let wide = cfg.wide.then(|| p.var("wide", &[n_actions + 1, n_actions], nn::Init::Const(0.0)));
-        Self { kind: cfg.kind, embedding, lstms, hidden, out, lead_token, wide, n_actions }
+        Self { kind: cfg.kind, embedding, lstms, hidden, out, lead_token, wide, tower, n_actions }
     }
 
     /// Q-values `[batch, n_actions]` for token ids `[batch, tokens]` (int64, padded with 0) and,
     /// for the wide table, the states' product indices `[batch]` (int64; an index outside
     /// `0..n_actions` reads the table's spare row). Without `items` the table adds nothing.
+    /// The tower head reads no item text here (see [`Net::q_all`]).
     pub fn forward(&self, ids: &Tensor, items: Option<&Tensor>) -> Tensor {
+        self.q_all(ids, items, &ItemTokens::default())
+    }
+
+    /// [`Net::forward`] with the items' text known so far (the tower head's item side).
+    pub fn q_all(&self, ids: &Tensor, items: Option<&Tensor>, tokens: &ItemTokens) -> Tensor {
+        if self.tower.is_some() {
+            let (v, b) = self.item_matrix(tokens);
+            return self.scores(&self.state_vec(ids), &v, &b);
+        }
         let q = self.deep(ids);
         match (&self.wide, items) {
             (Some(table), Some(items)) => q + table.index_select(0, &self.wide_rows(items)),
@@ -187,7 +280,82 @@ impl Net {
         pooled.index_select(0, &order.argsort(0, false).to_device(pooled.device()))
     }
 
-    /// The deep part: text tokens to Q-values.
+    /// The tower head's state vectors `[batch, tower_dim]` (with the dense head: its Q-values).
+    pub fn state_vec(&self, ids: &Tensor) -> Tensor {
+        self.deep(ids)
+    }
+
+    /// Whether the head is the tower.
+    pub fn is_tower(&self) -> bool {
+        self.tower.is_some()
+    }
+
+    /// Size of the action space.
+    pub fn n_actions(&self) -> i64 {
+        self.n_actions
+    }
+
+    /// The vectors `[k, tower_dim]` of `items` from their id rows `[k, tower_dim]`: the id row
+    /// plus the projected mean embedding of the item's tokens (zero for an item without).
+    fn item_vecs(&self, tower: &Tower, id_rows: &Tensor, items: &[i64], tokens: &ItemTokens) -> Tensor {
+        let (flat, offsets) = tokens.bags(items, id_rows.device());
+        let (text, _, _, _) =
+            Tensor::embedding_bag(&self.embedding.ws, &flat, &offsets, false, 1, false, None::<Tensor>, false);
+        id_rows + tower.text.forward(&text)
+    }
+
+    /// The whole catalogue's item vectors `[n_actions, tower_dim]` and biases `[n_actions]`
+    /// (the inference copy computes them once per weight snapshot). Panics on the dense head.
+    pub fn item_matrix(&self, tokens: &ItemTokens) -> (Tensor, Tensor) {
+        let tower = self.tower.as_ref().expect("item_matrix needs the tower head");
+        let all: Vec<i64> = (0..self.n_actions).collect();
+        let v = self.item_vecs(tower, &tower.id.narrow(0, 0, self.n_actions), &all, tokens);
+        (v, tower.bias.narrow(0, 0, self.n_actions))
+    }
+
+    /// Q-values `[batch, k]` of state vectors `u` against item vectors `v` `[k, tower_dim]` and
+    /// biases `b` `[k]`: one matrix product.
+    pub fn scores(&self, u: &Tensor, v: &Tensor, b: &Tensor) -> Tensor {
+        u.matmul(&v.tr()) + b
+    }
+
+    /// The rows of the item tables for `items` (any order, repeats allowed; an index outside
+    /// `0..n_actions` reads the spare row), gathered as leaves that require grad when `grad`.
+    pub fn gather_items(&self, items: &[i64], grad: bool) -> ItemRows {
+        let tower = self.tower.as_ref().expect("gather_items needs the tower head");
+        let n = self.n_actions;
+        let mut distinct: Vec<i64> = items.iter().map(|&i| if (0..n).contains(&i) { i } else { n }).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let index = Tensor::from_slice(&distinct).to_device(tower.id.device());
+        let id = tower.id.index_select(0, &index).detach().set_requires_grad(grad);
+        let bias = tower.bias.index_select(0, &index).detach().set_requires_grad(grad);
+        ItemRows { index, items: distinct, id, bias }
+    }
+
+    /// Q-values `[batch, k]` of each state for its own candidate items `cands` `[batch, k]`
+    /// (int64, each among `rows.items` after mapping out-of-range to the spare row), from state
+    /// vectors `u` and the gathered `rows`.
+    pub fn q_candidates(&self, u: &Tensor, rows: &ItemRows, cands: &[i64], k: i64, tokens: &ItemTokens) -> Tensor {
+        let tower = self.tower.as_ref().expect("q_candidates needs the tower head");
+        let n = self.n_actions;
+        let v = self.item_vecs(tower, &rows.id, &rows.items, tokens);
+        // Position of each candidate among the distinct rows.
+        let at: Vec<i64> = cands
+            .iter()
+            .map(|&c| {
+                let c = if (0..n).contains(&c) { c } else { n };
+                rows.items.binary_search(&c).map_or(0, |p| p as i64)
+            })
+            .collect();
+        let batch = u.size()[0];
+        let at = Tensor::from_slice(&at).to_device(u.device());
+        let vc = v.index_select(0, &at).view([batch, k, -1]);
+        let bc = rows.bias.index_select(0, &at).view([batch, k]);
+        (u.unsqueeze(1) * vc).sum_dim_intlist(-1, false, None) + bc
+    }
+
+    /// The deep part: text tokens to Q-values (the tower head: to the state vector).
     fn deep(&self, ids: &Tensor) -> Tensor {
         let emb = self.embedding.forward(ids);
         let mut x = match self.kind {

@@ -61,6 +61,21 @@ pub struct Batch {
     pub full: Option<(Tensor, Tensor)>,
 }
 
+/// A training batch for the tower head (see [`Replay::candidates`]).
+#[derive(Debug)]
+pub struct Candidates {
+    /// The states, actions, rewards and next states (`full` is `None`).
+    pub states: Batch,
+    /// `[batch * k]` the candidate actions of each row, row after row.
+    pub cands: Vec<i64>,
+    /// Candidates per row.
+    pub k: i64,
+    /// `[batch, k]` float: each candidate's reward target (before bootstrapping).
+    pub targets: Tensor,
+    /// `[batch, k]` float: each candidate's weight in its row's loss (0 for padding).
+    pub weights: Tensor,
+}
+
 /// A ring buffer of transitions with fixed-width token rows.
 #[derive(Debug)]
 pub struct Replay {
@@ -191,25 +206,57 @@ impl Replay {
         (n != NOT_FULL).then(|| (&self.positives[slots.clone()], &self.pos_rewards[slots]))
     }
 
+    /// The transitions in `slots` as a batch of candidates for the tower head: each row scores
+    /// its own candidate actions, not all of them. An ordinary row has one candidate, its
+    /// action, with its reward. A full-feedback row has its action, its positives (each with its
+    /// target) and the `negatives` shared by the batch (target 0, or the positive's target
+    /// where one coincides), the negatives weighing `negative_weight` each in the row's loss;
+    /// shorter rows are padded with weight 0.
+    pub fn candidates(&self, slots: &[usize], negatives: &[i64], negative_weight: f32, device: Device) -> Candidates {
+        let full = slots.iter().any(|&i| self.pos_len[i] != NOT_FULL);
+        let max_pos = slots.iter().filter_map(|&i| self.positives_of(i)).map(|(p, _)| p.len()).max().unwrap_or(0);
+        let k = 1 + if full { max_pos + negatives.len() } else { 0 };
+        let (mut cands, mut targets, mut weights) =
+            (Vec::with_capacity(slots.len() * k), vec![0f32; slots.len() * k], vec![0f32; slots.len() * k]);
+        for (row, &i) in slots.iter().enumerate() {
+            let (t, w) = (&mut targets[row * k..(row + 1) * k], &mut weights[row * k..(row + 1) * k]);
+            let action = self.actions[i];
+            cands.push(action);
+            w[0] = 1.0;
+            match self.positives_of(i) {
+                None => {
+                    t[0] = self.rewards[i];
+                    cands.extend(std::iter::repeat_n(action, k - 1));
+                }
+                Some((actions, rewards)) => {
+                    let target_of =
+                        |a: i64| actions.iter().position(|&p| i64::from(p) == a).map_or(0.0, |j| rewards[j]);
+                    t[0] = target_of(action);
+                    for j in 0..max_pos {
+                        match actions.get(j) {
+                            Some(&a) => {
+                                cands.push(i64::from(a));
+                                (t[1 + j], w[1 + j]) = (rewards[j], 1.0);
+                            }
+                            None => cands.push(action),
+                        }
+                    }
+                    for (j, &a) in negatives.iter().enumerate() {
+                        cands.push(a);
+                        (t[1 + max_pos + j], w[1 + max_pos + j]) = (target_of(a), negative_weight);
+                    }
+                }
+            }
+        }
+        let batch = self.batch_ordinary(slots, device);
+        let shape = [slots.len() as i64, k as i64];
+        let dense = |v: &[f32]| Tensor::from_slice(v).view(shape).to_device(device);
+        Candidates { states: batch, cands, k: k as i64, targets: dense(&targets), weights: dense(&weights) }
+    }
+
     /// The transitions in `slots` as tensors for an action space of `n_actions`; token columns
     /// cut to the longest state drawn.
     pub fn batch(&self, slots: &[usize], n_actions: i64, device: Device) -> Batch {
-        let tokens = |rows: &[i64], lens: &[u16]| {
-            let width = slots.iter().map(|&i| usize::from(lens[i])).max().unwrap_or(0).max(1);
-            let mut flat = Vec::with_capacity(slots.len() * width);
-            for &i in slots {
-                flat.extend_from_slice(&rows[i * self.width..i * self.width + width]);
-            }
-            Tensor::from_slice(&flat).view([slots.len() as i64, width as i64]).to_device(device)
-        };
-        let pick_f = |v: &[f32]| {
-            let picked: Vec<f32> = slots.iter().map(|&i| v[i]).collect();
-            Tensor::from_slice(&picked).to_kind(Kind::Float).to_device(device)
-        };
-        let pick_i = |v: &[i64]| {
-            let picked: Vec<i64> = slots.iter().map(|&i| v[i]).collect();
-            Tensor::from_slice(&picked).to_device(device)
-        };
         let full = (self.full_held > 0 && slots.iter().any(|&i| self.pos_len[i] != NOT_FULL)).then(|| {
             let n = usize::try_from(n_actions).unwrap_or(0);
             let (mut rewards, mut mask) = (vec![0f32; slots.len() * n], vec![0f32; slots.len() * n]);
@@ -236,6 +283,28 @@ impl Replay {
             let dense = |v: &[f32]| Tensor::from_slice(v).view(shape).to_device(device);
             (dense(&rewards), dense(&mask))
         });
+        Batch { full, ..self.batch_ordinary(slots, device) }
+    }
+
+    /// The states, next states, items, actions, rewards and ends of `slots` ([`Replay::batch`]
+    /// without its full-feedback part).
+    fn batch_ordinary(&self, slots: &[usize], device: Device) -> Batch {
+        let tokens = |rows: &[i64], lens: &[u16]| {
+            let width = slots.iter().map(|&i| usize::from(lens[i])).max().unwrap_or(0).max(1);
+            let mut flat = Vec::with_capacity(slots.len() * width);
+            for &i in slots {
+                flat.extend_from_slice(&rows[i * self.width..i * self.width + width]);
+            }
+            Tensor::from_slice(&flat).view([slots.len() as i64, width as i64]).to_device(device)
+        };
+        let pick_f = |v: &[f32]| {
+            let picked: Vec<f32> = slots.iter().map(|&i| v[i]).collect();
+            Tensor::from_slice(&picked).to_kind(Kind::Float).to_device(device)
+        };
+        let pick_i = |v: &[i64]| {
+            let picked: Vec<i64> = slots.iter().map(|&i| v[i]).collect();
+            Tensor::from_slice(&picked).to_device(device)
+        };
         Batch {
             obs: tokens(&self.obs, &self.obs_len),
             items: pick_i(&self.items),
@@ -244,7 +313,7 @@ impl Replay {
             next_obs: tokens(&self.next_obs, &self.next_len),
             next_items: pick_i(&self.next_items),
             terminated: pick_f(&self.terminated),
-            full,
+            full: None,
         }
     }
 }

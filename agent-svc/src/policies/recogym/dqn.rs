@@ -80,6 +80,10 @@ impl DqnState for RecoView {
     fn id_token(&self) -> Option<&str> {
         None
     }
+    fn describes_item(&self) -> bool {
+        // The words are the user's views, not the item's own: items are known by id alone.
+        false
+    }
     fn terminated(&self) -> bool {
         self.terminated
     }
