@@ -20,7 +20,7 @@
 
 use tch::{nn::VarStore, Tensor};
 
-use super::net::ItemRows;
+use super::net::{ItemRows, PairRows};
 
 /// How a variable's rows are updated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ enum Update {
 }
 
 /// The tower's item tables, by variable name.
-const GATHERED: [&str; 2] = ["item_bias", "item_id"];
+const GATHERED: [&str; 3] = ["item_bias", "item_id", "wide_pairs"];
 
 /// The rows the current gradient can be non-zero in, for the row-sparse variables.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +47,8 @@ pub struct Rows<'a> {
     pub lazy: Option<&'a Tensor>,
     /// The item rows the step gathered (the tower head), whose leaves hold the gradient.
     pub gathered: Option<&'a ItemRows>,
+    /// The slots of the sparse wide table the step gathered (the tower head).
+    pub pairs: Option<&'a PairRows>,
 }
 
 impl<'a> Rows<'a> {
@@ -54,6 +56,7 @@ impl<'a> Rows<'a> {
     fn sparse(&self, name: &str, update: Update, value_grad: &Tensor) -> Option<(&'a Tensor, Tensor)> {
         match update {
             Update::Lazy => self.lazy.map(|r| (r, value_grad.index_select(0, r))),
+            Update::Gathered if name == "wide_pairs" => self.pairs.map(|p| (&p.index, p.leaf.grad())),
             Update::Gathered => self.gathered.map(|g| {
                 let leaf = if name == "item_id" { &g.id } else { &g.bias };
                 (&g.index, leaf.grad())
@@ -264,11 +267,12 @@ mod tests {
                 reference.clip_grad_norm(0.5);
                 reference.step();
                 let loss = nb.forward(&x, None).pow_tensor_scalar(2).mean(Kind::Float);
-                ours.zero_grad(Rows { active: 10, lazy: None, gathered: None });
+                ours.zero_grad(Rows { active: 10, lazy: None, gathered: None, pairs: None });
                 loss.backward();
-                ours.clip_grad_norm(0.5, Rows { active: 10, lazy: None, gathered: None })
+                ours.clip_grad_norm(0.5, Rows { active: 10, lazy: None, gathered: None, pairs: None })
                     .unwrap_or_else(|e| panic!("{e}"));
-                ours.step(Rows { active: 10, lazy: None, gathered: None }).unwrap_or_else(|e| panic!("{e}"));
+                ours.step(Rows { active: 10, lazy: None, gathered: None, pairs: None })
+                    .unwrap_or_else(|e| panic!("{e}"));
             }
             let (va, vb) = (a.variables(), b.variables());
             for (name, t) in &va {
@@ -290,7 +294,7 @@ mod tests {
         // Six actions: the table has 7 rows. A batch naming every row: lazy is plain Adam.
         let x = batch_ids(&[&[2], &[3], &[4], &[2], &[3], &[4], &[5]], Device::Cpu);
         let all = Tensor::arange(7, (Kind::Int64, Device::Cpu));
-        let rows = Rows { active: 12, lazy: Some(&all), gathered: None };
+        let rows = Rows { active: 12, lazy: Some(&all), gathered: None, pairs: None };
         for _ in 0..4 {
             let loss = (na.forward(&x, Some(&all)) - 1.0).square().mean(Kind::Float);
             reference.zero_grad();
@@ -311,7 +315,7 @@ mod tests {
         let before = vb["wide"].copy();
         let one = Tensor::from_slice(&[1i64, 1]);
         let x = batch_ids(&[&[2], &[3]], Device::Cpu);
-        let rows = Rows { active: 12, lazy: Some(&Tensor::from_slice(&[1i64])), gathered: None };
+        let rows = Rows { active: 12, lazy: Some(&Tensor::from_slice(&[1i64])), gathered: None, pairs: None };
         let loss = (nb.forward(&x, Some(&one)) - 1.0).square().mean(Kind::Float);
         ours.zero_grad(rows);
         loss.backward();

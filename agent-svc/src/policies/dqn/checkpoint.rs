@@ -105,6 +105,9 @@ pub struct Meta {
     pub eps_step: u64,
     /// The vocabulary's words in id order.
     pub vocab: Vec<String>,
+    /// The sparse wide table's pairs `(item, action)` in slot order (tower head).
+    #[serde(default)]
+    pub wide_pairs: Vec<(i64, i64)>,
     /// Milliseconds since the Unix epoch when written.
     pub saved_at_ms: i64,
 }
@@ -270,6 +273,7 @@ mod tests {
 
     fn meta(cfg: &NetConfig) -> Meta {
         Meta {
+            wide_pairs: Vec::new(),
             format: FORMAT,
             net: cfg.clone(),
             n_actions: 7,

@@ -57,6 +57,82 @@ impl ItemTokens {
     }
 }
 
+/// The sparse wide table's index (`--dqn-head tower --dqn-wide true`): which slot of the
+/// table holds the offset of each (state's item, action) pair. A pair gets a slot the first time
+/// the learner trains a positive target for it, in order, until `capacity` slots are taken;
+/// later pairs get none (their offset is 0). Memory grows with the pairs seen, never with
+/// items × actions. Slots are never reused, so a slot's weight in any snapshot belongs to its
+/// pair (a slot assigned after a snapshot reads its initial 0 there).
+#[derive(Debug, Default, Clone)]
+pub struct PairIndex {
+    capacity: usize,
+    slot_of: std::collections::HashMap<(i64, i64), i64>,
+    by_item: std::collections::HashMap<i64, Vec<(i64, i64)>>,
+}
+
+impl PairIndex {
+    /// An empty index of `capacity` slots.
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, ..Self::default() }
+    }
+
+    /// Slots taken.
+    pub fn len(&self) -> usize {
+        self.slot_of.len()
+    }
+
+    /// Whether no slot is taken.
+    pub fn is_empty(&self) -> bool {
+        self.slot_of.is_empty()
+    }
+
+    /// Most slots.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The slot of `(item, action)`, if it has one.
+    pub fn slot(&self, item: i64, action: i64) -> Option<i64> {
+        self.slot_of.get(&(item, action)).copied()
+    }
+
+    /// The slot of `(item, action)`, taking the next free one if it has none; `None` when the
+    /// table is full.
+    pub fn slot_or_take(&mut self, item: i64, action: i64) -> Option<i64> {
+        if let Some(s) = self.slot(item, action) {
+            return Some(s);
+        }
+        if self.slot_of.len() >= self.capacity {
+            return None;
+        }
+        let s = self.slot_of.len() as i64;
+        self.slot_of.insert((item, action), s);
+        self.by_item.entry(item).or_default().push((action, s));
+        Some(s)
+    }
+
+    /// `(action, slot)` of every pair of `item`.
+    pub fn of_item(&self, item: i64) -> &[(i64, i64)] {
+        self.by_item.get(&item).map_or(&[], Vec::as_slice)
+    }
+
+    /// The pairs in slot order, `(item, action)` (what a checkpoint keeps).
+    pub fn pairs(&self) -> Vec<(i64, i64)> {
+        let mut v: Vec<((i64, i64), i64)> = self.slot_of.iter().map(|(&k, &s)| (k, s)).collect();
+        v.sort_by_key(|&(_, s)| s);
+        v.into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// The index whose slots `0..` hold `pairs`, in order.
+    pub fn from_pairs(capacity: usize, pairs: &[(i64, i64)]) -> Self {
+        let mut index = Self::new(capacity.max(pairs.len()));
+        for &(item, action) in pairs {
+            index.slot_or_take(item, action);
+        }
+        index
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +147,17 @@ mod tests {
         let (flat, offsets) = t.bags(&[3, 0, 1], Device::Cpu);
         assert_eq!(Vec::<i64>::try_from(flat).unwrap_or_default(), [5, 6, 7]);
         assert_eq!(Vec::<i64>::try_from(offsets).unwrap_or_default(), [0, 2, 2]);
+    }
+
+    #[test]
+    fn pairs_take_slots_in_order_until_the_table_is_full() {
+        let mut p = PairIndex::new(2);
+        assert_eq!(p.slot_or_take(4, 9), Some(0));
+        assert_eq!(p.slot_or_take(4, 9), Some(0), "a pair keeps its slot");
+        assert_eq!(p.slot_or_take(5, 1), Some(1));
+        assert_eq!(p.slot_or_take(6, 1), None, "full: no slot, no eviction");
+        assert_eq!((p.slot(6, 1), p.of_item(4), p.len()), (None, &[(9, 0)][..], 2));
+        let back = PairIndex::from_pairs(2, &p.pairs());
+        assert_eq!((back.slot(4, 9), back.slot(5, 1)), (Some(0), Some(1)));
     }
 }

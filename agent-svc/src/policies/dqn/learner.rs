@@ -24,7 +24,7 @@ use tch::{nn, Device, Reduction, Tensor};
 use super::{
     adam::{Adam, Rows},
     checkpoint::{self, Meta},
-    items::ItemTokens,
+    items::{ItemTokens, PairIndex},
     net::{self, Net, NetConfig},
     replay::{Batch, Replay, Transition},
     vocab::{Vocab, RESERVED},
@@ -112,6 +112,9 @@ pub struct Shared {
     /// The items' tokens as the stream showed them (the tower head's item side): written by the
     /// policy side, read by the learner.
     pub items: Arc<RwLock<ItemTokens>>,
+    /// The sparse wide table's index (tower head): slots taken by the learner, read by the
+    /// policy side.
+    pub pairs: Arc<RwLock<PairIndex>>,
 }
 
 impl Shared {
@@ -169,13 +172,15 @@ pub struct Learner {
     catalog: Option<String>,
     /// The items' tokens (tower head), shared with the policy side.
     items: Arc<RwLock<ItemTokens>>,
+    /// The sparse wide table's index (tower head), shared with the policy side.
+    pairs: Arc<RwLock<PairIndex>>,
 }
 
 impl Learner {
     /// A learner with freshly initialised networks (the target a copy of the online one).
     pub fn new(net_cfg: &NetConfig, n_actions: i64, hp: &Hyper, device: Device) -> anyhow::Result<Self> {
         anyhow::ensure!(
-            !net_cfg.wide || n_actions <= net::MAX_WIDE_ACTIONS,
+            !net_cfg.wide || net_cfg.head == net::Head::Tower || n_actions <= net::MAX_WIDE_ACTIONS,
             "--dqn-wide needs an action space of at most {} products (its table has one row per \
              product and one column per action); this one has {n_actions}",
             net::MAX_WIDE_ACTIONS
@@ -205,7 +210,16 @@ impl Learner {
             updates: 0,
             catalog: None,
             items: Arc::default(),
+            pairs: Arc::new(RwLock::new(PairIndex::new(usize::try_from(net_cfg.wide_pairs).unwrap_or(0)))),
         })
+    }
+
+    /// Keeps the sparse wide table's index in `pairs` (the policy side reads it there); what
+    /// this learner's index holds (a restored checkpoint's pairs) moves there.
+    pub fn set_pairs(&mut self, pairs: Arc<RwLock<PairIndex>>) {
+        let mine = self.pairs.read().unwrap_or_else(|p| p.into_inner()).clone();
+        *pairs.write().unwrap_or_else(|p| p.into_inner()) = mine;
+        self.pairs = pairs;
     }
 
     /// Reads the items' tokens from `items` (the policy side records them there).
@@ -222,6 +236,8 @@ impl Learner {
     pub fn restore(&mut self, ckpt: &checkpoint::Checkpoint) -> anyhow::Result<()> {
         ckpt.load_into(&mut self.online_vs, Some(&mut self.target_vs))?;
         self.updates = ckpt.meta.updates;
+        let capacity = usize::try_from(self.net_cfg.wide_pairs).unwrap_or(0);
+        *self.pairs.write().unwrap_or_else(|p| p.into_inner()) = PairIndex::from_pairs(capacity, &ckpt.meta.wide_pairs);
         Ok(())
     }
 
@@ -285,6 +301,33 @@ impl Learner {
         let u = self.online.state_vec(&b.obs);
         let rows = self.online.gather_items(&c.cands, true);
         let q = self.online.q_candidates(&u, &rows, &c.cands, c.k, &tokens);
+        // The sparse wide table: a pair trained towards a positive target takes a slot.
+        let pair_rows = if self.online.has_pairs() {
+            let targets = Vec::<f32>::try_from(c.targets.reshape([-1]))?;
+            let weights = Vec::<f32>::try_from(c.weights.reshape([-1]))?;
+            let mut index = self.pairs.write().unwrap_or_else(|p| p.into_inner());
+            let k = usize::try_from(c.k).unwrap_or(1).max(1);
+            let slots: Vec<Option<i64>> = c
+                .cands
+                .iter()
+                .enumerate()
+                .map(|(j, &a)| {
+                    let item = c.row_items[j / k];
+                    if targets[j] > 0.0 && weights[j] > 0.0 {
+                        index.slot_or_take(item, a)
+                    } else {
+                        index.slot(item, a)
+                    }
+                })
+                .collect();
+            Some(self.online.gather_pairs(&slots, c.k, true))
+        } else {
+            None
+        };
+        let q = match &pair_rows {
+            Some(p) => q + &p.offsets,
+            None => q,
+        };
         let target = tch::no_grad(|| {
             if self.hp.gamma == 0.0 {
                 return c.targets.shallow_clone();
@@ -292,11 +335,26 @@ impl Learner {
             let t_rows = self.target.gather_items(&c.cands, false);
             let (t_u, pool) = (self.target.state_vec(&b.next_obs), t_rows.items.len() as i64);
             let all: Vec<i64> = (0..b.obs.size()[0]).flat_map(|_| t_rows.items.iter().copied()).collect();
-            let next_t = self.target.q_candidates(&t_u, &t_rows, &all, pool, &tokens);
+            // The next states' wide offsets against the pool (slots as they are: none taken).
+            let next_pairs = |net: &Net| {
+                net.has_pairs().then(|| {
+                    let index = self.pairs.read().unwrap_or_else(|p| p.into_inner());
+                    let per_row = t_rows.items.len().max(1);
+                    let slots: Vec<Option<i64>> =
+                        all.iter().enumerate().map(|(j, &a)| index.slot(c.next_row_items[j / per_row], a)).collect();
+                    net.gather_pairs(&slots, pool, false).offsets
+                })
+            };
+            let with_pairs = |q: Tensor, net: &Net| match next_pairs(net) {
+                Some(o) => q + o,
+                None => q,
+            };
+            let next_t = with_pairs(self.target.q_candidates(&t_u, &t_rows, &all, pool, &tokens), &self.target);
             let next_value = if self.hp.double {
                 let o_rows = self.online.gather_items(&c.cands, false);
                 let next_o =
                     self.online.q_candidates(&self.online.state_vec(&b.next_obs), &o_rows, &all, pool, &tokens);
+                let next_o = with_pairs(next_o, &self.online);
                 next_t.gather(1, &next_o.argmax(1, true), false).squeeze_dim(1)
             } else {
                 next_t.amax(1, false)
@@ -308,7 +366,7 @@ impl Learner {
         let per = q.huber_loss(&target, Reduction::None, self.hp.huber_delta) * &c.weights;
         let per_row = per.sum_dim_intlist(1, false, None) / c.weights.sum_dim_intlist(1, false, None).clamp_min(1e-6);
         let loss = per_row.mean(None);
-        let grad_rows = Rows { active: self.active_rows, lazy: None, gathered: Some(&rows) };
+        let grad_rows = Rows { active: self.active_rows, lazy: None, gathered: Some(&rows), pairs: pair_rows.as_ref() };
         self.opt.zero_grad(grad_rows);
         loss.backward();
         if self.hp.grad_clip > 0.0 {
@@ -347,7 +405,7 @@ impl Learner {
         };
         // The wide table's rows this batch reads (its gradient is zero elsewhere).
         let lazy = self.net_cfg.wide.then(|| self.online.wide_rows(&b.items).internal_unique(true, false).0);
-        let rows = Rows { active: self.active_rows, lazy: lazy.as_ref(), gathered: None };
+        let rows = Rows { active: self.active_rows, lazy: lazy.as_ref(), gathered: None, pairs: None };
         self.opt.zero_grad(rows);
         loss.backward();
         if self.hp.grad_clip > 0.0 {
@@ -381,6 +439,7 @@ impl Learner {
             updates: self.updates,
             eps_step,
             vocab,
+            wide_pairs: self.pairs.read().unwrap_or_else(|p| p.into_inner()).pairs(),
             saved_at_ms: common::kafka::now_ms(),
         };
         checkpoint::save(path, &meta, &self.online_vs, &self.target_vs)
@@ -758,6 +817,55 @@ mod tests {
             unrewarded_red > blue + 0.1,
             "red items never rewarded ({unrewarded_red}) score above blue ones ({blue}) by what their word learned"
         );
+    }
+
+    #[test]
+    fn the_towers_sparse_wide_table_learns_what_the_text_cannot_tell_apart_in_bounded_memory() {
+        let _rng = net::torch_rng_guard();
+        tch::manual_seed(0);
+        // As the dense table's test: one text, product 1 is followed by action 2, product 2 by
+        // action 0; the state tower alone cannot tell them apart.
+        let hp = Hyper { gamma: 0.0, lr: 0.02, negatives: 3, ..hyper() };
+        let words: Vec<&[i64]> = vec![&[10], &[11], &[12], &[13]];
+        let mut best = Vec::new();
+        for wide in [false, true] {
+            let mut learner = tower_learner(4, &words, &hp);
+            if wide {
+                let cfg = NetConfig { wide: true, wide_pairs: 2, ..learner.net_cfg.clone() };
+                learner = Learner::new(&cfg, 4, &hp, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+                learner.set_items(tower_learner(4, &words, &hp).items);
+            }
+            for (item, good) in [(1, 2), (2, 0)] {
+                learner.push(&Transition {
+                    obs: vec![5],
+                    item,
+                    action: 3,
+                    reward: 0.0,
+                    next_obs: vec![5],
+                    next_item: item,
+                    terminated: true,
+                    positives: Some(vec![(good, 1.0)]),
+                });
+            }
+            for _ in 0..300 {
+                learner.update().unwrap_or_else(|e| panic!("{e}"));
+            }
+            let q = learner.q_values(&Tensor::from_slice(&[5i64, 5]).view([2, 1]), &Tensor::from_slice(&[1i64, 2]));
+            let mut q = q;
+            let lists: Vec<Vec<(i64, i64)>> = {
+                let index = learner.pairs.read().unwrap_or_else(|p| p.into_inner());
+                [1, 2].iter().map(|&i| index.of_item(i).to_vec()).collect()
+            };
+            let refs: Vec<&[(i64, i64)]> = lists.iter().map(Vec::as_slice).collect();
+            tch::no_grad(|| learner.online.add_pair_offsets(&mut q, &refs));
+            best.push(Vec::<i64>::try_from(q.argmax(1, false)).unwrap_or_else(|e| panic!("{e}")));
+            if wide {
+                let index = learner.pairs.read().unwrap_or_else(|p| p.into_inner());
+                assert_eq!((index.len(), index.slot(1, 2).is_some(), index.slot(2, 0).is_some()), (2, true, true));
+            }
+        }
+        assert_eq!(best[0][0], best[0][1], "without the table both products look alike");
+        assert_eq!(best[1], [2, 0], "with it each product gets its own best action");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use rand_chacha::ChaCha8Rng;
 use tch::{nn, Device, Tensor};
 
 use self::{
-    items::ItemTokens,
+    items::{ItemTokens, PairIndex},
     learner::{Hyper, Learner, Shared, Snapshot, ToLearner},
     net::{Head, Net, NetConfig, NetKind},
     replay::Transition,
@@ -126,8 +126,9 @@ pub struct DqnArgs {
     pub dqn_id_token: bool,
     /// Add a wide table to the network: a learned Q-value offset for every (state's product,
     /// action) pair, next to the deep part that reads the text (Wide & Deep). It memorises
-    /// product-to-product effects; it costs n_actions² floats per copy and is refused above
-    /// 4,096 actions.
+    /// product-to-product effects. With `--dqn-head dense` it is dense, n_actions² floats per
+    /// copy, refused above 4,096 actions; with `--dqn-head tower` it is sparse: a pair gets an
+    /// offset once it is trained towards a positive target, up to `--dqn-wide-pairs` pairs.
     #[arg(long, env = "DQN_WIDE", default_value_t = false, action = clap::ArgAction::Set)]
     pub dqn_wide: bool,
     /// How Q-values come out: `dense` (one output per action, the paper's; its weights grow
@@ -136,6 +137,10 @@ pub struct DqnArgs {
     /// catalogue of any size, and items share what their words learn). See docs/DQN.md.
     #[arg(long, env = "DQN_HEAD", value_enum, default_value_t = Head::Dense)]
     pub dqn_head: Head,
+    /// Most (product, action) pairs the sparse wide table of `--dqn-head tower` holds (4 bytes
+    /// each per copy); pairs beyond get no offset.
+    #[arg(long, env = "DQN_WIDE_PAIRS", default_value_t = 1_000_000)]
+    pub dqn_wide_pairs: i64,
     /// Width of the state and item vectors of `--dqn-head tower`.
     #[arg(long, env = "DQN_TOWER_DIM", default_value_t = 64)]
     pub dqn_tower_dim: i64,
@@ -284,6 +289,7 @@ impl DqnArgs {
             wide: self.dqn_wide,
             head: self.dqn_head,
             tower_dim: if self.dqn_head == Head::Tower { self.dqn_tower_dim } else { 0 },
+            wide_pairs: if self.dqn_head == Head::Tower && self.dqn_wide { self.dqn_wide_pairs } else { 0 },
         }
     }
 
@@ -574,6 +580,7 @@ impl<S: DqnState> Dqn<S> {
             updates: AtomicU64::new(0),
             failure: Mutex::new(None),
             items: Arc::new(RwLock::new(ItemTokens::default())),
+            pairs: Arc::new(RwLock::new(PairIndex::default())),
         });
         Ok(Self {
             args: args.clone(),
@@ -643,6 +650,7 @@ impl<S: DqnState> Dqn<S> {
                 }
             }
         }
+        learner.set_pairs(Arc::clone(&self.shared.pairs));
         let vs = nn::VarStore::new(self.device);
         let net = Net::new(&vs.root(), &self.net_cfg, n_actions);
         let vars = net::vars(&vs);
@@ -730,7 +738,13 @@ impl<S: DqnState> Dqn<S> {
                 let tokens = shared.items.read().unwrap_or_else(|p| p.into_inner());
                 tch::no_grad(|| net.item_matrix(&tokens))
             });
-            return Ok(tch::no_grad(|| net.scores(&net.state_vec(&ids), v, b)));
+            let mut q = tch::no_grad(|| net.scores(&net.state_vec(&ids), v, b));
+            if net.has_pairs() {
+                let index = shared.pairs.read().unwrap_or_else(|p| p.into_inner());
+                let lists: Vec<&[(i64, i64)]> = states.iter().map(|s| index.of_item(i64::from(s.item()))).collect();
+                tch::no_grad(|| net.add_pair_offsets(&mut q, &lists));
+            }
+            return Ok(q);
         }
         let items: Vec<i64> = states.iter().map(|s| i64::from(s.item())).collect();
         let items = Tensor::from_slice(&items).to_device(self.device);

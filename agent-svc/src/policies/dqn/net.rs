@@ -92,6 +92,10 @@ pub struct NetConfig {
     /// Width of the state and item vectors of the tower head.
     #[serde(default)]
     pub tower_dim: i64,
+    /// Tower head with `wide`: slots of the sparse wide table (one offset per (state's item,
+    /// action) pair seen with a positive target, up to this many; see [`super::items::PairIndex`]).
+    #[serde(default)]
+    pub wide_pairs: i64,
 }
 
 /// Largest action space a wide table is built for: 4,096² floats are 64 MiB per copy, and the
@@ -112,6 +116,7 @@ impl NetConfig {
             wide: false,
             head: Head::Dense,
             tower_dim: 0,
+            wide_pairs: 0,
         }
     }
 
@@ -129,8 +134,8 @@ impl NetConfig {
         if self.head == Head::Tower && self.tower_dim <= 0 {
             return Err("the tower head needs a positive --dqn-tower-dim".into());
         }
-        if self.head == Head::Tower && self.wide {
-            return Err("the wide table is not available with the tower head".into());
+        if self.head == Head::Tower && self.wide && self.wide_pairs <= 0 {
+            return Err("the tower head's wide table needs a positive --dqn-wide-pairs".into());
         }
         Ok(())
     }
@@ -147,7 +152,21 @@ pub struct Net {
     lead_token: bool,
     wide: Option<Tensor>,
     tower: Option<Tower>,
+    /// Tower head with `wide`: the sparse wide table, `[wide_pairs + 1]` (the last slot, for a
+    /// pair without one, stays 0).
+    pairs: Option<Tensor>,
     n_actions: i64,
+}
+
+/// The slots of the sparse wide table one step reads (see [`ItemRows`]).
+#[derive(Debug)]
+pub struct PairRows {
+    /// The distinct slots read, `[u]` int64 (the spare slot included when a pair has none).
+    pub index: Tensor,
+    /// `[u]` their offsets (requires grad when training).
+    pub leaf: Tensor,
+    /// `[batch, k]` each candidate's offset: its slot's, or 0 for a pair without one.
+    pub offsets: Tensor,
 }
 
 /// The item side of the tower head: `n_actions + 1` rows each (the last for an index out of
@@ -223,8 +242,12 @@ impl Net {
             }
         };
         // Zero: the table starts neutral and only learns what the deep part misses.
-        let wide = cfg.wide.then(|| p.var("wide", &[n_actions + 1, n_actions], nn::Init::Const(0.0)));
-        Self { kind: cfg.kind, embedding, lstms, hidden, out, lead_token, wide, tower, n_actions }
+        let (wide, pairs) = match (cfg.wide, cfg.head) {
+            (false, _) => (None, None),
+            (true, Head::Dense) => (Some(p.var("wide", &[n_actions + 1, n_actions], nn::Init::Const(0.0))), None),
+            (true, Head::Tower) => (None, Some(p.zeros_no_train("wide_pairs", &[cfg.wide_pairs.max(0) + 1]))),
+        };
+        Self { kind: cfg.kind, embedding, lstms, hidden, out, lead_token, wide, tower, pairs, n_actions }
     }
 
     /// Q-values `[batch, n_actions]` for token ids `[batch, tokens]` (int64, padded with 0) and,
@@ -353,6 +376,55 @@ impl Net {
         let vc = v.index_select(0, &at).view([batch, k, -1]);
         let bc = rows.bias.index_select(0, &at).view([batch, k]);
         (u.unsqueeze(1) * vc).sum_dim_intlist(-1, false, None) + bc
+    }
+
+    /// Whether the tower head has its sparse wide table.
+    pub fn has_pairs(&self) -> bool {
+        self.pairs.is_some()
+    }
+
+    /// The wide offsets of candidates given by their slots `[batch * k]` (`None`: the pair has
+    /// no slot, offset 0), as leaves that require grad when `grad`. Panics without the table.
+    pub fn gather_pairs(&self, slots: &[Option<i64>], k: i64, grad: bool) -> PairRows {
+        let table = self.pairs.as_ref().expect("gather_pairs needs the sparse wide table");
+        let spare = table.size()[0] - 1;
+        let mut distinct: Vec<i64> = slots.iter().map(|s| s.unwrap_or(spare)).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let at: Vec<i64> =
+            slots.iter().map(|s| distinct.binary_search(&s.unwrap_or(spare)).map_or(0, |p| p as i64)).collect();
+        let mask: Vec<f32> = slots.iter().map(|s| if s.is_some() { 1.0 } else { 0.0 }).collect();
+        let device = table.device();
+        let index = Tensor::from_slice(&distinct).to_device(device);
+        let leaf = table.index_select(0, &index).detach().set_requires_grad(grad);
+        let rows = slots.len() as i64 / k.max(1);
+        let at = Tensor::from_slice(&at).to_device(device);
+        // The mask keeps the spare slot out of every gradient: it stays 0.
+        let mask = Tensor::from_slice(&mask).to_device(device);
+        let offsets = (leaf.index_select(0, &at) * mask).view([rows, k]);
+        PairRows { index, leaf, offsets }
+    }
+
+    /// Adds to `q` `[batch, n_actions]` (in place) the wide offsets of each row's pairs:
+    /// `pairs[row]` lists `(action, slot)`.
+    pub fn add_pair_offsets(&self, q: &mut Tensor, pairs: &[&[(i64, i64)]]) {
+        let Some(table) = &self.pairs else { return };
+        let (mut rows, mut cols, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, list) in pairs.iter().enumerate() {
+            for &(a, s) in list.iter().filter(|(a, _)| (0..self.n_actions).contains(a)) {
+                rows.push(r as i64);
+                cols.push(a);
+                slots.push(s);
+            }
+        }
+        if slots.is_empty() {
+            return;
+        }
+        let device = q.device();
+        let values = table.index_select(0, &Tensor::from_slice(&slots).to_device(device));
+        let index =
+            [Some(Tensor::from_slice(&rows).to_device(device)), Some(Tensor::from_slice(&cols).to_device(device))];
+        let _ = q.index_put_(&index, &values, true);
     }
 
     /// The deep part: text tokens to Q-values (the tower head: to the state vector).

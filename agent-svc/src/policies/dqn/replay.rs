@@ -74,6 +74,10 @@ pub struct Candidates {
     pub targets: Tensor,
     /// `[batch, k]` float: each candidate's weight in its row's loss (0 for padding).
     pub weights: Tensor,
+    /// `[batch]` the item of each row's state.
+    pub row_items: Vec<i64>,
+    /// `[batch]` the item of each row's next state.
+    pub next_row_items: Vec<i64>,
 }
 
 /// A ring buffer of transitions with fixed-width token rows.
@@ -251,7 +255,15 @@ impl Replay {
         let batch = self.batch_ordinary(slots, device);
         let shape = [slots.len() as i64, k as i64];
         let dense = |v: &[f32]| Tensor::from_slice(v).view(shape).to_device(device);
-        Candidates { states: batch, cands, k: k as i64, targets: dense(&targets), weights: dense(&weights) }
+        Candidates {
+            states: batch,
+            cands,
+            k: k as i64,
+            targets: dense(&targets),
+            weights: dense(&weights),
+            row_items: slots.iter().map(|&i| self.items[i]).collect(),
+            next_row_items: slots.iter().map(|&i| self.next_items[i]).collect(),
+        }
     }
 
     /// The transitions in `slots` as tensors for an action space of `n_actions`; token columns
