@@ -74,6 +74,8 @@ fn main() -> anyhow::Result<()> {
         seed: 0,
         max_owed: 1_000.0,
         backpressure: false,
+        negatives: 0,
+        negative_weight: 1.0,
     };
     let mut learner = Learner::new(&cfg, a.n_actions, &hyper, Device::Cpu)?;
     let active = a.active_vocab.unwrap_or(a.vocab).clamp(1, a.vocab) as i64;

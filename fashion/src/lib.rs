@@ -240,6 +240,10 @@ pub struct DatasetArgs {
     /// Seed of the hash that splits users into train and test.
     #[arg(long, env = "SPLIT_SEED", default_value_t = 0)]
     pub split_seed: u64,
+    /// The action space is every product of the reviews and the metadata (186,637 in the 2018
+    /// metadata), not only the products of kept users' sequences (the paper's preprocessing).
+    #[arg(long, env = "ALL_PRODUCTS")]
+    pub all_products: bool,
 }
 
 impl Default for DatasetArgs {
@@ -255,6 +259,7 @@ impl Default for DatasetArgs {
             keywords: 8,
             test_fraction: 0.2,
             split_seed: 0,
+            all_products: false,
         }
     }
 }
@@ -319,6 +324,7 @@ impl DatasetArgs {
             keywords: self.keywords,
             test_fraction: self.test_fraction,
             split_seed: self.split_seed,
+            all_products: self.all_products,
         };
         let (products, users) = prep::preprocess(&reviews.batches, meta.as_ref(), &cfg, &mut stats, &progress)?;
         stats.prep_seconds = prep_started.elapsed().as_secs_f64();

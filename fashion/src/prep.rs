@@ -5,12 +5,14 @@
 //! 3. A user's reviews are ordered by time, ties broken by product id (a stable order: 2018
 //!    times are whole days), and consecutive reviews of the same product collapse into one;
 //!    a user left with fewer than 2 products is dropped.
-//! 4. The catalogue is the set of products in kept sequences, sorted by product id; a
-//!    product's index (its action) is its position in that order.
+//! 4. The catalogue is the set of products in kept sequences (with `all_products`, every
+//!    product of the reviews and of the metadata too), sorted by product id; a product's index
+//!    (its action) is its position in that order.
 //! 5. A product carries the sizes and colours of its reviews' `style` (most frequent first,
 //!    ties alphabetical, at most [`MAX_ATTRS`]; 2023 metadata `details` fill in after them),
-//!    and `k` keywords of all its (verified-filtered) reviews plus its title and brand
-//!    (see [`super::keywords`]).
+//!    and `k` keywords of its (verified-filtered) reviews plus its title and brand (see
+//!    [`super::keywords`]). Only reviews of users outside the test split count: no word a
+//!    test user wrote reaches the agent through a product's text.
 //! 6. Users are sorted by id and split by [`super::split_of`].
 //!
 //! Invariant: the output depends only on the set of reviews and metadata, not on their order in
@@ -41,6 +43,9 @@ pub struct PrepConfig {
     pub test_fraction: f64,
     /// Seed of the split hash.
     pub split_seed: u64,
+    /// The catalogue holds every product of the reviews and the metadata, not only those of
+    /// kept sequences.
+    pub all_products: bool,
 }
 
 /// A review's place: batch index and position in the batch.
@@ -102,7 +107,6 @@ pub(crate) fn preprocess(
             fill[s as usize] += 1;
         }
     }
-    drop(review_user);
     stats.reviews_kept = grouped.len() as u64;
 
     // Each user's products in time order, consecutive duplicates collapsed.
@@ -138,8 +142,15 @@ pub(crate) fn preprocess(
         });
     }
 
-    // The catalogue: products of kept sequences, sorted by id.
+    // The catalogue: products of kept sequences (with `all_products`, of every review and every
+    // metadata line too), sorted by id.
     let mut ids: Vec<&str> = sequences.iter().flat_map(|s| s.1.iter().copied()).collect();
+    if cfg.all_products {
+        ids.extend(all().map(|at| batches[at.batch as usize].product_id(at.i as usize)));
+        if let Some(m) = meta {
+            ids.extend(m.by_id.keys().map(String::as_str));
+        }
+    }
     ids.par_sort_unstable();
     ids.dedup();
     let index: FastMap<&str, u32> = ids.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect();
@@ -154,11 +165,20 @@ pub(crate) fn preprocess(
     drop(sequences);
     users.par_sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
 
-    // Every (filtered) review of a catalogue product, grouped by product.
+    // Every (filtered) review of a catalogue product by a user outside the test split, grouped
+    // by product: the text a product's features come from.
+    let mut test_user: Vec<bool> = vec![false; counts.len()];
+    for (name, &u) in &user_ids {
+        test_user[u as usize] = split_of(name, cfg.test_fraction, cfg.split_seed) == Split::Test;
+    }
     let mut per_product: Vec<u32> = vec![0; ids.len() + 1];
     let mut product_of: Vec<u32> = Vec::with_capacity(total);
-    for at in all() {
-        let p = index.get(batches[at.batch as usize].product_id(at.i as usize)).copied().unwrap_or(u32::MAX);
+    for (at, &u) in all().zip(&review_user) {
+        let p = if test_user[u as usize] {
+            u32::MAX
+        } else {
+            index.get(batches[at.batch as usize].product_id(at.i as usize)).copied().unwrap_or(u32::MAX)
+        };
         if p != u32::MAX {
             per_product[p as usize + 1] += 1;
         }
@@ -176,6 +196,7 @@ pub(crate) fn preprocess(
         }
     }
     drop(product_of);
+    drop(review_user);
 
     // Sizes, colours and term counts per product, in parallel batches with their own vocabulary.
     let bar = progress.items(ids.len() as u64, "preprocessing".into());
@@ -316,7 +337,8 @@ mod tests {
     }
 
     fn cfg(min_reviews: u32) -> PrepConfig {
-        PrepConfig { min_reviews, keywords: 3, test_fraction: 0.5, split_seed: 0 }
+        // No test user: every review feeds the features (the test split's own test is below).
+        PrepConfig { min_reviews, keywords: 3, test_fraction: 0.0, split_seed: 0, all_products: false }
     }
 
     fn run(
@@ -367,6 +389,36 @@ mod tests {
         assert_eq!(products[0].colors, vec!["Black"]);
         assert_eq!(products[0].keywords, vec!["denim", "jeans"]);
         assert_eq!(products[3].keywords, vec!["boots", "leather"]);
+    }
+
+    #[test]
+    fn test_users_words_never_reach_a_product_and_all_products_widens_the_catalogue() {
+        // Find one test user and one train user at test fraction 0.5.
+        let names: Vec<String> = (0..40).map(|i| format!("U{i}")).collect();
+        let of = |s| names.iter().find(|n| split_of(n, 0.5, 0) == s).cloned().unwrap_or_default();
+        let (test, train) = (of(Split::Test), of(Split::Train));
+        let reviews = vec![
+            review(&train, "P1", 1, None, "denim"),
+            review(&train, "P2", 2, None, "leather"),
+            review(&test, "P1", 1, None, "secretword"),
+            review(&test, "P3", 2, None, "secretword"),
+            // A product only one user with too few reviews reviewed.
+            review("lonely", "P8", 1, None, "wool"),
+        ];
+        let split = PrepConfig { test_fraction: 0.5, ..cfg(2) };
+        let (products, users, stats) = run(&reviews, &split, 2).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((users.len(), stats.test_users), (2, 1));
+        let ids: Vec<&str> = products.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["P1", "P2", "P3"], "the paper's catalogue: products of kept sequences");
+        assert!(products.iter().all(|p| !p.keywords.iter().any(|k| k == "secretword")), "{products:?}");
+        assert_eq!(products[0].keywords, ["denim"]);
+        assert!(products[2].keywords.is_empty(), "P3 was reviewed by the test user only");
+
+        let all = PrepConfig { all_products: true, ..split };
+        let (products, _, _) = run(&reviews, &all, 2).unwrap_or_else(|e| panic!("{e}"));
+        let ids: Vec<&str> = products.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["P1", "P2", "P3", "P8"], "every product reviewed joins the action space");
+        assert_eq!(products[3].keywords, ["wool"]);
     }
 
     #[test]

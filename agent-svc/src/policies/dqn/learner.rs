@@ -300,7 +300,12 @@ impl Learner {
         let b = &c.states;
         let u = self.online.state_vec(&b.obs);
         let rows = self.online.gather_items(&c.cands, true);
-        let q = self.online.q_candidates(&u, &rows, &c.cands, c.k, &tokens);
+        let row_cands: Vec<i64> = c
+            .cands
+            .chunks(usize::try_from(c.k).unwrap_or(1).max(1))
+            .flat_map(|r| r[..c.per_row as usize].to_vec())
+            .collect();
+        let q = self.online.q_candidates(&u, &rows, &row_cands, c.per_row, &c.shared, &tokens);
         // The sparse wide table: a pair trained towards a positive target takes a slot.
         let pair_rows = if self.online.has_pairs() {
             let targets = Vec::<f32>::try_from(c.targets.reshape([-1]))?;
@@ -334,6 +339,7 @@ impl Learner {
             }
             let t_rows = self.target.gather_items(&c.cands, false);
             let (t_u, pool) = (self.target.state_vec(&b.next_obs), t_rows.items.len() as i64);
+            // Every row's pool is the same: the batch's distinct candidates.
             let all: Vec<i64> = (0..b.obs.size()[0]).flat_map(|_| t_rows.items.iter().copied()).collect();
             // The next states' wide offsets against the pool (slots as they are: none taken).
             let next_pairs = |net: &Net| {
@@ -349,11 +355,18 @@ impl Learner {
                 Some(o) => q + o,
                 None => q,
             };
-            let next_t = with_pairs(self.target.q_candidates(&t_u, &t_rows, &all, pool, &tokens), &self.target);
+            let next_t =
+                with_pairs(self.target.q_candidates(&t_u, &t_rows, &[], 0, &t_rows.items, &tokens), &self.target);
             let next_value = if self.hp.double {
                 let o_rows = self.online.gather_items(&c.cands, false);
-                let next_o =
-                    self.online.q_candidates(&self.online.state_vec(&b.next_obs), &o_rows, &all, pool, &tokens);
+                let next_o = self.online.q_candidates(
+                    &self.online.state_vec(&b.next_obs),
+                    &o_rows,
+                    &[],
+                    0,
+                    &o_rows.items,
+                    &tokens,
+                );
                 let next_o = with_pairs(next_o, &self.online);
                 next_t.gather(1, &next_o.argmax(1, true), false).squeeze_dim(1)
             } else {
@@ -778,7 +791,7 @@ mod tests {
         let tokens = learner.items.read().unwrap_or_else(|p| p.into_inner()).clone();
         let rows = learner.online.gather_items(&[1, 5, 7, 1, 5, 7], false);
         let u = tch::no_grad(|| learner.online.state_vec(&ids));
-        let some = tch::no_grad(|| learner.online.q_candidates(&u, &rows, &[1, 5, 7, 1, 5, 7], 3, &tokens));
+        let some = tch::no_grad(|| learner.online.q_candidates(&u, &rows, &[1, 5, 1, 5], 2, &[7], &tokens));
         let want = q.index_select(1, &Tensor::from_slice(&[1i64, 5, 7]));
         assert!(some.allclose(&want, 1e-5, 1e-5, false), "{some} vs {want}");
     }

@@ -209,9 +209,10 @@ pub enum DqnPreset {
     /// The code's defaults: the paper's network (embedding, three bidirectional LSTMs, dense
     /// layers) trained as a plain DQN (gamma 0.9, no hindsight, no id token, no wide table).
     Paper,
-    /// Amazon Fashion as `make sim` and `make eval` run it: an MLP with the wide table, the id
-    /// token and full-feedback hindsight, `gamma 0` (a contextual bandit: in this environment an
-    /// action never changes the next state), lr 0.003, epsilon over 3,000 states.
+    /// Amazon Fashion as `make sim` and `make eval` run it: an MLP state tower against item
+    /// vectors (`--dqn-head tower`, any catalogue size) with the sparse wide table, the id token
+    /// and full-feedback hindsight, `gamma 0` (a contextual bandit: in the paper's environment
+    /// an action never changes the next state), lr 0.003, epsilon over 3,000 states.
     Fashion,
     /// RecoGym as `make recogym` runs it: an MLP, `gamma 0` (RecoGym's agents are bandits), lr
     /// 0.001, a quarter of an update per transition after 1,000, a replay of 400,000.
@@ -227,6 +228,7 @@ impl DqnPreset {
             DqnPreset::Fashion => &[
                 ("dqn_net", "mlp"),
                 ("dqn_hidden", "64"),
+                ("dqn_head", "tower"),
                 ("dqn_wide", "true"),
                 ("dqn_id_token", "true"),
                 ("dqn_hindsight", "future"),

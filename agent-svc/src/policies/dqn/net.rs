@@ -356,26 +356,46 @@ impl Net {
         ItemRows { index, items: distinct, id, bias }
     }
 
-    /// Q-values `[batch, k]` of each state for its own candidate items `cands` `[batch, k]`
-    /// (int64, each among `rows.items` after mapping out-of-range to the spare row), from state
-    /// vectors `u` and the gathered `rows`.
-    pub fn q_candidates(&self, u: &Tensor, rows: &ItemRows, cands: &[i64], k: i64, tokens: &ItemTokens) -> Tensor {
+    /// Q-values `[batch, p + shared]` of each state for its own `p` candidates (`row_cands`,
+    /// `[batch * p]` row after row) and then for the candidates every row `shared` (one matrix
+    /// product), from state vectors `u` and the gathered `rows` (which hold every candidate;
+    /// an index outside `0..n_actions` reads the spare row).
+    pub fn q_candidates(
+        &self,
+        u: &Tensor,
+        rows: &ItemRows,
+        row_cands: &[i64],
+        p: i64,
+        shared: &[i64],
+        tokens: &ItemTokens,
+    ) -> Tensor {
         let tower = self.tower.as_ref().expect("q_candidates needs the tower head");
         let n = self.n_actions;
         let v = self.item_vecs(tower, &rows.id, &rows.items, tokens);
         // Position of each candidate among the distinct rows.
-        let at: Vec<i64> = cands
-            .iter()
-            .map(|&c| {
-                let c = if (0..n).contains(&c) { c } else { n };
-                rows.items.binary_search(&c).map_or(0, |p| p as i64)
-            })
-            .collect();
+        let at = |cands: &[i64]| -> Tensor {
+            let at: Vec<i64> = cands
+                .iter()
+                .map(|&c| {
+                    let c = if (0..n).contains(&c) { c } else { n };
+                    rows.items.binary_search(&c).map_or(0, |p| p as i64)
+                })
+                .collect();
+            Tensor::from_slice(&at).to_device(u.device())
+        };
         let batch = u.size()[0];
-        let at = Tensor::from_slice(&at).to_device(u.device());
-        let vc = v.index_select(0, &at).view([batch, k, -1]);
-        let bc = rows.bias.index_select(0, &at).view([batch, k]);
-        (u.unsqueeze(1) * vc).sum_dim_intlist(-1, false, None) + bc
+        let mut parts = Vec::with_capacity(2);
+        if p > 0 {
+            let at = at(row_cands);
+            let vc = v.index_select(0, &at).view([batch, p, -1]);
+            let bc = rows.bias.index_select(0, &at).view([batch, p]);
+            parts.push((u.unsqueeze(1) * vc).sum_dim_intlist(-1, false, None) + bc);
+        }
+        if !shared.is_empty() {
+            let at = at(shared);
+            parts.push(self.scores(u, &v.index_select(0, &at), &rows.bias.index_select(0, &at)));
+        }
+        Tensor::cat(&parts, 1)
     }
 
     /// Whether the tower head has its sparse wide table.

@@ -66,10 +66,15 @@ pub struct Batch {
 pub struct Candidates {
     /// The states, actions, rewards and next states (`full` is `None`).
     pub states: Batch,
-    /// `[batch * k]` the candidate actions of each row, row after row.
+    /// `[batch * k]` the candidate actions of each row, row after row: its own `per_row`
+    /// first, then the `shared` ones.
     pub cands: Vec<i64>,
-    /// Candidates per row.
+    /// Candidates per row (`per_row` + the shared ones).
     pub k: i64,
+    /// Candidates of each row's own (its action, its positives, padding).
+    pub per_row: i64,
+    /// The negatives every row shares (empty without a full-feedback row), last in each row.
+    pub shared: Vec<i64>,
     /// `[batch, k]` float: each candidate's reward target (before bootstrapping).
     pub targets: Tensor,
     /// `[batch, k]` float: each candidate's weight in its row's loss (0 for padding).
@@ -259,6 +264,8 @@ impl Replay {
             states: batch,
             cands,
             k: k as i64,
+            per_row: (k - if full { negatives.len() } else { 0 }) as i64,
+            shared: if full { negatives.to_vec() } else { Vec::new() },
             targets: dense(&targets),
             weights: dense(&weights),
             row_items: slots.iter().map(|&i| self.items[i]).collect(),
