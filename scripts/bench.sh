@@ -5,7 +5,8 @@
 #   (b) step round trip with one episode in flight vs Kafka's own EndToEndLatency tool
 #   (c) steps per second with 256 concurrent episodes, through Kafka vs in memory; and with the
 #       DQN agent answering (learning as it goes) instead of random, through Kafka
-#   (d) DQN learner and inference, Rust vs PyTorch; (e) archiver; (f) RecoGym port vs Python
+#   (d) DQN learner and inference, Rust vs PyTorch, with the paper's network and with the tower
+#       head at 186,637 items; (e) archiver; (f) RecoGym port vs Python
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${STREAMREC_CACHE:-$HOME/.cache/streamrec}
@@ -69,6 +70,9 @@ python3 scripts/bench_report.py "$out"
 
 echo "==> DQN learner and inference, Rust (tch) vs PyTorch"
 scripts/bench_dqn.sh
+
+echo "==> the DQN at the full catalogue's size (186,637 items), Rust (tch) vs PyTorch"
+scripts/bench_tower.sh
 
 echo "==> archiver vs a plain loop of prepared inserts"
 scripts/bench_archiver.sh

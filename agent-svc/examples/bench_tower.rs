@@ -1,0 +1,212 @@
+//! Rust side of `scripts/bench_tower.sh`: the DQN of `--dqn-preset fashion` (the tower head with
+//! the sparse wide table) at the full catalogue's size, the same work as `scripts/bench_tower.py`
+//! does in PyTorch. Prints one JSON object.
+//!
+//! Setup: `--n-actions` items (186,637: every product of the 2018 metadata), each with
+//! `--item-tokens` token ids of its own text; a replay buffer of full-feedback transitions with
+//! `--positives` positives each; `--pairs` pairs already in the sparse wide table.
+//! - Learner: `Learner::update`, the agent's own step: sample a batch of 64, candidates (the
+//!   row's action and positives, `--negatives` shared negatives), Huber loss, backward, clipping,
+//!   Adam on the dense weights and on the gathered item and pair rows.
+//! - Inference: what the policy side does per batch of 64 states: the state tower, one matrix
+//!   product against the cached item matrix, the pairs' offsets, the argmax; timed one call at a
+//!   time. The item matrix's rebuild (once per weight snapshot) is timed apart.
+//! - Memory: the process's peak RSS (VmHWM) with the learner (online, target, Adam) and an
+//!   inference copy alive, as in agent-svc.
+
+use std::time::{Duration, Instant};
+
+use agent_svc::policies::dqn::{
+    items::ItemTokens,
+    learner::{Hyper, Learner},
+    net::{self, Head, Net, NetConfig, NetKind},
+    replay::Transition,
+};
+use clap::Parser;
+use rand::Rng;
+use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
+use tch::{nn, Device};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// libtorch intra-op threads.
+    #[arg(long, default_value_t = 1)]
+    threads: i32,
+    /// Seconds of learner updates to time (after the warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Timed inference calls.
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// States per batch (training and inference).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Tokens per state.
+    #[arg(long, default_value_t = 32)]
+    tokens: usize,
+    /// Tokens of each item's own text.
+    #[arg(long, default_value_t = 16)]
+    item_tokens: usize,
+    /// Size of the action space.
+    #[arg(long, default_value_t = 186_637)]
+    n_actions: i64,
+    /// Vocabulary size (all of it in use).
+    #[arg(long, default_value_t = 20_000)]
+    vocab: usize,
+    /// Width of the state and item vectors.
+    #[arg(long, default_value_t = 64)]
+    tower_dim: i64,
+    /// Positives per full-feedback transition.
+    #[arg(long, default_value_t = 10)]
+    positives: usize,
+    /// Shared negatives per batch.
+    #[arg(long, default_value_t = 256)]
+    negatives: usize,
+    /// Slots of the sparse wide table.
+    #[arg(long, default_value_t = 1_000_000)]
+    wide_pairs: i64,
+    /// Pairs already in the sparse wide table when the timing starts.
+    #[arg(long, default_value_t = 200_000)]
+    pairs: usize,
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<f64>().ok()))
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    tch::set_num_threads(a.threads);
+    tch::manual_seed(0);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let cfg = NetConfig {
+        kind: NetKind::Mlp,
+        hidden: vec![64],
+        lead_token: true,
+        wide: true,
+        head: Head::Tower,
+        tower_dim: a.tower_dim,
+        wide_pairs: a.wide_pairs,
+        ..NetConfig::paper(a.vocab, a.tokens)
+    };
+    let hyper = Hyper {
+        gamma: 0.0,
+        lr: 3e-3,
+        batch_size: a.batch,
+        replay_capacity: 50_000,
+        learning_starts: 1,
+        train_ratio: 1.0,
+        target_every: 200,
+        tau: 1.0,
+        double: true,
+        huber_delta: 1.0,
+        grad_clip: 10.0,
+        sync_every: 50,
+        checkpoint_every: 0,
+        seed: 0,
+        max_owed: 1_000.0,
+        backpressure: false,
+        negatives: a.negatives,
+        negative_weight: 1.0,
+    };
+    let n = a.n_actions;
+    let word = |rng: &mut ChaCha8Rng| rng.random_range(2..a.vocab as i64 + 2);
+    let mut items = ItemTokens::default();
+    for i in 0..n {
+        let t: Vec<i64> = (0..a.item_tokens).map(|_| word(&mut rng)).collect();
+        items.set(i, &t);
+    }
+    let items = std::sync::Arc::new(std::sync::RwLock::new(items));
+    let mut learner = Learner::new(&cfg, n, &hyper, Device::Cpu)?;
+    learner.set_items(std::sync::Arc::clone(&items));
+    let pairs = std::sync::Arc::new(std::sync::RwLock::new(agent_svc::policies::dqn::items::PairIndex::new(
+        a.wide_pairs as usize,
+    )));
+    {
+        let mut p = pairs.write().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..a.pairs {
+            p.slot_or_take(rng.random_range(0..n), rng.random_range(0..n));
+        }
+    }
+    learner.set_pairs(std::sync::Arc::clone(&pairs));
+    // Full-feedback transitions, as `--dqn-hindsight future` sends them.
+    for _ in 0..2_000 {
+        let obs: Vec<i64> = (0..a.tokens).map(|_| word(&mut rng)).collect();
+        let positives: Vec<(i64, f32)> = (0..a.positives).map(|k| (rng.random_range(0..n), 0.6f32.powi(k as i32))).collect();
+        learner.push(&Transition {
+            obs: obs.clone(),
+            item: rng.random_range(0..n),
+            action: rng.random_range(0..n),
+            reward: 0.0,
+            next_obs: obs,
+            next_item: rng.random_range(0..n),
+            terminated: false,
+            positives: Some(positives),
+        });
+    }
+    for _ in 0..10 {
+        learner.update()?;
+    }
+    let (start, mut updates) = (Instant::now(), 0u64);
+    while start.elapsed() < Duration::from_secs_f64(a.seconds) || updates < 20 {
+        learner.update()?;
+        updates += 1;
+    }
+    let update_s = start.elapsed().as_secs_f64();
+
+    // The inference copy, as the policy side holds it.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let copy = Net::new(&vs.root(), &cfg, n);
+    net::assign(&net::vars(&vs), &learner.snapshot().weights)?;
+    let tokens = items.read().unwrap_or_else(|e| e.into_inner());
+    let rebuild = Instant::now();
+    let (v, b) = tch::no_grad(|| copy.item_matrix(&tokens));
+    let rebuild_ms = rebuild.elapsed().as_secs_f64() * 1e3;
+    let rows: Vec<Vec<i64>> = (0..a.batch).map(|_| (0..a.tokens).map(|_| word(&mut rng)).collect()).collect();
+    let refs: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
+    let ids = net::batch_ids(&refs, Device::Cpu);
+    let states: Vec<i64> = (0..a.batch).map(|_| rng.random_range(0..n)).collect();
+    let infer = || -> anyhow::Result<Vec<i64>> {
+        let mut q = tch::no_grad(|| copy.scores(&copy.state_vec(&ids), &v, &b));
+        let index = pairs.read().unwrap_or_else(|e| e.into_inner());
+        let lists: Vec<&[(i64, i64)]> = states.iter().map(|&s| index.of_item(s)).collect();
+        tch::no_grad(|| copy.add_pair_offsets(&mut q, &lists));
+        Ok(Vec::<i64>::try_from(q.argmax(1, false))?)
+    };
+    for _ in 0..10 {
+        infer()?;
+    }
+    let mut ms: Vec<f64> = Vec::with_capacity(a.runs);
+    for _ in 0..a.runs.max(1) {
+        let t = Instant::now();
+        let best = infer()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        debug_assert_eq!(best.len(), a.batch);
+    }
+    ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
+    let report = serde_json::json!({
+        "impl": "rust",
+        "threads": tch::get_num_threads(),
+        "n_actions": n,
+        "batch": a.batch,
+        "tower_dim": a.tower_dim,
+        "negatives": a.negatives,
+        "positives": a.positives,
+        "pairs": a.pairs,
+        "updates": updates,
+        "update_seconds": update_s,
+        "updates_per_s": updates as f64 / update_s,
+        "item_matrix_rebuild_ms": rebuild_ms,
+        "infer_ms": { "median": pct(0.5), "p99": pct(0.99), "max": pct(1.0), "runs": ms.len() },
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    println!("{report}");
+    Ok(())
+}
