@@ -138,7 +138,8 @@ fn main() -> anyhow::Result<()> {
     // Full-feedback transitions, as `--dqn-hindsight future` sends them.
     for _ in 0..2_000 {
         let obs: Vec<i64> = (0..a.tokens).map(|_| word(&mut rng)).collect();
-        let positives: Vec<(i64, f32)> = (0..a.positives).map(|k| (rng.random_range(0..n), 0.6f32.powi(k as i32))).collect();
+        let positives: Vec<(i64, f32)> =
+            (0..a.positives).map(|k| (rng.random_range(0..n), 0.6f32.powi(k as i32))).collect();
         learner.push(&Transition {
             obs: obs.clone(),
             item: rng.random_range(0..n),

@@ -179,6 +179,7 @@ pub struct Learner {
 impl Learner {
     /// A learner with freshly initialised networks (the target a copy of the online one).
     pub fn new(net_cfg: &NetConfig, n_actions: i64, hp: &Hyper, device: Device) -> anyhow::Result<Self> {
+        let net_cfg = &net_cfg.resolved(n_actions);
         anyhow::ensure!(
             !net_cfg.wide || net_cfg.head == net::Head::Tower || n_actions <= net::MAX_WIDE_ACTIONS,
             "--dqn-wide needs an action space of at most {} products (its table has one row per \

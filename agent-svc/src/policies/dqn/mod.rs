@@ -132,9 +132,10 @@ pub struct DqnArgs {
     #[arg(long, env = "DQN_WIDE", default_value_t = false, action = clap::ArgAction::Set)]
     pub dqn_wide: bool,
     /// How Q-values come out: `dense` (one output per action, the paper's; its weights grow
-    /// with the catalogue times the last layer) or `tower` (the state's vector against each
+    /// with the catalogue times the last layer), `tower` (the state's vector against each
     /// item's: an id embedding plus the item's own words, with a bias per item; serves a
-    /// catalogue of any size, and items share what their words learn). See docs/DQN.md.
+    /// catalogue of any size, and items share what their words learn) or `auto` (`dense` up to
+    /// 4,096 actions, `tower` above, decided on the first state and logged). See docs/DQN.md.
     #[arg(long, env = "DQN_HEAD", value_enum, default_value_t = Head::Dense)]
     pub dqn_head: Head,
     /// Most (product, action) pairs the sparse wide table of `--dqn-head tower` holds (4 bytes
@@ -209,10 +210,11 @@ pub enum DqnPreset {
     /// The code's defaults: the paper's network (embedding, three bidirectional LSTMs, dense
     /// layers) trained as a plain DQN (gamma 0.9, no hindsight, no id token, no wide table).
     Paper,
-    /// Amazon Fashion as `make sim` and `make eval` run it: an MLP state tower against item
-    /// vectors (`--dqn-head tower`, any catalogue size) with the sparse wide table, the id token
-    /// and full-feedback hindsight, `gamma 0` (a contextual bandit: in the paper's environment
-    /// an action never changes the next state), lr 0.003, epsilon over 3,000 states.
+    /// Amazon Fashion as `make sim` and `make eval` run it: an MLP with the wide table, the id
+    /// token and full-feedback hindsight, `gamma 0` (a contextual bandit: in the paper's
+    /// environment an action never changes the next state), lr 0.003, epsilon over 3,000
+    /// states; `--dqn-head auto`: the dense head and table up to 4,096 products, the tower
+    /// head and the sparse table above (any catalogue size).
     Fashion,
     /// RecoGym as `make recogym` runs it: an MLP, `gamma 0` (RecoGym's agents are bandits), lr
     /// 0.001, a quarter of an update per transition after 1,000, a replay of 400,000.
@@ -228,7 +230,7 @@ impl DqnPreset {
             DqnPreset::Fashion => &[
                 ("dqn_net", "mlp"),
                 ("dqn_hidden", "64"),
-                ("dqn_head", "tower"),
+                ("dqn_head", "auto"),
                 ("dqn_wide", "true"),
                 ("dqn_id_token", "true"),
                 ("dqn_hindsight", "future"),
@@ -290,8 +292,8 @@ impl DqnArgs {
             lead_token: self.dqn_id_token && self.dqn_net == NetKind::Mlp,
             wide: self.dqn_wide,
             head: self.dqn_head,
-            tower_dim: if self.dqn_head == Head::Tower { self.dqn_tower_dim } else { 0 },
-            wide_pairs: if self.dqn_head == Head::Tower && self.dqn_wide { self.dqn_wide_pairs } else { 0 },
+            tower_dim: if self.dqn_head != Head::Dense { self.dqn_tower_dim } else { 0 },
+            wide_pairs: if self.dqn_head != Head::Dense && self.dqn_wide { self.dqn_wide_pairs } else { 0 },
         }
     }
 
@@ -558,7 +560,8 @@ impl<S: DqnState> Dqn<S> {
             Some(path) => checkpoint::load(path)?,
             None => None,
         };
-        if let Some(ckpt) = &resume {
+        // An `auto` head is decided on the first state: its checkpoint is checked then.
+        if let Some(ckpt) = resume.as_ref().filter(|_| net_cfg.head != Head::Auto) {
             if let Err(e) = ckpt.check(&net_cfg, None) {
                 Self::mismatch(args.dqn_checkpoint_mismatch, ckpt, e)?;
                 resume = None;
@@ -637,6 +640,15 @@ impl<S: DqnState> Dqn<S> {
     /// indexing the catalogue with fingerprint `catalog`.
     fn start(&mut self, n: u32, catalog: Option<&str>) -> anyhow::Result<()> {
         let n_actions = i64::from(n);
+        if self.net_cfg.head == Head::Auto {
+            self.net_cfg = self.net_cfg.resolved(n_actions);
+            tracing::info!(
+                head = ?self.net_cfg.head,
+                n_actions,
+                limit = net::MAX_WIDE_ACTIONS,
+                "dqn head auto: dense up to the limit, tower above"
+            );
+        }
         tch::manual_seed(i64::from_le_bytes(self.seed.to_le_bytes()));
         let mut learner = Learner::new(&self.net_cfg, n_actions, &self.args.hyper(self.seed), self.device)?;
         learner.set_catalog(catalog.map(str::to_string));

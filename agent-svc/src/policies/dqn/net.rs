@@ -60,6 +60,10 @@ pub enum Head {
     /// Factorised: a state vector against item vectors (id embedding plus the item's text),
     /// plus a bias per item; scales with the catalogue.
     Tower,
+    /// `dense` up to [`MAX_WIDE_ACTIONS`] actions (where the dense wide table fits), `tower`
+    /// above; decided when the network is built, from the first state's action space
+    /// ([`NetConfig::resolved`]), and logged. Never in a checkpoint.
+    Auto,
 }
 
 /// The shape of the network; a checkpoint only loads into a net of the same shape.
@@ -120,6 +124,24 @@ impl NetConfig {
         }
     }
 
+    /// This configuration for an action space of `n_actions`: `auto` becomes `dense` or `tower`,
+    /// and the fields the chosen head does not use are cleared (so that checkpoints compare
+    /// what matters).
+    pub fn resolved(&self, n_actions: i64) -> Self {
+        let head = match self.head {
+            Head::Auto if n_actions <= MAX_WIDE_ACTIONS => Head::Dense,
+            Head::Auto => Head::Tower,
+            h => h,
+        };
+        let tower = head == Head::Tower;
+        Self {
+            head,
+            tower_dim: if tower { self.tower_dim } else { 0 },
+            wide_pairs: if tower && self.wide { self.wide_pairs } else { 0 },
+            ..self.clone()
+        }
+    }
+
     /// Why this configuration cannot build a network, if it cannot.
     pub fn validate(&self) -> Result<(), String> {
         if self.vocab_size == 0 || self.max_tokens == 0 || self.embedding_dim <= 0 {
@@ -131,10 +153,10 @@ impl NetConfig {
         if self.lstm_units.iter().chain(&self.hidden).any(|&u| u <= 0) {
             return Err("layer widths must be positive".into());
         }
-        if self.head == Head::Tower && self.tower_dim <= 0 {
+        if self.head != Head::Dense && self.tower_dim <= 0 {
             return Err("the tower head needs a positive --dqn-tower-dim".into());
         }
-        if self.head == Head::Tower && self.wide && self.wide_pairs <= 0 {
+        if self.head != Head::Dense && self.wide && self.wide_pairs <= 0 {
             return Err("the tower head's wide table needs a positive --dqn-wide-pairs".into());
         }
         Ok(())
@@ -197,8 +219,9 @@ pub struct ItemRows {
 }
 
 impl Net {
-    /// Builds the network's variables under `p`.
+    /// Builds the network's variables under `p` (an `auto` head resolved for `n_actions`).
     pub fn new(p: &nn::Path<'_>, cfg: &NetConfig, n_actions: i64) -> Self {
+        let cfg = &cfg.resolved(n_actions);
         let emb_cfg = nn::EmbeddingConfig { padding_idx: PAD, ..Default::default() };
         let embedding =
             nn::embedding(p / "embedding", Vocab::embedding_rows(cfg.vocab_size), cfg.embedding_dim, emb_cfg);
@@ -226,7 +249,7 @@ impl Net {
         // for good (measured: the Q-values became the same for every state).
         let out_cfg = nn::LinearConfig { ws_init: nn::Init::Const(0.0), ..Default::default() };
         let (out, tower) = match cfg.head {
-            Head::Dense => (nn::linear(p / "q", width, n_actions, out_cfg), None),
+            Head::Dense | Head::Auto => (nn::linear(p / "q", width, n_actions, out_cfg), None),
             Head::Tower => {
                 // The state's projection starts random and the id rows small: the first
                 // gradients reach both sides (a zero side would give the other none).
@@ -244,7 +267,9 @@ impl Net {
         // Zero: the table starts neutral and only learns what the deep part misses.
         let (wide, pairs) = match (cfg.wide, cfg.head) {
             (false, _) => (None, None),
-            (true, Head::Dense) => (Some(p.var("wide", &[n_actions + 1, n_actions], nn::Init::Const(0.0))), None),
+            (true, Head::Dense | Head::Auto) => {
+                (Some(p.var("wide", &[n_actions + 1, n_actions], nn::Init::Const(0.0))), None)
+            }
             (true, Head::Tower) => (None, Some(p.zeros_no_train("wide_pairs", &[cfg.wide_pairs.max(0) + 1]))),
         };
         Self { kind: cfg.kind, embedding, lstms, hidden, out, lead_token, wide, tower, pairs, n_actions }
@@ -339,7 +364,8 @@ impl Net {
     /// Q-values `[batch, k]` of state vectors `u` against item vectors `v` `[k, tower_dim]` and
     /// biases `b` `[k]`: one matrix product.
     pub fn scores(&self, u: &Tensor, v: &Tensor, b: &Tensor) -> Tensor {
-        u.matmul(&v.tr()) + b
+        // One pass over the `[batch, k]` output (`b + u vᵀ`), not a product and then a sum.
+        b.addmm(u, &v.tr())
     }
 
     /// The rows of the item tables for `items` (any order, repeats allowed; an index outside

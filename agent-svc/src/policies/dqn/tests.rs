@@ -359,7 +359,10 @@ fn the_defaults_are_the_papers_network_and_a_preset_replaces_them_but_not_what_w
     assert_eq!((fashion.dqn_net, fashion.dqn_hidden.clone(), fashion.dqn_wide), (NetKind::Mlp, vec![64], true));
     assert_eq!((fashion.dqn_gamma, fashion.dqn_lr, fashion.dqn_eps_decay_steps), (0.0, 0.003, 3000));
     assert_eq!((fashion.dqn_hindsight, fashion.dqn_id_token), (Hindsight::Future, true));
-    assert_eq!(fashion.net_config().head, Head::Tower, "any catalogue size");
+    assert_eq!(fashion.net_config().head, Head::Auto, "any catalogue size");
+    let (small, large) = (fashion.net_config().resolved(1_500), fashion.net_config().resolved(186_637));
+    assert_eq!((small.head, small.tower_dim, small.wide_pairs), (Head::Dense, 0, 0));
+    assert_eq!((large.head, large.tower_dim, large.wide_pairs, large.wide), (Head::Tower, 64, 1_000_000, true));
     let mine = parsed(&["--dqn-preset", "fashion", "--dqn-lr", "0.01", "--dqn-hidden", "8,8"]);
     assert_eq!((mine.dqn_lr, mine.dqn_hidden.clone(), mine.dqn_net), (0.01, vec![8, 8], NetKind::Mlp));
 
