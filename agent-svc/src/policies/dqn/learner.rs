@@ -300,13 +300,13 @@ impl Learner {
         let tokens = items.read().unwrap_or_else(|p| p.into_inner());
         let b = &c.states;
         let u = self.online.state_vec(&b.obs);
-        let rows = self.online.gather_items(&c.cands, true);
+        let rows = self.online.gather_items(&c.cands, true)?;
         let row_cands: Vec<i64> = c
             .cands
             .chunks(usize::try_from(c.k).unwrap_or(1).max(1))
             .flat_map(|r| r[..c.per_row as usize].to_vec())
             .collect();
-        let q = self.online.q_candidates(&u, &rows, &row_cands, c.per_row, &c.shared, &tokens);
+        let q = self.online.q_candidates(&u, &rows, &row_cands, c.per_row, &c.shared, &tokens)?;
         // The sparse wide table: a pair trained towards a positive target takes a slot.
         let pair_rows = if self.online.has_pairs() {
             let targets = Vec::<f32>::try_from(c.targets.reshape([-1]))?;
@@ -326,7 +326,7 @@ impl Learner {
                     }
                 })
                 .collect();
-            Some(self.online.gather_pairs(&slots, c.k, true))
+            Some(self.online.gather_pairs(&slots, c.k, true)?)
         } else {
             None
         };
@@ -334,32 +334,29 @@ impl Learner {
             Some(p) => q + &p.offsets,
             None => q,
         };
-        let target = tch::no_grad(|| {
+        let target = tch::no_grad(|| -> anyhow::Result<Tensor> {
             if self.hp.gamma == 0.0 {
-                return c.targets.shallow_clone();
+                return Ok(c.targets.shallow_clone());
             }
-            let t_rows = self.target.gather_items(&c.cands, false);
+            let t_rows = self.target.gather_items(&c.cands, false)?;
             let (t_u, pool) = (self.target.state_vec(&b.next_obs), t_rows.items.len() as i64);
             // Every row's pool is the same: the batch's distinct candidates.
             let all: Vec<i64> = (0..b.obs.size()[0]).flat_map(|_| t_rows.items.iter().copied()).collect();
             // The next states' wide offsets against the pool (slots as they are: none taken).
-            let next_pairs = |net: &Net| {
-                net.has_pairs().then(|| {
-                    let index = self.pairs.read().unwrap_or_else(|p| p.into_inner());
-                    let per_row = t_rows.items.len().max(1);
-                    let slots: Vec<Option<i64>> =
-                        all.iter().enumerate().map(|(j, &a)| index.slot(c.next_row_items[j / per_row], a)).collect();
-                    net.gather_pairs(&slots, pool, false).offsets
-                })
-            };
-            let with_pairs = |q: Tensor, net: &Net| match next_pairs(net) {
-                Some(o) => q + o,
-                None => q,
+            let with_pairs = |q: Tensor, net: &Net| -> anyhow::Result<Tensor> {
+                if !net.has_pairs() {
+                    return Ok(q);
+                }
+                let index = self.pairs.read().unwrap_or_else(|p| p.into_inner());
+                let per_row = t_rows.items.len().max(1);
+                let slots: Vec<Option<i64>> =
+                    all.iter().enumerate().map(|(j, &a)| index.slot(c.next_row_items[j / per_row], a)).collect();
+                Ok(q + net.gather_pairs(&slots, pool, false)?.offsets)
             };
             let next_t =
-                with_pairs(self.target.q_candidates(&t_u, &t_rows, &[], 0, &t_rows.items, &tokens), &self.target);
+                with_pairs(self.target.q_candidates(&t_u, &t_rows, &[], 0, &t_rows.items, &tokens)?, &self.target)?;
             let next_value = if self.hp.double {
-                let o_rows = self.online.gather_items(&c.cands, false);
+                let o_rows = self.online.gather_items(&c.cands, false)?;
                 let next_o = self.online.q_candidates(
                     &self.online.state_vec(&b.next_obs),
                     &o_rows,
@@ -367,15 +364,15 @@ impl Learner {
                     0,
                     &o_rows.items,
                     &tokens,
-                );
-                let next_o = with_pairs(next_o, &self.online);
+                )?;
+                let next_o = with_pairs(next_o, &self.online)?;
                 next_t.gather(1, &next_o.argmax(1, true), false).squeeze_dim(1)
             } else {
                 next_t.amax(1, false)
             };
             let bootstrap: Tensor = (1.0 - &b.terminated) * next_value * self.hp.gamma;
-            &c.targets + bootstrap.unsqueeze(1)
-        });
+            Ok(&c.targets + bootstrap.unsqueeze(1))
+        })?;
         drop(tokens);
         let per = q.huber_loss(&target, Reduction::None, self.hp.huber_delta) * &c.weights;
         let per_row = per.sum_dim_intlist(1, false, None) / c.weights.sum_dim_intlist(1, false, None).clamp_min(1e-6);
@@ -790,9 +787,10 @@ mod tests {
         assert_eq!(best, [1, 5]);
         // The training path (candidates) and the serving path (the whole catalogue) agree.
         let tokens = learner.items.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let rows = learner.online.gather_items(&[1, 5, 7, 1, 5, 7], false);
+        let rows = learner.online.gather_items(&[1, 5, 7, 1, 5, 7], false).unwrap_or_else(|e| panic!("{e}"));
         let u = tch::no_grad(|| learner.online.state_vec(&ids));
-        let some = tch::no_grad(|| learner.online.q_candidates(&u, &rows, &[1, 5, 1, 5], 2, &[7], &tokens));
+        let some = tch::no_grad(|| learner.online.q_candidates(&u, &rows, &[1, 5, 1, 5], 2, &[7], &tokens))
+            .unwrap_or_else(|e| panic!("{e}"));
         let want = q.index_select(1, &Tensor::from_slice(&[1i64, 5, 7]));
         assert!(some.allclose(&want, 1e-5, 1e-5, false), "{some} vs {want}");
     }

@@ -423,6 +423,10 @@ fn full_feedback(steps: Vec<(Transition, i64)>, decay: f64) -> Vec<Transition> {
         .collect()
 }
 
+/// What the tower head serves a batch with: the network, every item's vector and bias, and each
+/// state's wide pairs `(action, slot)`.
+type TowerParts<'a> = (&'a Net, &'a (Tensor, Tensor), Vec<Vec<(i64, i64)>>);
+
 /// Episodes whose steps `--dqn-hindsight future` holds at most, waiting for their end.
 const MAX_OPEN_EPISODES: usize = 100_000;
 
@@ -731,8 +735,9 @@ impl<S: DqnState> Dqn<S> {
         Ok(live)
     }
 
-    /// Q-values `[states, n_actions]` of the inference copy; the live net must exist.
-    fn q_values(&mut self, states: &[&S]) -> anyhow::Result<Tensor> {
+    /// The token rows of `states` as one padded batch; in training, the vocabulary grows and
+    /// the items the states describe are recorded (the tower head's item words).
+    fn encode(&mut self, states: &[&S]) -> Tensor {
         let (max_tokens, grow) = (self.args.dqn_max_tokens, !self.eval);
         let texts: Vec<String> = states.iter().map(|s| self.text_of(s)).collect();
         let rows: Vec<Vec<i64>> = {
@@ -742,27 +747,59 @@ impl<S: DqnState> Dqn<S> {
         if grow {
             self.record_items(states.iter().copied().zip(&rows));
         }
-        let live = self.live.as_mut().context("dqn has no network yet")?;
         let refs: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
-        let ids = net::batch_ids(&refs, self.device);
+        net::batch_ids(&refs, self.device)
+    }
+
+    /// The tower head's inputs for `states`: the network, every item's vector and bias (the
+    /// cache of the current snapshot, rebuilt when missing) and each state's wide pairs.
+    fn tower_parts<'a>(live: &'a mut Live, shared: &Shared, states: &[&S]) -> anyhow::Result<TowerParts<'a>> {
+        if live.items_cache.is_none() {
+            let tokens = shared.items.read().unwrap_or_else(|p| p.into_inner());
+            live.items_cache = Some(tch::no_grad(|| live.net.item_matrix(&tokens))?);
+        }
+        let net = &live.net;
+        let cache = live.items_cache.as_ref().context("the item matrix was just built")?;
+        let pairs = if net.has_pairs() {
+            let index = shared.pairs.read().unwrap_or_else(|p| p.into_inner());
+            states.iter().map(|s| index.of_item(i64::from(s.item())).to_vec()).collect()
+        } else {
+            Vec::new()
+        };
+        Ok((net, cache, pairs))
+    }
+
+    /// Q-values `[states, n_actions]` of the inference copy; the live net must exist.
+    fn q_values(&mut self, states: &[&S]) -> anyhow::Result<Tensor> {
+        let ids = self.encode(states);
+        let shared = Arc::clone(&self.shared);
+        let live = self.live.as_mut().context("dqn has no network yet")?;
         if live.net.is_tower() {
-            let shared = Arc::clone(&self.shared);
-            let net = &live.net;
-            let (v, b) = live.items_cache.get_or_insert_with(|| {
-                let tokens = shared.items.read().unwrap_or_else(|p| p.into_inner());
-                tch::no_grad(|| net.item_matrix(&tokens))
-            });
+            let (net, (v, b), pairs) = Self::tower_parts(live, &shared, states)?;
             let mut q = tch::no_grad(|| net.scores(&net.state_vec(&ids), v, b));
-            if net.has_pairs() {
-                let index = shared.pairs.read().unwrap_or_else(|p| p.into_inner());
-                let lists: Vec<&[(i64, i64)]> = states.iter().map(|s| index.of_item(i64::from(s.item()))).collect();
-                tch::no_grad(|| net.add_pair_offsets(&mut q, &lists));
-            }
+            let lists: Vec<&[(i64, i64)]> = pairs.iter().map(Vec::as_slice).collect();
+            tch::no_grad(|| net.add_pair_offsets(&mut q, &lists));
             return Ok(q);
         }
         let items: Vec<i64> = states.iter().map(|s| i64::from(s.item())).collect();
         let items = Tensor::from_slice(&items).to_device(self.device);
         Ok(tch::no_grad(|| live.net.forward(&ids, Some(&items))))
+    }
+
+    /// Each state's greedy action. The tower head scores the catalogue block by block
+    /// ([`Net::best`]) instead of writing the whole `[states, n_actions]` matrix.
+    fn greedy(&mut self, states: &[&S]) -> anyhow::Result<Vec<i64>> {
+        let tower = self.live.as_ref().is_some_and(|l| l.net.is_tower());
+        if !tower {
+            return Vec::<i64>::try_from(self.q_values(states)?.argmax(1, false)).context("dqn argmax");
+        }
+        let ids = self.encode(states);
+        let shared = Arc::clone(&self.shared);
+        let live = self.live.as_mut().context("dqn has no network yet")?;
+        let (net, (v, b), pairs) = Self::tower_parts(live, &shared, states)?;
+        let lists: Vec<&[(i64, i64)]> = pairs.iter().map(Vec::as_slice).collect();
+        let best = tch::no_grad(|| net.best(&net.state_vec(&ids), v, b, &lists));
+        Vec::<i64>::try_from(best).context("dqn best items")
     }
 
     /// Waits until the learner owes no update (or `timeout` passes); returns its update count.
@@ -862,12 +899,7 @@ impl<S: DqnState> Policy<S> for Dqn<S> {
             self.shared.eps_step.fetch_add(states.len() as u64, Ordering::Relaxed);
         }
         // One forward pass for the whole poll, unless every action is drawn uniformly anyway.
-        let greedy: Vec<i64> = if eps < 1.0 {
-            let q = self.q_values(states)?;
-            Vec::<i64>::try_from(q.argmax(1, false)).context("dqn argmax")?
-        } else {
-            vec![0; states.len()]
-        };
+        let greedy: Vec<i64> = if eps < 1.0 { self.greedy(states)? } else { vec![0; states.len()] };
         Ok(greedy.into_iter().map(|g| epsilon_greedy(u32::try_from(g).unwrap_or(0), n, eps, rng)).collect())
     }
 

@@ -102,6 +102,9 @@ pub struct NetConfig {
     pub wide_pairs: i64,
 }
 
+/// Items scored per block by [`Net::best`] (a `[64, 8192]` block of floats is 2 MiB).
+pub const BEST_BLOCK: i64 = 8192;
+
 /// Largest action space a wide table is built for: 4,096² floats are 64 MiB per copy, and the
 /// learner holds five (online, target, Adam's two moments, the inference copy).
 pub const MAX_WIDE_ACTIONS: i64 = 4096;
@@ -285,8 +288,8 @@ impl Net {
 
     /// [`Net::forward`] with the items' text known so far (the tower head's item side).
     pub fn q_all(&self, ids: &Tensor, items: Option<&Tensor>, tokens: &ItemTokens) -> Tensor {
-        if self.tower.is_some() {
-            let (v, b) = self.item_matrix(tokens);
+        if let Some(tower) = &self.tower {
+            let (v, b) = self.matrix_of(tower, tokens);
             return self.scores(&self.state_vec(ids), &v, &b);
         }
         let q = self.deep(ids);
@@ -352,10 +355,18 @@ impl Net {
         id_rows + tower.text.forward(&text)
     }
 
+    /// The tower head's item side, or an error naming `what` needed it.
+    fn tower(&self, what: &str) -> anyhow::Result<&Tower> {
+        self.tower.as_ref().ok_or_else(|| anyhow::anyhow!("{what} needs the tower head"))
+    }
+
     /// The whole catalogue's item vectors `[n_actions, tower_dim]` and biases `[n_actions]`
-    /// (the inference copy computes them once per weight snapshot). Panics on the dense head.
-    pub fn item_matrix(&self, tokens: &ItemTokens) -> (Tensor, Tensor) {
-        let tower = self.tower.as_ref().expect("item_matrix needs the tower head");
+    /// (the inference copy computes them once per weight snapshot).
+    pub fn item_matrix(&self, tokens: &ItemTokens) -> anyhow::Result<(Tensor, Tensor)> {
+        Ok(self.matrix_of(self.tower("the item matrix")?, tokens))
+    }
+
+    fn matrix_of(&self, tower: &Tower, tokens: &ItemTokens) -> (Tensor, Tensor) {
         let all: Vec<i64> = (0..self.n_actions).collect();
         let v = self.item_vecs(tower, &tower.id.narrow(0, 0, self.n_actions), &all, tokens);
         (v, tower.bias.narrow(0, 0, self.n_actions))
@@ -368,10 +379,56 @@ impl Net {
         b.addmm(u, &v.tr())
     }
 
+    /// Each state's best item `[batch]` (int64): the argmax over all `k` items of `u vᵀ + b`
+    /// plus each row's wide offsets (`pairs[row]`: `(action, slot)`), computed block by block
+    /// ([`BEST_BLOCK`] items) so that the `[batch, k]` matrix is never written out: each block
+    /// stays in cache and only its maximum survives. The same argmax as [`Net::scores`] with
+    /// [`Net::add_pair_offsets`] (up to ties).
+    pub fn best(&self, u: &Tensor, v: &Tensor, b: &Tensor, pairs: &[&[(i64, i64)]]) -> Tensor {
+        let (k, batch, device) = (v.size()[0], u.size()[0], u.device());
+        // The offsets, as (row, action, value), sorted by action so each block takes a run.
+        let mut offsets: Vec<(i64, i64, i64)> = Vec::new();
+        if self.pairs.is_some() {
+            for (r, list) in pairs.iter().enumerate() {
+                offsets.extend(list.iter().filter(|(a, _)| (0..k).contains(a)).map(|&(a, s)| (a, r as i64, s)));
+            }
+            offsets.sort_unstable();
+        }
+        let mut best_val = Tensor::full([batch], f64::NEG_INFINITY, (Kind::Float, device));
+        let mut best_idx = Tensor::zeros([batch], (Kind::Int64, device));
+        let (mut start, mut next_offset) = (0, 0);
+        while start < k {
+            let len = BEST_BLOCK.min(k - start);
+            let mut q = b.narrow(0, start, len).addmm(u, &v.narrow(0, start, len).tr());
+            let run = offsets[next_offset..].iter().take_while(|(a, _, _)| *a < start + len).count();
+            if run > 0 {
+                let here = &offsets[next_offset..next_offset + run];
+                next_offset += run;
+                let rows: Vec<i64> = here.iter().map(|o| o.1).collect();
+                let cols: Vec<i64> = here.iter().map(|o| o.0 - start).collect();
+                let slots: Vec<i64> = here.iter().map(|o| o.2).collect();
+                if let Some(table) = &self.pairs {
+                    let values = table.index_select(0, &Tensor::from_slice(&slots).to_device(device));
+                    let index = [
+                        Some(Tensor::from_slice(&rows).to_device(device)),
+                        Some(Tensor::from_slice(&cols).to_device(device)),
+                    ];
+                    let _ = q.index_put_(&index, &values, true);
+                }
+            }
+            let (m, a) = q.max_dim(1, false);
+            let better = m.gt_tensor(&best_val);
+            best_val = m.where_self(&better, &best_val);
+            best_idx = (a + start).where_self(&better, &best_idx);
+            start += len;
+        }
+        best_idx
+    }
+
     /// The rows of the item tables for `items` (any order, repeats allowed; an index outside
     /// `0..n_actions` reads the spare row), gathered as leaves that require grad when `grad`.
-    pub fn gather_items(&self, items: &[i64], grad: bool) -> ItemRows {
-        let tower = self.tower.as_ref().expect("gather_items needs the tower head");
+    pub fn gather_items(&self, items: &[i64], grad: bool) -> anyhow::Result<ItemRows> {
+        let tower = self.tower("gathering item rows")?;
         let n = self.n_actions;
         let mut distinct: Vec<i64> = items.iter().map(|&i| if (0..n).contains(&i) { i } else { n }).collect();
         distinct.sort_unstable();
@@ -379,7 +436,7 @@ impl Net {
         let index = Tensor::from_slice(&distinct).to_device(tower.id.device());
         let id = tower.id.index_select(0, &index).detach().set_requires_grad(grad);
         let bias = tower.bias.index_select(0, &index).detach().set_requires_grad(grad);
-        ItemRows { index, items: distinct, id, bias }
+        Ok(ItemRows { index, items: distinct, id, bias })
     }
 
     /// Q-values `[batch, p + shared]` of each state for its own `p` candidates (`row_cands`,
@@ -394,8 +451,8 @@ impl Net {
         p: i64,
         shared: &[i64],
         tokens: &ItemTokens,
-    ) -> Tensor {
-        let tower = self.tower.as_ref().expect("q_candidates needs the tower head");
+    ) -> anyhow::Result<Tensor> {
+        let tower = self.tower("scoring candidates")?;
         let n = self.n_actions;
         let v = self.item_vecs(tower, &rows.id, &rows.items, tokens);
         // Position of each candidate among the distinct rows.
@@ -421,7 +478,7 @@ impl Net {
             let at = at(shared);
             parts.push(self.scores(u, &v.index_select(0, &at), &rows.bias.index_select(0, &at)));
         }
-        Tensor::cat(&parts, 1)
+        Ok(Tensor::cat(&parts, 1))
     }
 
     /// Whether the tower head has its sparse wide table.
@@ -431,8 +488,8 @@ impl Net {
 
     /// The wide offsets of candidates given by their slots `[batch * k]` (`None`: the pair has
     /// no slot, offset 0), as leaves that require grad when `grad`. Panics without the table.
-    pub fn gather_pairs(&self, slots: &[Option<i64>], k: i64, grad: bool) -> PairRows {
-        let table = self.pairs.as_ref().expect("gather_pairs needs the sparse wide table");
+    pub fn gather_pairs(&self, slots: &[Option<i64>], k: i64, grad: bool) -> anyhow::Result<PairRows> {
+        let table = self.pairs.as_ref().ok_or_else(|| anyhow::anyhow!("no sparse wide table to gather from"))?;
         let spare = table.size()[0] - 1;
         let mut distinct: Vec<i64> = slots.iter().map(|s| s.unwrap_or(spare)).collect();
         distinct.sort_unstable();
@@ -448,7 +505,7 @@ impl Net {
         // The mask keeps the spare slot out of every gradient: it stays 0.
         let mask = Tensor::from_slice(&mask).to_device(device);
         let offsets = (leaf.index_select(0, &at) * mask).view([rows, k]);
-        PairRows { index, leaf, offsets }
+        Ok(PairRows { index, leaf, offsets })
     }
 
     /// Adds to `q` `[batch, n_actions]` (in place) the wide offsets of each row's pairs:
@@ -759,6 +816,55 @@ mod tests {
         // rounding: `(deep + table) - deep` is `table` only up to the last bit of `deep`.
         let want = [1.0, 16.0, 26.0, 26.0];
         assert!(rows.iter().zip(want).all(|(r, w)| (r - w).abs() < 1e-5), "{rows:?} vs {want:?}");
+    }
+
+    #[test]
+    fn the_blocked_best_item_is_the_argmax_of_the_whole_matrix_with_its_offsets() {
+        let _rng = torch_rng_guard();
+        tch::manual_seed(21);
+        let n = 2 * BEST_BLOCK + 1_234;
+        let cfg = NetConfig {
+            kind: NetKind::Mlp,
+            embedding_dim: 8,
+            hidden: vec![8],
+            head: Head::Tower,
+            tower_dim: 8,
+            wide: true,
+            wide_pairs: 50,
+            ..NetConfig::paper(30, 4)
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Net::new(&vs.root(), &cfg, n);
+        tch::no_grad(|| {
+            for (_, t) in vs.variables() {
+                let _ = t.shallow_clone().uniform_(-0.5, 0.5);
+            }
+        });
+        let (v, b) = tch::no_grad(|| net.item_matrix(&ItemTokens::default())).unwrap_or_else(|e| panic!("{e}"));
+        let u = net.state_vec(&batch_ids(&ROWS, Device::Cpu)).detach();
+        let q = tch::no_grad(|| net.scores(&u, &v, &b));
+        let plain = Vec::<i64>::try_from(q.argmax(1, false)).unwrap_or_default();
+        // Offsets that move the answer: a large one on another item of row 0, in the last block,
+        // and a large negative one on row 1's own best item.
+        let table = net
+            .pairs
+            .as_ref()
+            .map(Tensor::shallow_clone)
+            .unwrap_or_else(|| Tensor::zeros([1], (Kind::Float, Device::Cpu)));
+        tch::no_grad(|| {
+            table.narrow(0, 0, 2).copy_(&Tensor::from_slice(&[100.0f32, -100.0]));
+        });
+        let row0: &[(i64, i64)] = &[(n - 7, 0)];
+        let row1: &[(i64, i64)] = &[(plain[1], 1)];
+        let lists: Vec<&[(i64, i64)]> = vec![row0, row1, &[], &[], &[]];
+        let mut full = q.copy();
+        net.add_pair_offsets(&mut full, &lists);
+        let want = Vec::<i64>::try_from(full.argmax(1, false)).unwrap_or_default();
+        let got = Vec::<i64>::try_from(tch::no_grad(|| net.best(&u, &v, &b, &lists))).unwrap_or_default();
+        assert_eq!(got, want);
+        assert_eq!(got[0], n - 7);
+        assert_ne!(got[1], plain[1]);
+        assert_eq!(got[2..], plain[2..]);
     }
 
     #[test]
