@@ -69,6 +69,29 @@ pub struct PolicyReport {
     pub ndcg10: Interval,
     /// Test episodes played.
     pub episodes: usize,
+    /// The same metrics on the test steps whose next product is rare in training.
+    pub rare: RareSlice,
+}
+
+/// A product is rare when the train users' sequences hold it fewer than this many times.
+pub const RARE_BELOW: u32 = 5;
+
+/// HR@10 and NDCG@10 restricted to the test steps whose next product appears fewer than
+/// [`RARE_BELOW`] times in the train users' sequences: where item-to-item counts know little and
+/// what a product's words say should matter. Intervals over the test episodes that have such
+/// steps, each episode's rate over its own rare steps.
+#[derive(Debug, Clone, Serialize)]
+pub struct RareSlice {
+    /// The threshold ([`RARE_BELOW`]).
+    pub below: u32,
+    /// Test steps in the slice.
+    pub steps: u64,
+    /// Test episodes with at least one.
+    pub episodes: usize,
+    /// Share of the slice's steps whose next product is in the top 10.
+    pub hr10: Interval,
+    /// NDCG@10 on the slice's steps.
+    pub ndcg10: Interval,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +100,9 @@ struct EpisodeScore {
     reward: f64,
     hits: f64,
     ndcg: f64,
+    rare_steps: u32,
+    rare_hits: f64,
+    rare_ndcg: f64,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +110,8 @@ struct Scores {
     /// Top-10 lists by (episode, step), waiting for the next state to reveal the next product.
     pending: HashMap<(String, u32), Vec<u32>>,
     episodes: HashMap<String, EpisodeScore>,
+    /// Per product index: whether it is rare in training (see [`RareSlice`]).
+    rare: Vec<bool>,
 }
 
 /// Wraps a frozen policy: plays it greedily, and scores its top-10 against the product the next
@@ -113,12 +141,18 @@ impl Policy for Evaluator {
         let Some(prev) = state.step.checked_sub(1) else { return Ok(()) };
         if let Some(top) = scores.pending.remove(&(state.episode_id.clone(), prev)) {
             let rank = top.iter().position(|&p| p == state.observation.index);
+            let rare = scores.rare.get(state.observation.index as usize).copied().unwrap_or(false);
             let e = scores.episodes.entry(state.episode_id.clone()).or_default();
             e.steps += 1;
             e.reward += state.reward;
-            if let Some(r) = rank {
-                e.hits += 1.0;
-                e.ndcg += 1.0 / ((r as f64) + 2.0).log2();
+            let gain = rank.map_or(0.0, |r| 1.0 / ((r as f64) + 2.0).log2());
+            let hit = if rank.is_some() { 1.0 } else { 0.0 };
+            e.hits += hit;
+            e.ndcg += gain;
+            if rare {
+                e.rare_steps += 1;
+                e.rare_hits += hit;
+                e.rare_ndcg += gain;
             }
         }
         Ok(())
@@ -178,7 +212,7 @@ pub async fn evaluate(
         (core.into_policy(), Vec::new())
     };
     policy.set_eval(true)?;
-    let scores = Arc::new(Mutex::new(Scores::default()));
+    let scores = Arc::new(Mutex::new(Scores { rare: rare_products(&dataset), ..Scores::default() }));
     let evaluator = Evaluator { inner: policy, scores: scores.clone() };
     let test_users = dataset.users_in(Split::Test).len();
     let core = AgentCore::new(Box::new(evaluator), cfg.seed, format!("eval-{name}"), i64::MAX);
@@ -188,13 +222,37 @@ pub async fn evaluate(
     let scores = scores.lock().map_err(|_| anyhow::anyhow!("scores poisoned"))?;
     let per: Vec<&EpisodeScore> = scores.episodes.values().filter(|e| e.steps > 0).collect();
     let rate = |f: fn(&EpisodeScore) -> f64| -> Vec<f64> { per.iter().map(|e| f(e) / f64::from(e.steps)).collect() };
+    let rare: Vec<&&EpisodeScore> = per.iter().filter(|e| e.rare_steps > 0).collect();
+    let rare_rate =
+        |f: fn(&EpisodeScore) -> f64| -> Vec<f64> { rare.iter().map(|e| f(e) / f64::from(e.rare_steps)).collect() };
     let report = PolicyReport {
         reward_rate: Interval::of(&rate(|e| e.reward)),
         hr10: Interval::of(&rate(|e| e.hits)),
         ndcg10: Interval::of(&rate(|e| e.ndcg)),
         episodes: per.len(),
+        rare: RareSlice {
+            below: RARE_BELOW,
+            steps: rare.iter().map(|e| u64::from(e.rare_steps)).sum(),
+            episodes: rare.len(),
+            hr10: Interval::of(&rare_rate(|e| e.rare_hits)),
+            ndcg10: Interval::of(&rare_rate(|e| e.rare_ndcg)),
+        },
     };
     Ok((report, returns))
+}
+
+/// Per product index: whether the train users' sequences hold it fewer than [`RARE_BELOW`]
+/// times.
+fn rare_products(dataset: &Dataset) -> Vec<bool> {
+    let mut counts = vec![0u32; dataset.products.len()];
+    for user in dataset.users_in(Split::Train) {
+        for &p in &user.items {
+            if let Some(c) = counts.get_mut(p as usize) {
+                *c += 1;
+            }
+        }
+    }
+    counts.into_iter().map(|c| c < RARE_BELOW).collect()
 }
 
 /// The whole report: policy name to its evaluation.

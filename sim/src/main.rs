@@ -164,6 +164,17 @@ fn print_table(report: &sim::eval::Report) {
             r.episodes
         );
     }
+    if let Some(r) = report.values().next() {
+        println!(
+            "\nrare targets: the {} test steps (in {} episodes) whose next product appears fewer than {} times in training",
+            r.rare.steps, r.rare.episodes, r.rare.below
+        );
+        println!("policy         HR@10 [95% CI]              NDCG@10 [95% CI]");
+        for (name, r) in report {
+            let cell = |i: &sim::eval::Interval| format!("{:.4} [{:.4}, {:.4}]", i.mean, i.lo, i.hi);
+            println!("{name:<14} {:<27} {:<27}", cell(&r.rare.hr10), cell(&r.rare.ndcg10));
+        }
+    }
     let beats = |a: &str, b: &str| match (report.get(a), report.get(b)) {
         (Some(x), Some(y)) => Some(x.reward_rate.beats(&y.reward_rate)),
         _ => None,

@@ -29,9 +29,13 @@ async fn cooccurrence_beats_random_on_test_users() {
         let (report, returns) = evaluate(dataset.clone(), args.build(), &cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(returns.len(), 300, "one return per training episode");
         assert_eq!(report.episodes, dataset.users_in(fashion::Split::Test).len());
-        for i in [report.reward_rate, report.hr10, report.ndcg10] {
+        for i in [&report.reward_rate, &report.hr10, &report.ndcg10, &report.rare.hr10, &report.rare.ndcg10] {
             assert!(i.lo <= i.mean && i.mean <= i.hi && (0.0..=1.0).contains(&i.mean), "{i:?}");
         }
+        // The rare-target slice: some held-out steps lead to products seen fewer than 5 times
+        // in training, in no more episodes than there are.
+        assert!(report.rare.steps > 0 && report.rare.episodes <= report.episodes, "{:?}", report.rare);
+        assert_eq!(report.rare.below, sim::eval::RARE_BELOW);
         results.push(report);
     }
     let (random, cooc) = (&results[0], &results[1]);
