@@ -72,14 +72,15 @@ struct Args {
     pairs: usize,
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = status
+fn peak_rss_mib() -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<f64>().ok()))
-        .unwrap_or(0.0);
-    kib / 1024.0
+        .and_then(|v| v.split_whitespace().next())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM line in /proc/self/status"))?
+        .parse()?;
+    Ok(kib / 1024.0)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -218,7 +219,7 @@ fn main() -> anyhow::Result<()> {
         "item_matrix_rebuild_ms": rebuild_ms,
         "infer_ms": { "median": pct(&ms, 0.5), "p99": pct(&ms, 0.99), "max": pct(&ms, 1.0), "runs": ms.len() },
         "infer_full_matrix_ms": { "median": pct(&full_ms, 0.5), "p99": pct(&full_ms, 0.99), "runs": full_ms.len() },
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib()?,
     });
     println!("{report}");
     Ok(())

@@ -141,7 +141,9 @@ impl Policy for Evaluator {
         let Some(prev) = state.step.checked_sub(1) else { return Ok(()) };
         if let Some(top) = scores.pending.remove(&(state.episode_id.clone(), prev)) {
             let rank = top.iter().position(|&p| p == state.observation.index);
-            let rare = scores.rare.get(state.observation.index as usize).copied().unwrap_or(false);
+            let rare = scores.rare.get(state.observation.index as usize).copied().ok_or_else(|| {
+                anyhow::anyhow!("product {} is outside the evaluated catalogue", state.observation.index)
+            })?;
             let e = scores.episodes.entry(state.episode_id.clone()).or_default();
             e.steps += 1;
             e.reward += state.reward;

@@ -456,26 +456,20 @@ impl Net {
         let n = self.n_actions;
         let v = self.item_vecs(tower, &rows.id, &rows.items, tokens);
         // Position of each candidate among the distinct rows.
-        let at = |cands: &[i64]| -> Tensor {
-            let at: Vec<i64> = cands
-                .iter()
-                .map(|&c| {
-                    let c = if (0..n).contains(&c) { c } else { n };
-                    rows.items.binary_search(&c).map_or(0, |p| p as i64)
-                })
-                .collect();
-            Tensor::from_slice(&at).to_device(u.device())
+        let at = |cands: &[i64]| -> anyhow::Result<Tensor> {
+            let at = positions(&rows.items, cands.iter().map(|&c| if (0..n).contains(&c) { c } else { n }))?;
+            Ok(Tensor::from_slice(&at).to_device(u.device()))
         };
         let batch = u.size()[0];
         let mut parts = Vec::with_capacity(2);
         if p > 0 {
-            let at = at(row_cands);
+            let at = at(row_cands)?;
             let vc = v.index_select(0, &at).view([batch, p, -1]);
             let bc = rows.bias.index_select(0, &at).view([batch, p]);
             parts.push((u.unsqueeze(1) * vc).sum_dim_intlist(-1, false, None) + bc);
         }
         if !shared.is_empty() {
-            let at = at(shared);
+            let at = at(shared)?;
             parts.push(self.scores(u, &v.index_select(0, &at), &rows.bias.index_select(0, &at)));
         }
         Ok(Tensor::cat(&parts, 1))
@@ -487,15 +481,14 @@ impl Net {
     }
 
     /// The wide offsets of candidates given by their slots `[batch * k]` (`None`: the pair has
-    /// no slot, offset 0), as leaves that require grad when `grad`. Panics without the table.
+    /// no slot, offset 0), as leaves that require grad when `grad`. Fails without the table.
     pub fn gather_pairs(&self, slots: &[Option<i64>], k: i64, grad: bool) -> anyhow::Result<PairRows> {
         let table = self.pairs.as_ref().ok_or_else(|| anyhow::anyhow!("no sparse wide table to gather from"))?;
         let spare = table.size()[0] - 1;
         let mut distinct: Vec<i64> = slots.iter().map(|s| s.unwrap_or(spare)).collect();
         distinct.sort_unstable();
         distinct.dedup();
-        let at: Vec<i64> =
-            slots.iter().map(|s| distinct.binary_search(&s.unwrap_or(spare)).map_or(0, |p| p as i64)).collect();
+        let at = positions(&distinct, slots.iter().map(|s| s.unwrap_or(spare)))?;
         let mask: Vec<f32> = slots.iter().map(|s| if s.is_some() { 1.0 } else { 0.0 }).collect();
         let device = table.device();
         let index = Tensor::from_slice(&distinct).to_device(device);
@@ -551,6 +544,15 @@ impl Net {
         }
         self.out.forward(&x)
     }
+}
+
+/// The position of each of `keys` in `sorted`; a key missing from it is an error (the caller
+/// gathered `sorted` from the same keys, so a miss is a bug, never a row to read instead).
+fn positions(sorted: &[i64], keys: impl Iterator<Item = i64>) -> anyhow::Result<Vec<i64>> {
+    keys.map(|k| {
+        sorted.binary_search(&k).map(|p| p as i64).map_err(|_| anyhow::anyhow!("{k} is not among the gathered rows"))
+    })
+    .collect()
 }
 
 /// Each row's length `[batch]` (int64): the position after its last token that is not [`PAD`],
