@@ -14,6 +14,7 @@ use agent_svc::policies::dqn::{
     learner::{Hyper, Learner},
     net::{NetConfig, NetKind},
     replay::Batch,
+    DqnArgs,
 };
 use clap::Parser;
 use rand::Rng;
@@ -57,25 +58,14 @@ fn main() -> anyhow::Result<()> {
     tch::set_num_threads(a.threads);
     tch::manual_seed(0);
     let cfg = NetConfig { kind: a.net, ..NetConfig::paper(a.vocab, a.tokens as usize) };
+    // The agent's defaults (the paper's settings), with a one-slot replay: `update_on` trains
+    // on a fixed batch.
     let hyper = Hyper {
-        gamma: 0.9,
-        lr: 1e-3,
         batch_size: a.batch as usize,
         replay_capacity: 1,
         learning_starts: 1,
-        train_ratio: 1.0,
-        target_every: 200,
-        tau: 1.0,
-        double: true,
-        huber_delta: 1.0,
-        grad_clip: 10.0,
-        sync_every: 50,
         checkpoint_every: 0,
-        seed: 0,
-        max_owed: 1_000.0,
-        backpressure: false,
-        negatives: 0,
-        negative_weight: 1.0,
+        ..DqnArgs::default().hyper(0)
     };
     let mut learner = Learner::new(&cfg, a.n_actions, &hyper, Device::Cpu)?;
     let active = a.active_vocab.unwrap_or(a.vocab).clamp(1, a.vocab) as i64;
@@ -113,17 +103,17 @@ fn main() -> anyhow::Result<()> {
     let update_s = start.elapsed().as_secs_f64();
 
     for _ in 0..20 {
-        let _ = learner.q_values(&obs, &items);
+        let _ = learner.q_values(&obs, &items)?;
     }
     let mut ms: Vec<f64> = (0..a.runs.max(1))
         .map(|_| {
             let t = Instant::now();
-            let q = learner.q_values(&obs, &items);
+            let q = learner.q_values(&obs, &items)?;
             let elapsed = t.elapsed().as_secs_f64() * 1e3;
             debug_assert_eq!(q.size(), [a.batch, a.n_actions]);
-            elapsed
+            Ok(elapsed)
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     ms.sort_by(f64::total_cmp);
     let pct = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
     let report = serde_json::json!({

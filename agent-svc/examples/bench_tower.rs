@@ -23,6 +23,7 @@ use agent_svc::policies::dqn::{
     learner::{Hyper, Learner},
     net::{self, Head, Net, NetConfig, NetKind},
     replay::Transition,
+    DqnArgs,
 };
 use clap::Parser;
 use rand::Rng;
@@ -98,25 +99,15 @@ fn main() -> anyhow::Result<()> {
         wide_pairs: a.wide_pairs,
         ..NetConfig::paper(a.vocab, a.tokens)
     };
+    // The agent's defaults with the `fashion` preset's gamma and learning rate.
     let hyper = Hyper {
         gamma: 0.0,
         lr: 3e-3,
         batch_size: a.batch,
-        replay_capacity: 50_000,
         learning_starts: 1,
-        train_ratio: 1.0,
-        target_every: 200,
-        tau: 1.0,
-        double: true,
-        huber_delta: 1.0,
-        grad_clip: 10.0,
-        sync_every: 50,
         checkpoint_every: 0,
-        seed: 0,
-        max_owed: 1_000.0,
-        backpressure: false,
         negatives: a.negatives,
-        negative_weight: 1.0,
+        ..DqnArgs::default().hyper(0)
     };
     let n = a.n_actions;
     let word = |rng: &mut ChaCha8Rng| rng.random_range(2..a.vocab as i64 + 2);

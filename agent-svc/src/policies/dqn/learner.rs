@@ -270,9 +270,18 @@ impl Learner {
     }
 
     /// Online Q-values for token ids (no gradient), e.g. for checks.
-    pub fn q_values(&self, ids: &Tensor, items: &Tensor) -> Tensor {
+    /// With the tower's sparse wide table, each state's pairs are added as the policy side
+    /// adds them.
+    pub fn q_values(&self, ids: &Tensor, items: &Tensor) -> anyhow::Result<Tensor> {
         let tokens = self.items.read().unwrap_or_else(|p| p.into_inner());
-        tch::no_grad(|| self.online.q_all(ids, Some(items), &tokens))
+        let mut q = tch::no_grad(|| self.online.q_all(ids, Some(items), &tokens));
+        if self.online.has_pairs() {
+            let index = self.pairs.read().unwrap_or_else(|p| p.into_inner());
+            let lists: Vec<&[(i64, i64)]> =
+                Vec::<i64>::try_from(items)?.into_iter().map(|i| index.of_item(i)).collect();
+            tch::no_grad(|| self.online.add_pair_offsets(&mut q, &lists));
+        }
+        Ok(q)
     }
 
     /// One gradient step on a batch sampled from the replay buffer; returns the loss.
@@ -664,7 +673,9 @@ mod tests {
         }
         let last: f64 = (0..5).map(|_| learner.update().unwrap_or_else(|e| panic!("{e}"))).sum::<f64>() / 5.0;
         assert!(last < first * 0.1, "loss {first} -> {last}");
-        let q = learner.q_values(&Tensor::from_slice(&[2i64, 3]).view([2, 1]), &Tensor::from_slice(&[0i64, 0]));
+        let q = learner
+            .q_values(&Tensor::from_slice(&[2i64, 3]).view([2, 1]), &Tensor::from_slice(&[0i64, 0]))
+            .unwrap_or_else(|e| panic!("{e}"));
         let best = Vec::<i64>::try_from(q.argmax(1, false)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(best, [1, 2]);
         assert_eq!(learner.updates(), 310);
@@ -695,10 +706,37 @@ mod tests {
         for _ in 0..400 {
             learner.update().unwrap_or_else(|e| panic!("{e}"));
         }
-        let q = learner.q_values(&Tensor::from_slice(&[2i64, 3]).view([2, 1]), &Tensor::from_slice(&[0i64, 0]));
+        let q = learner
+            .q_values(&Tensor::from_slice(&[2i64, 3]).view([2, 1]), &Tensor::from_slice(&[0i64, 0]))
+            .unwrap_or_else(|e| panic!("{e}"));
         let q = Vec::<f32>::try_from(q.view([-1])).unwrap_or_else(|e| panic!("{e}"));
         let want = [0.0, 1.0, 0.0, 0.5, 0.0, 0.0, 1.0, 0.0];
         assert!(q.iter().zip(want).all(|(q, w)| (q - w).abs() < 0.1), "Q {q:?} vs {want:?}");
+    }
+
+    /// One text for every state; product 1 is followed by action 2, product 2 by action 0.
+    fn push_two_products_one_text(learner: &mut Learner) {
+        for (item, good) in [(1, 2), (2, 0)] {
+            learner.push(&Transition {
+                obs: vec![5],
+                item,
+                action: 3,
+                reward: 0.0,
+                next_obs: vec![5],
+                next_item: item,
+                terminated: true,
+                positives: Some(vec![(good, 1.0)]),
+            });
+        }
+    }
+
+    /// The argmax of the two products' states after `updates` updates.
+    fn best_of_two_products(learner: &mut Learner, updates: usize) -> Vec<i64> {
+        for _ in 0..updates {
+            learner.update().unwrap_or_else(|e| panic!("{e}"));
+        }
+        let q = learner.q_values(&Tensor::from_slice(&[5i64, 5]).view([2, 1]), &Tensor::from_slice(&[1i64, 2]));
+        Vec::<i64>::try_from(q.unwrap_or_else(|e| panic!("{e}")).argmax(1, false)).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -712,23 +750,8 @@ mod tests {
         let mut best = Vec::new();
         for cfg in [deep.clone(), NetConfig { wide: true, ..deep }] {
             let mut learner = Learner::new(&cfg, 4, &hp, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
-            for (item, good) in [(1, 2), (2, 0)] {
-                learner.push(&Transition {
-                    obs: vec![5],
-                    item,
-                    action: 3,
-                    reward: 0.0,
-                    next_obs: vec![5],
-                    next_item: item,
-                    terminated: true,
-                    positives: Some(vec![(good, 1.0)]),
-                });
-            }
-            for _ in 0..300 {
-                learner.update().unwrap_or_else(|e| panic!("{e}"));
-            }
-            let q = learner.q_values(&Tensor::from_slice(&[5i64, 5]).view([2, 1]), &Tensor::from_slice(&[1i64, 2]));
-            best.push(Vec::<i64>::try_from(q.argmax(1, false)).unwrap_or_else(|e| panic!("{e}")));
+            push_two_products_one_text(&mut learner);
+            best.push(best_of_two_products(&mut learner, 300));
         }
         assert_eq!(best[0][0], best[0][1], "without the table both products look alike");
         assert_eq!(best[1], [2, 0], "with it each product gets its own best action");
@@ -740,12 +763,19 @@ mod tests {
     /// A learner of the tower head over `n` items whose words are known: item `i` reads
     /// `words[i]`.
     fn tower_learner(n: i64, words: &[&[i64]], hp: &Hyper) -> Learner {
+        tower_learner_with(n, words, hp, None)
+    }
+
+    /// [`tower_learner`], with the sparse wide table of `wide_pairs` slots when given.
+    fn tower_learner_with(n: i64, words: &[&[i64]], hp: &Hyper, wide_pairs: Option<i64>) -> Learner {
         let cfg = NetConfig {
             kind: NetKind::Mlp,
             embedding_dim: 8,
             hidden: vec![16],
             head: net::Head::Tower,
             tower_dim: 8,
+            wide: wide_pairs.is_some(),
+            wide_pairs: wide_pairs.unwrap_or(0),
             ..NetConfig::paper(300, 4)
         };
         let mut learner = Learner::new(&cfg, n, hp, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
@@ -781,7 +811,7 @@ mod tests {
             learner.update().unwrap_or_else(|e| panic!("{e}"));
         }
         let ids = Tensor::from_slice(&[2i64, 3]).view([2, 1]);
-        let q = learner.q_values(&ids, &Tensor::from_slice(&[0i64, 0]));
+        let q = learner.q_values(&ids, &Tensor::from_slice(&[0i64, 0])).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(q.size(), [2, 8]);
         let best = Vec::<i64>::try_from(q.argmax(1, false)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(best, [1, 5]);
@@ -821,7 +851,9 @@ mod tests {
         for _ in 0..300 {
             learner.update().unwrap_or_else(|e| panic!("{e}"));
         }
-        let q = learner.q_values(&Tensor::from_slice(&[2i64]).view([1, 1]), &Tensor::from_slice(&[199i64]));
+        let q = learner
+            .q_values(&Tensor::from_slice(&[2i64]).view([1, 1]), &Tensor::from_slice(&[199i64]))
+            .unwrap_or_else(|e| panic!("{e}"));
         let q = Vec::<f32>::try_from(q.view([-1])).unwrap_or_else(|e| panic!("{e}"));
         let mean = |r: std::ops::Range<usize>| q[r.clone()].iter().sum::<f32>() / r.len() as f32;
         let (unrewarded_red, blue) = (mean(10..20), mean(20..200));
@@ -840,38 +872,11 @@ mod tests {
         let hp = Hyper { gamma: 0.0, lr: 0.02, negatives: 3, ..hyper() };
         let words: Vec<&[i64]> = vec![&[10], &[11], &[12], &[13]];
         let mut best = Vec::new();
-        for wide in [false, true] {
-            let mut learner = tower_learner(4, &words, &hp);
-            if wide {
-                let cfg = NetConfig { wide: true, wide_pairs: 2, ..learner.net_cfg.clone() };
-                learner = Learner::new(&cfg, 4, &hp, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
-                learner.set_items(tower_learner(4, &words, &hp).items);
-            }
-            for (item, good) in [(1, 2), (2, 0)] {
-                learner.push(&Transition {
-                    obs: vec![5],
-                    item,
-                    action: 3,
-                    reward: 0.0,
-                    next_obs: vec![5],
-                    next_item: item,
-                    terminated: true,
-                    positives: Some(vec![(good, 1.0)]),
-                });
-            }
-            for _ in 0..300 {
-                learner.update().unwrap_or_else(|e| panic!("{e}"));
-            }
-            let q = learner.q_values(&Tensor::from_slice(&[5i64, 5]).view([2, 1]), &Tensor::from_slice(&[1i64, 2]));
-            let mut q = q;
-            let lists: Vec<Vec<(i64, i64)>> = {
-                let index = learner.pairs.read().unwrap_or_else(|p| p.into_inner());
-                [1, 2].iter().map(|&i| index.of_item(i).to_vec()).collect()
-            };
-            let refs: Vec<&[(i64, i64)]> = lists.iter().map(Vec::as_slice).collect();
-            tch::no_grad(|| learner.online.add_pair_offsets(&mut q, &refs));
-            best.push(Vec::<i64>::try_from(q.argmax(1, false)).unwrap_or_else(|e| panic!("{e}")));
-            if wide {
+        for wide in [None, Some(2)] {
+            let mut learner = tower_learner_with(4, &words, &hp, wide);
+            push_two_products_one_text(&mut learner);
+            best.push(best_of_two_products(&mut learner, 300));
+            if wide.is_some() {
                 let index = learner.pairs.read().unwrap_or_else(|p| p.into_inner());
                 assert_eq!((index.len(), index.slot(1, 2).is_some(), index.slot(2, 0).is_some()), (2, true, true));
             }
