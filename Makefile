@@ -45,7 +45,7 @@ lint: libtorch ## rustfmt and clippy, warnings are errors
 compose-check: ## validate docker-compose.yml without a Docker engine
 	@deploy/tools/compose-check.sh
 
-eval: ## train each policy on train users, evaluate on test users: target/eval/report.json + PNG
+eval: ## train each policy on train users, evaluate on test users: target/eval/report.json + PNG (SIZE=full: the full-size set, target/eval-full/)
 	@scripts/eval.sh
 
 recogym: ## RecoGym A/B test through the pipeline (paper's Table 1/Fig 4): target/recogym/ab.json + PNG

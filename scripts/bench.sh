@@ -22,11 +22,7 @@ bin=${CARGO_TARGET_DIR:-target}/release
 deploy/local/stack.sh up
 
 echo "==> (a) load and preprocess a full-size synthetic dataset"
-full="$CACHE/fullsize-seed42"
-if [[ ! -f $full/.complete ]]; then
-  "$bin/env-svc" generate --out "$full" --reviews 883636 --products 186637 --seed 42
-  touch "$full/.complete"
-fi
+full=$(scripts/fullsize.sh "$bin/env-svc")
 "$bin/env-svc" inspect --dataset "$full" --json "$out/load.json" 2> /dev/null | tail -n 3
 
 # Creates a topic (RF 3, min ISR 2) through the stack's kafka-topics wrapper.

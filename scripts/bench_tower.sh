@@ -7,8 +7,9 @@
 # negatives), inference latency of a batch of 64 (the whole catalogue scored block by block
 # against the cached item matrix, each block's best kept; and the whole matrix and its argmax,
 # as top-k evaluation computes it), the item matrix's rebuild (once per
-# weight snapshot) and the process's peak RSS. Prints a table and writes target/bench/tower.json;
-# asserts nothing.
+# weight snapshot) and the process's peak RSS. Then, Rust only, the candidate step of
+# `--dqn-search ivf` against that exact scan: latency, index build and refresh, recall@1 and @10.
+# Prints the tables and writes target/bench/tower.json; asserts nothing.
 #   TOWER_BENCH_THREADS  intra-op threads of both sides (default 1)
 #   TOWER_BENCH_SECONDS  seconds of updates per run (default 10)
 #   TOWER_BENCH_RUNS     timed inference calls per run (default 200)
@@ -63,6 +64,17 @@ print(f"{'what':32} {'rust':>10} {'python':>10} {'ratio':>8}")
 for what, r, p, ratio in rows:
     print(f"{what:32} {r:10.1f} {p:10.1f} {ratio:7.2f}x")
 print("(ratio > 1: Rust better; best of the rounds on each side)")
+# The candidate step (Rust only), against the exact block-by-block scan of the same runs.
+best_rs = min(rs, key=lambda r: r["infer_ms"]["median"])
+if "ivf" in best_rs:
+    x = best_rs["ivf"]
+    print(f"\ncandidate search --dqn-search ivf (Rust, the run of the best exact median): {x['lists']} lists, "
+          f"{x['popular']} popular; index build (k-means) {x['build_ms']:.0f} ms, refresh per snapshot {x['refresh_ms']:.0f} ms")
+    print("recall against the exact scan on the bench's barely trained vectors (a floor; make eval measures real episodes)")
+    print(f"{'probe':>5} {'items/state':>11} {'median ms':>10} {'p99 ms':>8} {'exact p99/ivf p99':>18} {'recall@1':>9} {'recall@10':>10}")
+    for p in x["probes"]:
+        print(f"{p['probe']:5d} {p['probed_items_per_state']:11,.0f} {p['infer_ms']['median']:10.2f} {p['infer_ms']['p99']:8.2f} "
+              f"{best_rs['infer_ms']['p99'] / p['infer_ms']['p99']:17.2f}x {p['recall_at_1']:9.3f} {p['recall_at_10']:10.3f}")
 report = {"machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
           "table": {w: {"rust": r, "python": p, "ratio": x} for w, r, p, x in rows}, "runs": runs}
 json.dump(report, open(sys.argv[2], "w"), indent=2)

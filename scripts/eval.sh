@@ -3,6 +3,9 @@
 # greedily on the held-out test users, prints the table and writes target/eval/report.json and
 # target/eval/training_returns.png.   DATASET=target/eval/dataset TRAIN_EPISODES=3000 SEED=0
 #
+# SIZE=full evaluates on the full-size generated set instead (883,636 reviews; every one of the
+# metadata's 186,637 products in the action space, ALL_PRODUCTS=true), written once into the
+# cache by scripts/fullsize.sh; its report goes to target/eval-full/.
 # The default dataset is a synthetic one written by `env-svc generate` (64,000 reviews, 1,500
 # products, seed 42: the generator of data/sample with four times its reviews), which keeps
 # 1,493 users: 1,204 train, 289 test. The committed sample keeps only 75 test users, whose 95%
@@ -13,6 +16,16 @@ cd "$(dirname "$0")/.."
 scripts/libtorch.sh
 cargo build --release --locked -p sim -p env-svc
 bin=${CARGO_TARGET_DIR:-target}/release
+if [[ ${SIZE:-} == full ]]; then
+  # The full-size generated set with every product of its metadata in the action space.
+  [[ -z ${DATASET:-} ]] || { echo "eval: SIZE=full picks its own dataset; unset DATASET" >&2; exit 2; }
+  DATASET=$(scripts/fullsize.sh "$bin/env-svc")
+  export DATASET ALL_PRODUCTS=true
+  out=target/eval-full
+elif [[ -n ${SIZE:-} ]]; then
+  echo "eval: SIZE is 'full' or unset, not '$SIZE'" >&2
+  exit 2
+fi
 if [[ -z ${DATASET:-} ]]; then
   export DATASET=target/eval/dataset
   gen=(--reviews 64000 --products 1500 --seed 42)
@@ -29,4 +42,4 @@ fi
 # with decay 0.6 and the product id token), the agent waiting for the learner (no update
 # skipped). Override with EVAL_DQN_FLAGS; docs/DQN.md has the sweep.
 read -r -a dqn_flags <<< "${EVAL_DQN_FLAGS:---dqn-preset fashion --dqn-backpressure}"
-"$bin/streamrec-sim" eval --quiet --out target/eval "${dqn_flags[@]}" "$@"
+"$bin/streamrec-sim" eval --quiet --out "${out:-target/eval}" "${dqn_flags[@]}" "$@"

@@ -13,6 +13,12 @@
 //!   offsets, keeping each block's best (`Net::best`); timed one call at a time. Also timed:
 //!   the whole `[64, n]` matrix and its argmax (what top-k evaluation computes), and the item
 //!   matrix's rebuild (once per weight snapshot).
+//! - Candidate search (`--dqn-search ivf`): the index's k-means build and per-snapshot refresh,
+//!   the same batch answered from the index's candidates, and the index's recall@1 and
+//!   recall@10 against the exact scan over `--recall-batches` batches of states. The vectors
+//!   are the bench's: random words trained for a few seconds, with little of the structure a
+//!   trained agent's have, so the recall here is a floor; `make eval` measures the quality
+//!   the index costs on real episodes.
 //! - Memory: the process's peak RSS (VmHWM) with the learner (online, target, Adam) and an
 //!   inference copy alive, as in agent-svc.
 
@@ -23,6 +29,7 @@ use agent_svc::policies::dqn::{
     learner::{Hyper, Learner},
     net::{self, Head, Net, NetConfig, NetKind},
     replay::Transition,
+    search::{Ivf, IvfConfig},
     DqnArgs,
 };
 use clap::Parser;
@@ -71,6 +78,19 @@ struct Args {
     /// Pairs already in the sparse wide table when the timing starts.
     #[arg(long, default_value_t = 200_000)]
     pairs: usize,
+    /// Lists of the candidate index (0: about 2·sqrt(items), as the agent's default).
+    #[arg(long, default_value_t = 0)]
+    ivf_lists: usize,
+    /// Lists the candidate index reads per state; a comma-separated list times each (the
+    /// first is the agent's default and heads the report).
+    #[arg(long, value_delimiter = ',', default_value = "16,4,8,32,64")]
+    ivf_probe: Vec<usize>,
+    /// Items of largest bias that are candidates of every state.
+    #[arg(long, default_value_t = 256)]
+    ivf_popular: usize,
+    /// Batches of states over which the index's recall against the exact scan is counted.
+    #[arg(long, default_value_t = 8)]
+    recall_batches: usize,
 }
 
 fn peak_rss_mib() -> anyhow::Result<f64> {
@@ -194,6 +214,70 @@ fn main() -> anyhow::Result<()> {
         Ok(ms)
     };
     let (ms, full_ms) = (time(&blocked)?, time(&full)?);
+
+    let ivf_cfg = IvfConfig {
+        lists: a.ivf_lists,
+        probe: a.ivf_probe.first().copied().unwrap_or(16),
+        popular: a.ivf_popular,
+        recluster_every: 20,
+        iterations: 8,
+        seed: 0,
+    };
+    let t = Instant::now();
+    let mut index = tch::no_grad(|| Ivf::build(&v, &b, ivf_cfg))?;
+    let ivf_build_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    index.refresh(&v, &b)?;
+    let ivf_refresh_ms = t.elapsed().as_secs_f64() * 1e3;
+    // The recall batches and their exact top 10 (the whole matrix with the offsets).
+    let mut recall_sets = Vec::new();
+    for _ in 0..a.recall_batches.max(1) {
+        let rows: Vec<Vec<i64>> = (0..a.batch).map(|_| (0..a.tokens).map(|_| word(&mut rng)).collect()).collect();
+        let refs: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
+        let ids = net::batch_ids(&refs, Device::Cpu);
+        let states: Vec<i64> = (0..a.batch).map(|_| rng.random_range(0..n)).collect();
+        let mut q = tch::no_grad(|| copy.scores(&copy.state_vec(&ids), &v, &b));
+        {
+            let index = pairs.read().unwrap_or_else(|e| e.into_inner());
+            let lists: Vec<&[(i64, i64)]> = states.iter().map(|&s| index.of_item(s)).collect();
+            tch::no_grad(|| copy.add_pair_offsets(&mut q, &lists));
+        }
+        let exact = Vec::<Vec<i64>>::try_from(q.topk(10, 1, true, true).1)?;
+        recall_sets.push((ids, states, exact));
+    }
+    let mut sweep = Vec::new();
+    for &probe in &a.ivf_probe {
+        index.set_probe(probe);
+        let searched = |ids: &tch::Tensor, states: &[i64], k: usize| -> anyhow::Result<Vec<Vec<i64>>> {
+            let lists: Vec<Vec<(i64, i64)>> = {
+                let index = pairs.read().unwrap_or_else(|e| e.into_inner());
+                states.iter().map(|&s| index.of_item(s).to_vec()).collect()
+            };
+            let offsets = copy.pair_values(&lists)?;
+            let u = tch::no_grad(|| copy.state_vec(ids));
+            Ok(index.search(&u, &offsets, k)?.into_iter().map(|r| r.into_iter().map(|x| x.0).collect()).collect())
+        };
+        let ivf_best =
+            || -> anyhow::Result<Vec<i64>> { Ok(searched(&ids, &states, 1)?.into_iter().flatten().collect()) };
+        let ivf_ms = time(&ivf_best)?;
+        let (mut hits1, mut hits10, mut rows_seen) = (0usize, 0usize, 0usize);
+        for (ids, states, exact) in &recall_sets {
+            let approx = searched(ids, states, 10)?;
+            for (e, x) in exact.iter().zip(&approx) {
+                hits1 += usize::from(e.first() == x.first());
+                hits10 += e.iter().filter(|i| x.contains(i)).count();
+                rows_seen += 1;
+            }
+        }
+        sweep.push((
+            probe,
+            index.mean_probed(),
+            ivf_ms,
+            hits1 as f64 / rows_seen as f64,
+            hits10 as f64 / (10 * rows_seen) as f64,
+            rows_seen,
+        ));
+    }
     let pct = |ms: &[f64], p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
     let report = serde_json::json!({
         "impl": "rust",
@@ -210,6 +294,20 @@ fn main() -> anyhow::Result<()> {
         "item_matrix_rebuild_ms": rebuild_ms,
         "infer_ms": { "median": pct(&ms, 0.5), "p99": pct(&ms, 0.99), "max": pct(&ms, 1.0), "runs": ms.len() },
         "infer_full_matrix_ms": { "median": pct(&full_ms, 0.5), "p99": pct(&full_ms, 0.99), "runs": full_ms.len() },
+        "ivf": {
+            "lists": index.lists(),
+            "popular": a.ivf_popular,
+            "build_ms": ivf_build_ms,
+            "refresh_ms": ivf_refresh_ms,
+            "probes": sweep.iter().map(|(probe, probed, ms, r1, r10, states)| serde_json::json!({
+                "probe": probe,
+                "probed_items_per_state": probed,
+                "infer_ms": { "median": pct(ms, 0.5), "p99": pct(ms, 0.99), "max": pct(ms, 1.0), "runs": ms.len() },
+                "recall_at_1": r1,
+                "recall_at_10": r10,
+                "recall_states": states,
+            })).collect::<Vec<_>>(),
+        },
         "peak_rss_mib": peak_rss_mib()?,
     });
     println!("{report}");

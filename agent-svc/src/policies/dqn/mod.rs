@@ -19,6 +19,7 @@ pub mod items;
 pub mod learner;
 pub mod net;
 pub mod replay;
+pub mod search;
 pub mod vocab;
 
 use std::{
@@ -30,7 +31,7 @@ use std::{
         Arc, Mutex, MutexGuard, RwLock,
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Context};
@@ -43,6 +44,7 @@ use self::{
     learner::{Hyper, Learner, Shared, Snapshot, ToLearner},
     net::{Head, Net, NetConfig, NetKind},
     replay::Transition,
+    search::{Ivf, IvfConfig},
     vocab::Vocab,
 };
 use super::{epsilon_greedy, Feedback, Policy};
@@ -152,6 +154,27 @@ pub struct DqnArgs {
     /// Weight of each negative in its row's loss, a positive weighing 1.
     #[arg(long, env = "DQN_NEGATIVE_WEIGHT", default_value_t = 1.0)]
     pub dqn_negative_weight: f64,
+    /// How the tower head finds a state's best actions: `exact` scores every item (block by
+    /// block), `ivf` scores the candidates of an inverted-file index over the item vectors (the
+    /// `--dqn-ivf-probe` nearest lists, the state's product's wide pairs and the
+    /// `--dqn-ivf-popular` items of largest bias) and re-ranks them exactly, `auto` is `ivf`
+    /// above 50,000 actions and `exact` below, decided on the first state and logged. The dense
+    /// head always scores every action. See docs/DQN.md ("Candidate search").
+    #[arg(long, env = "DQN_SEARCH", value_enum, default_value_t = Search::Auto)]
+    pub dqn_search: Search,
+    /// `--dqn-search ivf`: lists of the index (k-means centroids); 0 is about 2·sqrt(actions).
+    #[arg(long, env = "DQN_IVF_LISTS", default_value_t = 0)]
+    pub dqn_ivf_lists: usize,
+    /// `--dqn-search ivf`: lists read per state.
+    #[arg(long, env = "DQN_IVF_PROBE", default_value_t = 16)]
+    pub dqn_ivf_probe: usize,
+    /// `--dqn-search ivf`: items of largest bias that are candidates of every state.
+    #[arg(long, env = "DQN_IVF_POPULAR", default_value_t = 256)]
+    pub dqn_ivf_popular: usize,
+    /// `--dqn-search ivf`: weight snapshots between two k-means runs of the index (in a
+    /// thread of their own); in between, items keep their lists and the centroids follow them.
+    #[arg(long, env = "DQN_IVF_RECLUSTER", default_value_t = 20)]
+    pub dqn_ivf_recluster: u32,
     /// Double DQN: the online network picks the next action, the target network values it.
     #[arg(long, env = "DQN_DOUBLE", default_value_t = true, action = clap::ArgAction::Set)]
     pub dqn_double: bool,
@@ -394,6 +417,32 @@ pub enum Hindsight {
     Future,
 }
 
+/// How the tower head finds a state's best actions (see `--dqn-search`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Search {
+    /// Every action scored.
+    Exact,
+    /// The candidates of an inverted-file index, re-ranked exactly.
+    Ivf,
+    /// `ivf` above [`IVF_ABOVE`] actions (with the tower head), `exact` below.
+    Auto,
+}
+
+/// Above this many actions `--dqn-search auto` is `ivf`.
+pub const IVF_ABOVE: i64 = 50_000;
+
+impl Search {
+    /// `auto` resolved for a head and action count.
+    pub fn resolved(self, head: Head, n_actions: i64) -> Search {
+        match self {
+            _ if head != Head::Tower => Search::Exact,
+            Search::Auto if n_actions > IVF_ABOVE => Search::Ivf,
+            Search::Auto => Search::Exact,
+            other => other,
+        }
+    }
+}
+
 /// Sets libtorch's intra-op thread count (process-wide); 0 leaves libtorch's default.
 pub fn pin_threads(n: i32) {
     if n > 0 && tch::get_num_threads() != n {
@@ -425,7 +474,7 @@ fn full_feedback(steps: Vec<(Transition, i64)>, decay: f64) -> Vec<Transition> {
 
 /// What the tower head serves a batch with: the network, every item's vector and bias, and each
 /// state's wide pairs `(action, slot)`.
-type TowerParts<'a> = (&'a Net, &'a (Tensor, Tensor), Vec<Vec<(i64, i64)>>);
+type TowerParts<'a> = (&'a Net, &'a (Tensor, Tensor), Vec<Vec<(i64, i64)>>, Option<&'a Ivf>);
 
 /// Episodes whose steps `--dqn-hindsight future` holds at most, waiting for their end.
 const MAX_OPEN_EPISODES: usize = 100_000;
@@ -444,6 +493,10 @@ struct Live {
     /// use after each snapshot (so an item's words join at the next snapshot after they were
     /// first seen).
     items_cache: Option<(Tensor, Tensor)>,
+    /// `--dqn-search ivf`: the index over `items_cache`, refreshed with it.
+    index: Option<Ivf>,
+    /// A k-means run for the next index, in a thread of its own.
+    index_job: Option<JoinHandle<anyhow::Result<Ivf>>>,
     inbox_tx: Option<SyncSender<ToLearner>>,
     snapshot_rx: Receiver<Snapshot>,
     thread: Option<JoinHandle<()>>,
@@ -455,6 +508,10 @@ impl Drop for Live {
         self.inbox_tx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        // A k-means run in progress is of no use any more; only wait for it to end.
+        if let Some(job) = self.index_job.take() {
+            let _ = job.join();
         }
     }
 }
@@ -530,6 +587,8 @@ pub struct Dqn<S = StateMsg> {
     resume: Option<checkpoint::Checkpoint>,
     shared: Arc<Shared>,
     live: Option<Live>,
+    /// `--dqn-search` resolved on the first state.
+    search: Search,
     eval: bool,
     /// Steps of the episodes in flight with the product each led to, for full feedback at
     /// their end (`--dqn-hindsight future`).
@@ -600,6 +659,7 @@ impl<S: DqnState> Dqn<S> {
             resume,
             shared,
             live: None,
+            search: Search::Exact,
             eval: false,
             episodes: HashMap::new(),
             _state: std::marker::PhantomData,
@@ -653,6 +713,10 @@ impl<S: DqnState> Dqn<S> {
                 "dqn head auto: dense up to the limit, tower above"
             );
         }
+        self.search = self.args.dqn_search.resolved(self.net_cfg.head, n_actions);
+        if self.args.dqn_search == Search::Auto && self.net_cfg.head == Head::Tower {
+            tracing::info!(search = ?self.search, n_actions, limit = IVF_ABOVE, "dqn search auto: exact up to the limit, ivf above");
+        }
         tch::manual_seed(i64::from_le_bytes(self.seed.to_le_bytes()));
         let mut learner = Learner::new(&self.net_cfg, n_actions, &self.args.hyper(self.seed), self.device)?;
         learner.set_catalog(catalog.map(str::to_string));
@@ -691,6 +755,8 @@ impl<S: DqnState> Dqn<S> {
             vars,
             version: first.version,
             items_cache: None,
+            index: None,
+            index_job: None,
             inbox_tx: Some(inbox_tx),
             snapshot_rx,
             thread: Some(thread),
@@ -752,11 +818,21 @@ impl<S: DqnState> Dqn<S> {
     }
 
     /// The tower head's inputs for `states`: the network, every item's vector and bias (the
-    /// cache of the current snapshot, rebuilt when missing) and each state's wide pairs.
-    fn tower_parts<'a>(live: &'a mut Live, shared: &Shared, states: &[&S]) -> anyhow::Result<TowerParts<'a>> {
+    /// cache of the current snapshot, rebuilt when missing), each state's wide pairs and, with
+    /// `ivf`, the index over the cache (built on first use, refreshed with the cache).
+    fn tower_parts<'a>(
+        live: &'a mut Live,
+        shared: &Shared,
+        states: &[&S],
+        ivf: Option<IvfConfig>,
+    ) -> anyhow::Result<TowerParts<'a>> {
         if live.items_cache.is_none() {
             let tokens = shared.items.read().unwrap_or_else(|p| p.into_inner());
             live.items_cache = Some(tch::no_grad(|| live.net.item_matrix(&tokens))?);
+            drop(tokens);
+            if let Some(cfg) = ivf {
+                Self::update_index(live, cfg)?;
+            }
         }
         let net = &live.net;
         let cache = live.items_cache.as_ref().context("the item matrix was just built")?;
@@ -766,16 +842,84 @@ impl<S: DqnState> Dqn<S> {
         } else {
             Vec::new()
         };
-        Ok((net, cache, pairs))
+        Ok((net, cache, pairs, live.index.as_ref()))
+    }
+
+    /// Brings the index up to the new item matrix: built on first use (on this thread: nothing
+    /// can be served before), otherwise refreshed in place; a finished k-means run replaces it
+    /// first, and one is started in a thread of its own when due.
+    fn update_index(live: &mut Live, cfg: IvfConfig) -> anyhow::Result<()> {
+        let (v, b) = live.items_cache.as_ref().context("the index needs the item matrix")?;
+        if live.index_job.as_ref().is_some_and(|j| j.is_finished()) {
+            if let Some(job) = live.index_job.take() {
+                let built = job.join().map_err(|_| anyhow!("the dqn index thread panicked"))?;
+                live.index = Some(built.context("dqn index k-means")?);
+            }
+        }
+        match live.index.as_mut() {
+            Some(index) => {
+                index.refresh(v, b).context("dqn index refresh")?;
+                if index.recluster_due() && live.index_job.is_none() {
+                    // The bias is a view of the served variables, which the next snapshot
+                    // overwrites: the thread gets copies.
+                    let (v, b, next) = (v.copy(), b.copy(), index.next_config());
+                    let job = std::thread::Builder::new()
+                        .name("dqn-index".into())
+                        .spawn(move || tch::no_grad(|| Ivf::build(&v, &b, next)))
+                        .context("failed to start the dqn index thread")?;
+                    live.index_job = Some(job);
+                }
+            }
+            None => {
+                let started = Instant::now();
+                let index = tch::no_grad(|| Ivf::build(v, b, cfg)).context("dqn index")?;
+                tracing::info!(
+                    items = index.len(),
+                    lists = index.lists(),
+                    probe = cfg.probe,
+                    popular = cfg.popular,
+                    probed_items = index.mean_probed().round(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "dqn search ivf: index built"
+                );
+                live.index = Some(index);
+            }
+        }
+        Ok(())
+    }
+
+    /// The index settings, when the search is `ivf`.
+    fn ivf_config(&self) -> Option<IvfConfig> {
+        (self.search == Search::Ivf).then_some(IvfConfig {
+            lists: self.args.dqn_ivf_lists,
+            probe: self.args.dqn_ivf_probe,
+            popular: self.args.dqn_ivf_popular,
+            recluster_every: self.args.dqn_ivf_recluster,
+            iterations: 8,
+            seed: self.seed,
+        })
+    }
+
+    /// Each state's `k` best actions from the index, the wide offsets included.
+    fn ivf_top_k(&mut self, states: &[&S], k: usize) -> anyhow::Result<Vec<Vec<i64>>> {
+        let ids = self.encode(states);
+        let (shared, ivf) = (Arc::clone(&self.shared), self.ivf_config());
+        let live = self.live.as_mut().context("dqn has no network yet")?;
+        let (net, _, pairs, index) = Self::tower_parts(live, &shared, states, ivf)?;
+        let index = index.context("--dqn-search ivf has no index")?;
+        let offsets = net.pair_values(&pairs)?;
+        let u = tch::no_grad(|| net.state_vec(&ids));
+        let ranked = index.search(&u, &offsets, k)?;
+        Ok(ranked.into_iter().map(|r| r.into_iter().map(|(a, _)| a).collect()).collect())
     }
 
     /// Q-values `[states, n_actions]` of the inference copy; the live net must exist.
     fn q_values(&mut self, states: &[&S]) -> anyhow::Result<Tensor> {
         let ids = self.encode(states);
-        let shared = Arc::clone(&self.shared);
+        let (shared, ivf) = (Arc::clone(&self.shared), self.ivf_config());
         let live = self.live.as_mut().context("dqn has no network yet")?;
         if live.net.is_tower() {
-            let (net, (v, b), pairs) = Self::tower_parts(live, &shared, states)?;
+            let (net, (v, b), pairs, _) = Self::tower_parts(live, &shared, states, ivf)?;
             let mut q = tch::no_grad(|| net.scores(&net.state_vec(&ids), v, b));
             let lists: Vec<&[(i64, i64)]> = pairs.iter().map(Vec::as_slice).collect();
             tch::no_grad(|| net.add_pair_offsets(&mut q, &lists));
@@ -793,10 +937,14 @@ impl<S: DqnState> Dqn<S> {
         if !tower {
             return Vec::<i64>::try_from(self.q_values(states)?.argmax(1, false)).context("dqn argmax");
         }
+        if self.search == Search::Ivf {
+            let best = self.ivf_top_k(states, 1)?;
+            return best.into_iter().map(|r| r.first().copied().context("the index ranked no item")).collect();
+        }
         let ids = self.encode(states);
-        let shared = Arc::clone(&self.shared);
+        let (shared, ivf) = (Arc::clone(&self.shared), self.ivf_config());
         let live = self.live.as_mut().context("dqn has no network yet")?;
-        let (net, (v, b), pairs) = Self::tower_parts(live, &shared, states)?;
+        let (net, (v, b), pairs, _) = Self::tower_parts(live, &shared, states, ivf)?;
         let lists: Vec<&[(i64, i64)]> = pairs.iter().map(Vec::as_slice).collect();
         let best = tch::no_grad(|| net.best(&net.state_vec(&ids), v, b, &lists));
         Vec::<i64>::try_from(best).context("dqn best items")
@@ -971,6 +1119,10 @@ impl<S: DqnState> Policy<S> for Dqn<S> {
         let n = self.ensure_live(states)?.n_actions;
         if k == 0 {
             return Ok(vec![Vec::new(); states.len()]);
+        }
+        if self.search == Search::Ivf {
+            let ranked = self.ivf_top_k(states, k)?;
+            return Ok(ranked.into_iter().map(|r| r.into_iter().map(|a| a as u32).collect()).collect());
         }
         let (_, idx) = self.q_values(states)?.topk(i64::from(n).min(k as i64), 1, true, true);
         let ranked = Vec::<Vec<i64>>::try_from(idx).context("dqn top-k")?;

@@ -501,6 +501,23 @@ impl Net {
         Ok(PairRows { index, leaf, offsets })
     }
 
+    /// The wide offsets of each row's pairs (`pairs[row]`: `(action, slot)`) as
+    /// `(action, offset)`, read in one gather; empty rows without the table.
+    pub fn pair_values(&self, pairs: &[Vec<(i64, i64)>]) -> anyhow::Result<Vec<Vec<(i64, f32)>>> {
+        let Some(table) = &self.pairs else { return Ok(vec![Vec::new(); pairs.len()]) };
+        let slots: Vec<i64> = pairs.iter().flatten().map(|&(_, s)| s).collect();
+        let values = Vec::<f32>::try_from(
+            table.index_select(0, &Tensor::from_slice(&slots).to_device(table.device())).to_device(Device::Cpu),
+        )?;
+        anyhow::ensure!(values.len() == slots.len(), "{} offsets read for {} slots", values.len(), slots.len());
+        let mut at = 0;
+        let mut next = |a: i64| {
+            at += 1;
+            (a, values[at - 1])
+        };
+        Ok(pairs.iter().map(|row| row.iter().map(|&(a, _)| next(a)).collect()).collect())
+    }
+
     /// Adds to `q` `[batch, n_actions]` (in place) the wide offsets of each row's pairs:
     /// `pairs[row]` lists `(action, slot)`.
     pub fn add_pair_offsets(&self, q: &mut Tensor, pairs: &[&[(i64, i64)]]) {

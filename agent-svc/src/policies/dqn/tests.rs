@@ -385,3 +385,37 @@ fn every_preset_names_real_flags() {
         }
     }
 }
+
+#[test]
+fn the_candidate_search_probing_every_list_answers_as_the_exact_scan_and_auto_picks_it_for_large_catalogues() {
+    let _rng = net::torch_rng_guard();
+    let args = DqnArgs {
+        dqn_head: Head::Tower,
+        dqn_tower_dim: 8,
+        dqn_search: Search::Ivf,
+        dqn_ivf_lists: 4,
+        dqn_ivf_probe: 4,
+        dqn_ivf_popular: 0,
+        ..small(None)
+    };
+    let mut dqn = Dqn::<StateMsg>::new(&args, 1).unwrap_or_else(|e| panic!("{e:#}"));
+    play(&mut dqn, 800, &mut ChaCha8Rng::seed_from_u64(1));
+    dqn.set_eval(true).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(dqn.search, Search::Ivf);
+    let states: Vec<StateMsg> = ["red", "blue", "red blue", "green"].iter().map(|t| state(t, 10, 0)).collect();
+    let refs: Vec<&StateMsg> = states.iter().collect();
+    let answers = |dqn: &mut Dqn| {
+        let top = dqn.top_k(&refs, 10).unwrap_or_else(|e| panic!("{e:#}"));
+        let act = dqn.act(&refs, &mut ChaCha8Rng::seed_from_u64(0)).unwrap_or_else(|e| panic!("{e:#}"));
+        (top, act)
+    };
+    let from_index = answers(&mut dqn);
+    assert_eq!(dqn.live.as_ref().and_then(|l| l.index.as_ref()).map(|i| i.lists()), Some(4), "the index served");
+    dqn.search = Search::Exact;
+    assert_eq!(from_index, answers(&mut dqn));
+
+    assert_eq!(Search::Auto.resolved(Head::Tower, IVF_ABOVE + 1), Search::Ivf);
+    assert_eq!(Search::Auto.resolved(Head::Tower, IVF_ABOVE), Search::Exact);
+    assert_eq!(Search::Ivf.resolved(Head::Dense, 1_000_000), Search::Exact, "the dense head scores every action");
+    assert_eq!(parsed(&["--dqn-preset", "fashion"]).dqn_search, Search::Auto);
+}
