@@ -6,7 +6,10 @@
 //! one terminal state (terminated xor truncated, T <= max_steps); re-sent copies of a step carry
 //! the same observation; observations are the user's products in order and within the action
 //! space; rewards and next-item hits follow from the actions and the user's later products; the
-//! summary counts exactly the steps and episodes seen. [`check_recogym_run`] does the same for
+//! summary counts exactly the steps and episodes seen. Under the interactive user model (env id
+//! `fashion-interactive-v1`) the user's path depends on the actions: each step moves to the next
+//! product, or (reward 1) to the recommended one where the user reviews it later; an early end
+//! only follows a recommendation of no later product (the user left). [`check_recogym_run`] does the same for
 //! RecoGym runs by replaying every user through the simulator.
 
 use std::collections::{BTreeMap, HashMap};
@@ -73,15 +76,19 @@ pub fn check_run(
             v.push(format!("{id}: unknown user"));
             continue;
         };
+        let steered = steps.get(&0).is_some_and(|s| s.steered());
+        // The user's position in their sequence before each step.
+        let mut pos = 0usize;
+        let mut ended_early = false;
         for (&t, s) in steps {
             let terminal = s.terminated || s.truncated;
             if terminal != (t == last) || (terminal && t == 0) {
                 v.push(format!("{id}/{t}: terminal flag out of place"));
             }
-            if items.get(t as usize) != Some(&s.observation.index) {
-                v.push(format!("{id}/{t}: observation is not the user's product at position {t}"));
-            }
             if t == 0 {
+                if items.first() != Some(&s.observation.index) {
+                    v.push(format!("{id}/0: observation is not the user's first product"));
+                }
                 if s.reward != 0.0 {
                     v.push(format!("{id}/0: reward before any action"));
                 }
@@ -89,15 +96,32 @@ pub fn check_run(
             }
             let Some(&a) = answer.get(&(*id, t - 1)) else {
                 v.push(format!("{id}/{t}: no action seen for step {}", t - 1));
-                continue;
+                break;
             };
-            let later = &items[t as usize..];
-            let expect_reward = if later.contains(&a) { 1.0 } else { 0.0 };
-            if s.reward != expect_reward || s.next_item_hit != (later.first() == Some(&a)) {
-                v.push(format!(
-                    "{id}/{t}: reward {} or hit {} inconsistent with action {a}",
-                    s.reward, s.next_item_hit
-                ));
+            let later = &items[(pos + 1).min(items.len())..];
+            let ahead = later.iter().position(|&p| p == a);
+            if s.next_item_hit != (ahead == Some(0)) {
+                v.push(format!("{id}/{t}: hit {} inconsistent with action {a}", s.next_item_hit));
+            }
+            if !steered {
+                pos += 1;
+                if s.reward != if ahead.is_some() { 1.0 } else { 0.0 } {
+                    v.push(format!("{id}/{t}: reward {} inconsistent with action {a}", s.reward));
+                }
+            } else {
+                match (s.reward == 1.0, ahead) {
+                    (true, Some(j)) => pos += 1 + j,
+                    (true, None) => v.push(format!("{id}/{t}: reward 1 for {a}, which the user does not review later")),
+                    (false, _) => pos += 1,
+                }
+                // Leaving early is the one end before the sequence's last product.
+                ended_early = s.terminated && pos + 1 < items.len();
+                if ended_early && ahead.is_some() {
+                    v.push(format!("{id}/{t}: the user left after a recommendation of a product they review later"));
+                }
+            }
+            if items.get(pos) != Some(&s.observation.index) {
+                v.push(format!("{id}/{t}: observation is not the user's product at position {pos}"));
             }
         }
         let end = steps[&last];
@@ -107,8 +131,8 @@ pub fn check_run(
             if last > max_steps || (end.truncated && last != max_steps) {
                 v.push(format!("{id}: {last} steps against a limit of {max_steps}"));
             }
-            if end.terminated && last as usize + 1 != items.len().min(max_steps as usize + 1) {
-                v.push(format!("{id}: terminated after {last} steps on a sequence of {}", items.len()));
+            if end.terminated && !ended_early && pos + 1 != items.len() {
+                v.push(format!("{id}: terminated at position {pos} of a sequence of {}", items.len()));
             }
         }
     }

@@ -76,11 +76,69 @@ pub struct EpisodeArgs {
     /// Users whose sequences become episodes.
     #[arg(long, env = "SPLIT", value_enum, default_value_t = Split::Train)]
     pub split: Split,
-    /// Seed of the order in which users are replayed.
+    /// Seed of the order in which users are replayed (and of the interactive user's choices).
     #[arg(long, env = "SEED", default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
+    pub user: UserModelArgs,
+    #[command(flatten)]
     pub run: LoopArgs,
+}
+
+/// How the fashion user answers recommendations (see `env_svc::envs::fashion`, whose module
+/// documentation describes both models).
+#[derive(Debug, Clone, clap::Args)]
+pub struct UserModelArgs {
+    /// `replay` (the paper's: the user's reviews are replayed whatever is recommended; env id
+    /// `fashion-v1`) or `interactive` (a recommendation of a product the user reviews later is
+    /// accepted with `--accept-prob` and the episode continues from it; one of no later product
+    /// makes the user leave with `--leave-prob`; env id `fashion-interactive-v1`).
+    #[arg(long, env = "USER_MODEL", value_enum, default_value_t = UserModelKind::Replay)]
+    pub user_model: UserModelKind,
+    /// `--user-model interactive`: probability that the user accepts a recommended product
+    /// they review later in their sequence.
+    #[arg(long, env = "ACCEPT_PROB", default_value_t = 0.5, value_parser = probability)]
+    pub accept_prob: f64,
+    /// `--user-model interactive`: probability that the user leaves after a recommendation of a
+    /// product they never review later.
+    #[arg(long, env = "LEAVE_PROB", default_value_t = 0.1, value_parser = probability)]
+    pub leave_prob: f64,
+}
+
+/// The user models of `--user-model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UserModelKind {
+    /// The user's reviews are replayed whatever the agent does (the paper's environment).
+    Replay,
+    /// Recommendations change where the user goes next.
+    Interactive,
+}
+
+impl UserModelArgs {
+    /// The user model these flags describe.
+    pub fn model(&self) -> crate::envs::fashion::UserModel {
+        use crate::envs::fashion::UserModel;
+        match self.user_model {
+            UserModelKind::Replay => UserModel::Replay,
+            UserModelKind::Interactive => UserModel::Interactive { accept: self.accept_prob, leave: self.leave_prob },
+        }
+    }
+}
+
+impl Default for UserModelArgs {
+    fn default() -> Self {
+        Self { user_model: UserModelKind::Replay, accept_prob: 0.5, leave_prob: 0.1 }
+    }
+}
+
+/// A probability: a number in [0, 1].
+fn probability(s: &str) -> Result<f64, String> {
+    let p: f64 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("{p} is not a probability in [0, 1]"))
+    }
 }
 
 impl EpisodeArgs {

@@ -12,7 +12,10 @@ pub mod wire;
 pub mod writer;
 
 pub use codec::{Codec, Decoded, Message};
-pub use messages::{ActionMsg, Envelope, OrganicView, ProductObs, RecoStateMsg, StateMsg, StepState, SCHEMA_VERSION};
+pub use messages::{
+    ActionMsg, Envelope, OrganicView, ProductObs, RecoStateMsg, StateMsg, StepState, FASHION_INTERACTIVE_ENV,
+    FASHION_REPLAY_ENV, SCHEMA_VERSION,
+};
 pub use wire::WireError;
 pub use writer::{WriterSchema, WriterSchemas};
 

@@ -75,6 +75,26 @@ pub struct ProductObs {
     pub keywords: Vec<String>,
 }
 
+/// The name part of the env id (`<name>/<run>`) of fashion states whose user is replayed (the
+/// paper's environment: recommendations never change what the user does next).
+pub const FASHION_REPLAY_ENV: &str = "fashion-v1";
+/// The name part of the env id of fashion states of the interactive user model, whose next
+/// products depend on the recommendations (`env-svc --user-model interactive`).
+pub const FASHION_INTERACTIVE_ENV: &str = "fashion-interactive-v1";
+
+impl StateMsg {
+    /// The environment's name: the env id before its `/`.
+    pub fn env_name(&self) -> &str {
+        self.env_id.split('/').next().unwrap_or_default()
+    }
+
+    /// Whether the user's next products depend on the recommendations (the interactive user
+    /// model), so that relabelling a step with the products seen later is unsound.
+    pub fn steered(&self) -> bool {
+        self.env_name() == FASHION_INTERACTIVE_ENV
+    }
+}
+
 /// One step of an episode, published by `env-svc` to `fashion_state`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]

@@ -17,7 +17,7 @@ use agent_svc::{
     core::AgentCore,
     policies::{Feedback, Policy},
 };
-use env_svc::config::{EpisodeArgs, LoopArgs};
+use env_svc::config::{EpisodeArgs, LoopArgs, UserModelArgs};
 use fashion::{Dataset, Split};
 use protocol::StateMsg;
 use rand_chacha::ChaCha8Rng;
@@ -67,6 +67,12 @@ pub struct PolicyReport {
     pub hr10: Interval,
     /// NDCG@10 of the next product (one relevant item), per test episode.
     pub ndcg10: Interval,
+    /// Return (the sum of rewards) per test episode: what the interactive user model's
+    /// multi-step effects show in.
+    #[serde(rename = "return")]
+    pub ret: Interval,
+    /// Steps per test episode.
+    pub length: Interval,
     /// Test episodes played.
     pub episodes: usize,
     /// The same metrics on the test steps whose next product is rare in training.
@@ -180,6 +186,8 @@ pub struct EvalConfig {
     pub max_steps: u32,
     /// Seed of user order and policies.
     pub seed: u64,
+    /// The user model of training and test episodes.
+    pub user: UserModelArgs,
 }
 
 fn episodes(split: Split, episodes: usize, cfg: &EvalConfig) -> EpisodeArgs {
@@ -188,6 +196,7 @@ fn episodes(split: Split, episodes: usize, cfg: &EvalConfig) -> EpisodeArgs {
         max_steps: cfg.max_steps,
         split,
         seed: cfg.seed,
+        user: cfg.user.clone(),
         run: LoopArgs {
             concurrency: cfg.concurrency,
             action_timeout: Duration::from_secs(60),
@@ -231,6 +240,8 @@ pub async fn evaluate(
         reward_rate: Interval::of(&rate(|e| e.reward)),
         hr10: Interval::of(&rate(|e| e.hits)),
         ndcg10: Interval::of(&rate(|e| e.ndcg)),
+        ret: Interval::of(&per.iter().map(|e| e.reward).collect::<Vec<_>>()),
+        length: Interval::of(&per.iter().map(|e| f64::from(e.steps)).collect::<Vec<_>>()),
         episodes: per.len(),
         rare: RareSlice {
             below: RARE_BELOW,

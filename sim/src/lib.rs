@@ -209,16 +209,17 @@ where
 }
 
 /// Runs env and `core` (answering batches of at most `max_batch` states) over `wiring` until
-/// every episode ended; returns the agent with the rest of the outcome.
+/// every episode ended (env id `<the user model's env name>/<run_id>`); returns the agent with
+/// the rest of the outcome.
 pub async fn run_linked<E: EnvLink, A: AgentLink + 'static>(
     dataset: Arc<Dataset>,
     episodes: &EpisodeArgs,
     agent: (AgentCore, usize),
-    env_id: String,
+    run_id: &str,
     wiring: Wiring<E, A>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Outcome> {
-    let engine = env_svc::engine_for(episodes, dataset, env_id);
+    let engine = env_svc::engine_for(episodes, dataset, run_id);
     run_engine(engine, agent, wiring, (true, Duration::from_secs(5)), shutdown).await
 }
 
@@ -242,6 +243,6 @@ pub async fn run_memory_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Outcome> {
     let wiring = memory_wiring(capacity)?;
-    let env_id = format!("fashion-v1/mem-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    run_linked(dataset, episodes, agent, env_id, wiring, shutdown).await
+    let run_id = format!("mem-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    run_linked(dataset, episodes, agent, &run_id, wiring, shutdown).await
 }

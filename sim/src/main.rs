@@ -66,6 +66,8 @@ enum Command {
         /// Seed of the user order and the policies.
         #[arg(long, env = "SEED", default_value_t = 0)]
         seed: u64,
+        #[command(flatten)]
+        user: env_svc::config::UserModelArgs,
         /// Folder of report.json and training_returns.png.
         #[arg(long, env = "EVAL_OUT", default_value = "target/eval")]
         out: PathBuf,
@@ -108,13 +110,16 @@ async fn main() -> anyhow::Result<()> {
             }
             outcome.summary.ensure_complete()?;
         }
-        Command::Eval { dataset, agent, policies, train_episodes, concurrency, seed, out, quiet } => {
+        Command::Eval { dataset, agent, policies, train_episodes, concurrency, seed, user, out, quiet } => {
             let ds =
                 Arc::new(tokio::task::spawn_blocking(move || dataset.load(quiet)).await.context("loader panicked")??);
-            let cfg = sim::eval::EvalConfig { train_episodes, concurrency, max_steps: 50, seed };
+            let model = user.model();
+            let cfg = sim::eval::EvalConfig { train_episodes, concurrency, max_steps: 50, seed, user };
             println!(
-                "evaluating {} policies: {train_episodes} training episodes each on {} train users, then {} test users",
+                "evaluating {} policies ({} users: {model:?}): {train_episodes} training episodes each on {} train users, \
+                 then {} test users",
                 policies.len(),
+                model.env_name(),
                 ds.users_in(fashion::Split::Train).len(),
                 ds.users_in(fashion::Split::Test).len()
             );
@@ -128,12 +133,19 @@ async fn main() -> anyhow::Result<()> {
                 let (r, returns) = sim::eval::evaluate(ds.clone(), args.try_build()?, &cfg).await?;
                 let name = format!("{kind:?}").to_lowercase();
                 println!(
-                    "  {name:<13} reward rate {:.4} [{:.4}, {:.4}]  HR@10 {:.4}  NDCG@10 {:.4}  ({:.1} s)",
+                    "  {name:<13} reward rate {:.4} [{:.4}, {:.4}]  HR@10 {:.4}  NDCG@10 {:.4}  return {:.3} [{:.3}, {:.3}]  \
+                     length {:.2} [{:.2}, {:.2}]  ({:.1} s)",
                     r.reward_rate.mean,
                     r.reward_rate.lo,
                     r.reward_rate.hi,
                     r.hr10.mean,
                     r.ndcg10.mean,
+                    r.ret.mean,
+                    r.ret.lo,
+                    r.ret.hi,
+                    r.length.mean,
+                    r.length.lo,
+                    r.length.hi,
                     started.elapsed().as_secs_f64()
                 );
                 curves.push((name.clone(), returns));

@@ -21,7 +21,7 @@ async fn cooccurrence_beats_random_on_test_users() {
     let sample = repo_root().join("data/sample").display().to_string();
     let cli: Cli = parse_flags(["eval", "--dataset", &sample]);
     let dataset = Arc::new(cli.dataset.load(true).unwrap_or_else(|e| panic!("{e}")));
-    let cfg = EvalConfig { train_episodes: 300, concurrency: 32, max_steps: 50, seed: 7 };
+    let cfg = EvalConfig { train_episodes: 300, concurrency: 32, max_steps: 50, seed: 7, user: Default::default() };
     let mut results = Vec::new();
     for policy in [agent_svc::policies::PolicyKind::Random, agent_svc::policies::PolicyKind::Cooccurrence] {
         let mut args = cli.agent.clone();
@@ -63,7 +63,7 @@ async fn dqn_learns_to_beat_random_and_popularity_on_test_users() {
     ];
     let cli: Cli = parse_flags(["eval", "--dataset", &sample].into_iter().chain(flags));
     let dataset = Arc::new(cli.dataset.load(true).unwrap_or_else(|e| panic!("{e}")));
-    let cfg = EvalConfig { train_episodes: 400, concurrency: 32, max_steps: 50, seed: 7 };
+    let cfg = EvalConfig { train_episodes: 400, concurrency: 32, max_steps: 50, seed: 7, user: Default::default() };
     let mut results = Vec::new();
     for policy in [
         agent_svc::policies::PolicyKind::Random,

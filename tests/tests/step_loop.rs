@@ -153,6 +153,96 @@ async fn memory_transport_passes_the_same_checker() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interactive_user_model_runs_through_the_same_pipeline_and_passes_the_checker() {
+    let dataset = Arc::new(load_sample());
+    let flags = [
+        "sim",
+        "--episodes",
+        "300",
+        "--concurrency",
+        "64",
+        "--policy",
+        "cooccurrence",
+        "--epsilon",
+        "0.3",
+        "--action-timeout",
+        "1h",
+        "--user-model",
+        "interactive",
+        "--accept-prob",
+        "0.7",
+        "--leave-prob",
+        "0.3",
+    ];
+    let cli: SimCli = parse_flags(flags);
+    let run = sim::run_memory(dataset.clone(), &cli.episodes, &cli.agent, 256, CancellationToken::new());
+    let outcome = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .unwrap_or_else(|_| panic!("the in-memory run did not end within 300 s: a message was lost"))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(outcome.summary.episodes, 300);
+    let (state_codec, action_codec) = sim::memory_codecs::<StateMsg>().unwrap_or_else(|e| panic!("{e:#}"));
+    let records = outcome.recording.states.iter().map(|r| (r.key.clone(), r.value().to_vec()));
+    let states = decode_all(&state_codec, records).await;
+    let records = outcome.recording.actions.iter().map(|(k, p)| (Some(k.clone().into_bytes()), p.clone()));
+    let actions: Vec<ActionMsg> = decode_all(&action_codec, records).await.into_iter().map(|(_, a)| a).collect();
+    assert!(states.iter().all(|(_, s)| s.env_id.starts_with("fashion-interactive-v1/")), "the states say the model");
+    let violations = check_run(&dataset, 50, &states, &actions, &outcome.summary);
+    assert!(violations.is_empty(), "{:?}", &violations[..violations.len().min(5)]);
+    // Both effects of the actions happened: accepted products beyond the next one (skips), and
+    // users who left before their sequence's end.
+    let users: std::collections::HashMap<&str, &[u32]> =
+        dataset.users.iter().map(|u| (u.user_id.as_str(), u.items.as_slice())).collect();
+    let skips = states.iter().filter(|(_, s)| s.reward == 1.0 && !s.next_item_hit).count();
+    let left = states
+        .iter()
+        .filter(|(_, s)| s.terminated && users[s.user_id.as_str()].last() != Some(&s.observation.index))
+        .count();
+    assert!(skips > 0 && left > 0, "skips {skips}, early departures {left}");
+
+    // The checker knows the model: the same states read as replayed ones break its rules.
+    let replayed: Vec<_> = states
+        .iter()
+        .cloned()
+        .map(|(k, mut s)| {
+            s.env_id = s.env_id.replace("fashion-interactive-v1/", "fashion-v1/");
+            (k, s)
+        })
+        .collect();
+    assert!(!check_run(&dataset, 50, &replayed, &actions, &outcome.summary).is_empty());
+}
+
+#[test]
+fn checker_catches_a_user_who_left_after_a_product_they_review_later() {
+    let dataset = env_svc::testing::dataset_with_users(10, &[&[1, 2, 3, 4]]);
+    let mut s0 = protocol::messages::examples::state();
+    (s0.env_id, s0.episode_id, s0.user_id, s0.n_actions, s0.observation.index) =
+        ("fashion-interactive-v1/t".into(), "ep".into(), "user-0".into(), 10, 1);
+    let mut s1 = s0.clone();
+    (s1.step, s1.observation.index, s1.reward, s1.terminated) = (1, 2, 0.0, true);
+    let mut a0 = protocol::messages::examples::action();
+    (a0.episode_id, a0.step, a0.action) = ("ep".into(), 0, 4); // 4 is later: declining it is fine, leaving is not
+    let key = Some(b"ep".to_vec());
+    let summary = env_svc::metrics::Metrics::default().summary(
+        env_svc::metrics::SummaryHead {
+            env_id: "e".into(),
+            transport: "t".into(),
+            split: "all".into(),
+            interrupted: true,
+        },
+        Duration::from_secs(1),
+    );
+    let violations =
+        check_run(&dataset, 50, &[(key.clone(), s0.clone()), (key.clone(), s1.clone())], &[a0.clone()], &summary);
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].contains("left after a recommendation of a product they review later"), "{violations:?}");
+    // An accepted product must be where the user goes.
+    (s1.reward, s1.terminated, s1.observation.index) = (1.0, false, 3);
+    let violations = check_run(&dataset, 50, &[(key.clone(), s0), (key, s1)], &[a0], &summary);
+    assert!(violations.iter().any(|v| v.contains("not the user's product at position 3")), "{violations:?}");
+}
+
 #[test]
 fn checker_catches_a_wrong_reward() {
     // The checker itself must fail on a broken run, or its silence proves nothing.

@@ -542,6 +542,9 @@ pub trait DqnState {
     fn terminated(&self) -> bool;
     /// A step limit cut the episode (bootstrapping goes on).
     fn truncated(&self) -> bool;
+    /// Whether what the user does next depends on the recommendations (fashion's interactive
+    /// user model, RecoGym), which makes `--dqn-hindsight` relabelling unsound: refused.
+    fn steered(&self) -> bool;
 }
 
 impl DqnState for StateMsg {
@@ -574,6 +577,9 @@ impl DqnState for StateMsg {
     }
     fn truncated(&self) -> bool {
         self.truncated
+    }
+    fn steered(&self) -> bool {
+        StateMsg::steered(self)
     }
 }
 
@@ -777,6 +783,16 @@ impl<S: DqnState> Dqn<S> {
             }
         }
         let live = self.live.as_mut().context("dqn has no network yet: it is built on the first state")?;
+        if let Some(s) = states.iter().find(|s| s.steered()).filter(|_| self.args.dqn_hindsight != Hindsight::Off) {
+            anyhow::bail!(
+                "state {}#{} comes from an environment where the recommendations change what the user does next, \
+                 so --dqn-hindsight {:?} (relabelling a step with the products seen later) would learn from \
+                 outcomes the actions caused; use --dqn-hindsight off",
+                s.episode_id(),
+                s.step(),
+                self.args.dqn_hindsight,
+            );
+        }
         if let Some(s) =
             states.iter().find(|s| s.n_actions() != live.n_actions || s.catalog() != live.catalog.as_deref())
         {

@@ -419,3 +419,22 @@ fn the_candidate_search_probing_every_list_answers_as_the_exact_scan_and_auto_pi
     assert_eq!(Search::Ivf.resolved(Head::Dense, 1_000_000), Search::Exact, "the dense head scores every action");
     assert_eq!(parsed(&["--dqn-preset", "fashion"]).dqn_search, Search::Auto);
 }
+
+#[test]
+fn hindsight_is_refused_on_states_whose_user_the_recommendations_steer() {
+    let _rng = net::torch_rng_guard();
+    let mut steered = state("red", 10, 0);
+    steered.env_id = format!("{}/run", protocol::FASHION_INTERACTIVE_ENV);
+    let future = DqnArgs { dqn_hindsight: Hindsight::Future, ..small(None) };
+    let mut dqn = Dqn::<StateMsg>::new(&future, 1).unwrap_or_else(|e| panic!("{e:#}"));
+    let err = match dqn.act(&[&steered], &mut ChaCha8Rng::seed_from_u64(0)) {
+        Ok(_) => panic!("hindsight on a steered state must be refused"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("--dqn-hindsight off") && err.contains("change what the user does next"), "{err}");
+    // The replayed user (the paper's env) takes hindsight; without it the steered one is served.
+    let replayed = state("red", 10, 0);
+    assert!(dqn.act(&[&replayed], &mut ChaCha8Rng::seed_from_u64(0)).is_ok());
+    let mut off = Dqn::<StateMsg>::new(&small(None), 1).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(off.act(&[&steered], &mut ChaCha8Rng::seed_from_u64(0)).is_ok());
+}

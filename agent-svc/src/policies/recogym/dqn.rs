@@ -90,6 +90,10 @@ impl DqnState for RecoView {
     fn truncated(&self) -> bool {
         self.truncated
     }
+    fn steered(&self) -> bool {
+        // A click, and so what follows, depends on the recommendation.
+        true
+    }
 }
 
 #[derive(Debug, Default)]
