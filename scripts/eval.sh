@@ -5,7 +5,7 @@
 #
 # SIZE=full evaluates on the full-size generated set instead (883,636 reviews; every one of the
 # metadata's 186,637 products in the action space, ALL_PRODUCTS=true), written once into the
-# cache by scripts/fullsize.sh; its report goes to target/eval-full/.
+# cache by scripts/fullsize.sh; its report goes to target/eval-full/ (EVAL_OUT sets the folder).
 # The default dataset is a synthetic one written by `env-svc generate` (64,000 reviews, 1,500
 # products, seed 42: the generator of data/sample with four times its reviews), which keeps
 # 1,493 users: 1,204 train, 289 test. The committed sample keeps only 75 test users, whose 95%
@@ -21,7 +21,7 @@ if [[ ${SIZE:-} == full ]]; then
   [[ -z ${DATASET:-} ]] || { echo "eval: SIZE=full picks its own dataset; unset DATASET" >&2; exit 2; }
   DATASET=$(scripts/fullsize.sh "$bin/env-svc")
   export DATASET ALL_PRODUCTS=true
-  out=target/eval-full
+  export EVAL_OUT=${EVAL_OUT:-target/eval-full}
 elif [[ -n ${SIZE:-} ]]; then
   echo "eval: SIZE is 'full' or unset, not '$SIZE'" >&2
   exit 2
@@ -42,4 +42,5 @@ fi
 # with decay 0.6 and the product id token), the agent waiting for the learner (no update
 # skipped). Override with EVAL_DQN_FLAGS; docs/DQN.md has the sweep.
 read -r -a dqn_flags <<< "${EVAL_DQN_FLAGS:---dqn-preset fashion --dqn-backpressure}"
-"$bin/streamrec-sim" eval --quiet --out "${out:-target/eval}" "${dqn_flags[@]}" "$@"
+# The report's folder: EVAL_OUT (target/eval; target/eval-full with SIZE=full).
+"$bin/streamrec-sim" eval --quiet "${dqn_flags[@]}" "$@"

@@ -128,6 +128,26 @@ async fn malformed_and_schema_violating_actions_are_dead_lettered_while_the_run_
     topics.delete().await;
 }
 
+/// Runs `flags` (of `streamrec-sim memory`) in memory, a lost message failing the test after
+/// 300 s; returns the states and actions decoded as the services decode them, and the outcome.
+async fn run_in_memory(
+    dataset: &Arc<Dataset>,
+    flags: &[&str],
+) -> (Vec<(Option<Vec<u8>>, StateMsg)>, Vec<ActionMsg>, sim::Outcome) {
+    let cli: SimCli = parse_flags(flags.iter().copied());
+    let run = sim::run_memory(dataset.clone(), &cli.episodes, &cli.agent, 256, CancellationToken::new());
+    let outcome = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .unwrap_or_else(|_| panic!("{flags:?}: the in-memory run did not end within 300 s: a message was lost"))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (state_codec, action_codec) = sim::memory_codecs::<StateMsg>().unwrap_or_else(|e| panic!("{e:#}"));
+    let records = outcome.recording.states.iter().map(|r| (r.key.clone(), r.value().to_vec()));
+    let states = decode_all(&state_codec, records).await;
+    let records = outcome.recording.actions.iter().map(|(k, p)| (Some(k.clone().into_bytes()), p.clone()));
+    let actions: Vec<ActionMsg> = decode_all(&action_codec, records).await.into_iter().map(|(_, a)| a).collect();
+    (states, actions, outcome)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_transport_passes_the_same_checker() {
     let dataset = Arc::new(load_sample());
@@ -135,18 +155,8 @@ async fn memory_transport_passes_the_same_checker() {
         // A re-send must mean a lost message, never a slow machine: no action is ever overdue
         // (an hour), and a lost one shows as a run that does not end (the timeout below).
         let flags = ["sim", "--episodes", "200", "--concurrency", "64", "--policy", policy, "--action-timeout", "1h"];
-        let cli: SimCli = parse_flags(flags);
-        let run = sim::run_memory(dataset.clone(), &cli.episodes, &cli.agent, 256, CancellationToken::new());
-        let outcome = tokio::time::timeout(Duration::from_secs(300), run)
-            .await
-            .unwrap_or_else(|_| panic!("{policy}: the in-memory run did not end within 300 s: a message was lost"))
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let (states, actions, outcome) = run_in_memory(&dataset, &flags).await;
         assert_eq!(outcome.summary.episodes, 200);
-        let (state_codec, action_codec) = sim::memory_codecs::<StateMsg>().unwrap_or_else(|e| panic!("{e:#}"));
-        let records = outcome.recording.states.iter().map(|r| (r.key.clone(), r.value().to_vec()));
-        let states = decode_all(&state_codec, records).await;
-        let records = outcome.recording.actions.iter().map(|(k, p)| (Some(k.clone().into_bytes()), p.clone()));
-        let actions: Vec<ActionMsg> = decode_all(&action_codec, records).await.into_iter().map(|(_, a)| a).collect();
         let violations = check_run(&dataset, 50, &states, &actions, &outcome.summary);
         assert!(violations.is_empty(), "{policy}: {:?}", &violations[..violations.len().min(5)]);
         assert_eq!(outcome.summary.resends, 0, "nothing is lost in memory");
@@ -175,18 +185,8 @@ async fn the_interactive_user_model_runs_through_the_same_pipeline_and_passes_th
         "--leave-prob",
         "0.3",
     ];
-    let cli: SimCli = parse_flags(flags);
-    let run = sim::run_memory(dataset.clone(), &cli.episodes, &cli.agent, 256, CancellationToken::new());
-    let outcome = tokio::time::timeout(Duration::from_secs(300), run)
-        .await
-        .unwrap_or_else(|_| panic!("the in-memory run did not end within 300 s: a message was lost"))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (states, actions, outcome) = run_in_memory(&dataset, &flags).await;
     assert_eq!(outcome.summary.episodes, 300);
-    let (state_codec, action_codec) = sim::memory_codecs::<StateMsg>().unwrap_or_else(|e| panic!("{e:#}"));
-    let records = outcome.recording.states.iter().map(|r| (r.key.clone(), r.value().to_vec()));
-    let states = decode_all(&state_codec, records).await;
-    let records = outcome.recording.actions.iter().map(|(k, p)| (Some(k.clone().into_bytes()), p.clone()));
-    let actions: Vec<ActionMsg> = decode_all(&action_codec, records).await.into_iter().map(|(_, a)| a).collect();
     assert!(states.iter().all(|(_, s)| s.env_id.starts_with("fashion-interactive-v1/")), "the states say the model");
     let violations = check_run(&dataset, 50, &states, &actions, &outcome.summary);
     assert!(violations.is_empty(), "{:?}", &violations[..violations.len().min(5)]);
@@ -213,6 +213,17 @@ async fn the_interactive_user_model_runs_through_the_same_pipeline_and_passes_th
     assert!(!check_run(&dataset, 50, &replayed, &actions, &outcome.summary).is_empty());
 }
 
+/// The summary of an interrupted run: the checker then leaves the step and episode counts out.
+fn interrupted_summary() -> env_svc::metrics::Summary {
+    let head = env_svc::metrics::SummaryHead {
+        env_id: "e".into(),
+        transport: "t".into(),
+        split: "all".into(),
+        interrupted: true,
+    };
+    env_svc::metrics::Metrics::default().summary(head, Duration::from_secs(1))
+}
+
 #[test]
 fn checker_catches_a_user_who_left_after_a_product_they_review_later() {
     let dataset = env_svc::testing::dataset_with_users(10, &[&[1, 2, 3, 4]]);
@@ -224,15 +235,7 @@ fn checker_catches_a_user_who_left_after_a_product_they_review_later() {
     let mut a0 = protocol::messages::examples::action();
     (a0.episode_id, a0.step, a0.action) = ("ep".into(), 0, 4); // 4 is later: declining it is fine, leaving is not
     let key = Some(b"ep".to_vec());
-    let summary = env_svc::metrics::Metrics::default().summary(
-        env_svc::metrics::SummaryHead {
-            env_id: "e".into(),
-            transport: "t".into(),
-            split: "all".into(),
-            interrupted: true,
-        },
-        Duration::from_secs(1),
-    );
+    let summary = interrupted_summary();
     let violations =
         check_run(&dataset, 50, &[(key.clone(), s0.clone()), (key.clone(), s1.clone())], &[a0.clone()], &summary);
     assert_eq!(violations.len(), 1, "{violations:?}");
@@ -260,15 +263,7 @@ fn checker_catches_a_wrong_reward() {
     (a1.step, a1.action) = (1, 7);
     let key = Some(b"ep".to_vec());
     let states = vec![(key.clone(), s0), (key.clone(), s1), (key, s2)];
-    let summary = env_svc::metrics::Metrics::default().summary(
-        env_svc::metrics::SummaryHead {
-            env_id: "e".into(),
-            transport: "t".into(),
-            split: "all".into(),
-            interrupted: true,
-        },
-        Duration::from_secs(1),
-    );
+    let summary = interrupted_summary();
     let violations = check_run(&dataset, 50, &states, &[a0, a1], &summary);
     assert_eq!(violations.len(), 1, "{violations:?}");
     assert!(violations[0].contains("ep/1: reward 1"), "{violations:?}");
