@@ -159,12 +159,17 @@ impl Ivf {
 
     /// Each state's `k` best items among its candidates, from state vectors `u` `[states, dim]`
     /// and each state's wide offsets `offsets[row]` (`(action, offset)`; actions outside the
-    /// index are ignored).
+    /// index are ignored; an empty `offsets`: no state has any, another length is an error).
     pub fn search(&self, u: &Tensor, offsets: &[Vec<(i64, f32)>], k: usize) -> anyhow::Result<Vec<Ranked>> {
         let (states, dim) = u.size2().context("state vectors must be [states, dim]")?;
         anyhow::ensure!(dim as usize == self.dim, "state vectors of width {dim}, items of {}", self.dim);
         let u = Vec::<f32>::try_from(u.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous().view([-1]))
             .context("state vectors")?;
+        anyhow::ensure!(
+            offsets.is_empty() || offsets.len() == states as usize,
+            "{} lists of wide offsets for {states} states",
+            offsets.len()
+        );
         let none = Vec::new();
         Ok((0..states as usize)
             .map(|r| self.search_one(&u[r * self.dim..(r + 1) * self.dim], offsets.get(r).unwrap_or(&none), k))
