@@ -722,6 +722,12 @@ impl<S: DqnState> Dqn<S> {
         self.search = self.args.dqn_search.resolved(self.net_cfg.head, n_actions);
         if self.args.dqn_search == Search::Auto && self.net_cfg.head == Head::Tower {
             tracing::info!(search = ?self.search, n_actions, limit = IVF_ABOVE, "dqn search auto: exact up to the limit, ivf above");
+        } else if self.args.dqn_search == Search::Ivf && self.search != Search::Ivf {
+            tracing::warn!(
+                head = ?self.net_cfg.head,
+                n_actions,
+                "dqn search: --dqn-search ivf asked, but the dense head scores every action; exact runs"
+            );
         }
         tch::manual_seed(i64::from_le_bytes(self.seed.to_le_bytes()));
         let mut learner = Learner::new(&self.net_cfg, n_actions, &self.args.hyper(self.seed), self.device)?;
