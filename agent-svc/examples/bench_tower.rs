@@ -217,7 +217,7 @@ fn main() -> anyhow::Result<()> {
 
     let ivf_cfg = IvfConfig {
         lists: a.ivf_lists,
-        probe: a.ivf_probe.first().copied().unwrap_or(16),
+        probe: *a.ivf_probe.first().ok_or_else(|| anyhow::anyhow!("--ivf-probe needs at least one value"))?,
         popular: a.ivf_popular,
         recluster_every: 20,
         iterations: 8,

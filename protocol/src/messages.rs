@@ -85,7 +85,7 @@ pub const FASHION_INTERACTIVE_ENV: &str = "fashion-interactive-v1";
 impl StateMsg {
     /// The environment's name: the env id before its `/`.
     pub fn env_name(&self) -> &str {
-        self.env_id.split('/').next().unwrap_or_default()
+        self.env_id.split_once('/').map_or(self.env_id.as_str(), |(name, _)| name)
     }
 
     /// Whether the user's next products depend on the recommendations (the interactive user

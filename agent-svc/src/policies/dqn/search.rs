@@ -111,7 +111,7 @@ impl Ivf {
     /// Takes a new snapshot's vectors and biases (the same items): each item stays in its list
     /// and the centroids move to their members' means. See [`Ivf::recluster_due`].
     pub fn refresh(&mut self, v: &Tensor, b: &Tensor) -> anyhow::Result<()> {
-        let n = v.size().first().copied().unwrap_or(0);
+        let (n, _) = v.size2().context("item vectors must be [items, dim]")?;
         anyhow::ensure!(
             n as usize == self.list_of.len(),
             "a refresh must keep the items ({n} vs {})",
@@ -172,7 +172,13 @@ impl Ivf {
         );
         let none = Vec::new();
         Ok((0..states as usize)
-            .map(|r| self.search_one(&u[r * self.dim..(r + 1) * self.dim], offsets.get(r).unwrap_or(&none), k))
+            .map(|r| {
+                self.search_one(
+                    &u[r * self.dim..(r + 1) * self.dim],
+                    if offsets.is_empty() { &none } else { &offsets[r] },
+                    k,
+                )
+            })
             .collect())
     }
 
@@ -409,7 +415,7 @@ mod tests {
                 cell += f64::from(o);
             }
         }
-        Vec::<Vec<i64>>::try_from(q.topk(k, 1, true, true).1).unwrap_or_default()
+        Vec::<Vec<i64>>::try_from(q.topk(k, 1, true, true).1).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -445,7 +451,9 @@ mod tests {
         assert!(hits >= 45, "recall@1 {hits}/50 with 5 of 20 lists probed on clustered items");
         // An item outside the probed lists is a candidate through a pair of the state's product.
         let probed_best = got[0][0].0;
-        let far = (0..2_000).find(|&i| ivf.list_of[i as usize] != ivf.list_of[probed_best as usize]).unwrap_or(0);
+        let far = (0..2_000)
+            .find(|&i| ivf.list_of[i as usize] != ivf.list_of[probed_best as usize])
+            .unwrap_or_else(|| panic!("every item in one list"));
         let pair = ivf.search(&u.narrow(0, 0, 1), &[vec![(far, 1e6)]], 1).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(pair[0][0].0, far);
         // ... or through its bias. A zero state scores each item by its bias and probes the list
@@ -457,8 +465,12 @@ mod tests {
             let lifted = ivf.list_of[0];
             let biggest_other =
                 (0..20u32).filter(|&l| l != lifted).max_by_key(|&l| ivf.list_of.iter().filter(|&&x| x == l).count());
-            let star = ivf.list_of.iter().position(|&l| Some(l) == biggest_other).unwrap_or(0) as i64;
-            let mut b2 = Vec::<f32>::try_from(&b).unwrap_or_default();
+            let star = ivf
+                .list_of
+                .iter()
+                .position(|&l| Some(l) == biggest_other)
+                .unwrap_or_else(|| panic!("no item in a second list")) as i64;
+            let mut b2 = Vec::<f32>::try_from(&b).unwrap_or_else(|e| panic!("{e}"));
             for (i, l) in ivf.list_of.iter().enumerate() {
                 if *l == lifted {
                     b2[i] = 1.0;
