@@ -143,6 +143,7 @@ fn generate(seed: u64, n: u64, mut emit: impl FnMut(Msg)) {
                     user_id: user.clone(),
                     n_actions: N_ACTIONS,
                     catalog: None,
+                    accept_prob: None,
                     observation: product(&mut rng),
                     last_action: None,
                     reward: if step > 0 && rng.random_bool(0.16) { 1.0 } else { 0.0 },

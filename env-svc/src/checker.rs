@@ -9,7 +9,8 @@
 //! summary counts exactly the steps and episodes seen. Under the interactive user model (env id
 //! `fashion-interactive-v1`) the user's path depends on the actions: each step moves to the next
 //! product, or (reward 1) to the recommended one where the user reviews it later; an early end
-//! only follows a recommendation of no later product (the user left). [`check_recogym_run`] does the same for
+//! only follows a recommendation of no later product (the user left); every state carries the
+//! model's acceptance probability (replay states none). [`check_recogym_run`] does the same for
 //! RecoGym runs by replaying every user through the simulator.
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,6 +47,15 @@ pub fn check_run(
         }
         if s.terminated && s.truncated {
             v.push(format!("{}/{}: both terminated and truncated", s.episode_id, s.step));
+        }
+        if s.steered() != s.accept_prob.is_some_and(|p| (0.0..=1.0).contains(&p)) {
+            v.push(format!(
+                "{}/{}: acceptance probability {:?} under env {} (interactive states carry one in [0, 1], replay states none)",
+                s.episode_id,
+                s.step,
+                s.accept_prob,
+                s.env_name()
+            ));
         }
         let steps = episodes.entry(s.episode_id.as_str()).or_default();
         if let Some(prev) = steps.get(&s.step) {

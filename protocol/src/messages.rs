@@ -15,9 +15,10 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Version of the message layout; bumped on every change to the types in this module (3: the
-/// optional `last_action` and `catalog` of [`StateMsg`]; 2: the optional `ps_all` of [`ActionMsg`]).
-pub const SCHEMA_VERSION: u32 = 3;
+/// Version of the message layout; bumped on every change to the types in this module (4: the
+/// optional `accept_prob` of [`StateMsg`]; 3: its optional `last_action` and `catalog`; 2: the
+/// optional `ps_all` of [`ActionMsg`]).
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Fields every message carries; lets transports and the archiver treat both topics alike.
 pub trait Envelope {
@@ -122,6 +123,13 @@ pub struct StateMsg {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9a-f]{16}$"))]
     pub catalog: Option<String>,
+    /// The interactive user model's probability of accepting a recommended product the user
+    /// reviews later (`env-svc --accept-prob`); absent under the replay model. Published so that
+    /// an agent can learn soundly from the product the user went on to: recommending it would
+    /// have earned `accept_prob` in expectation and led to this same state (docs/DQN.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub accept_prob: Option<f64>,
     /// The current product.
     pub observation: ProductObs,
     /// The action the env applied at the previous step, whose reward `reward` reports (None at
@@ -323,6 +331,7 @@ pub mod examples {
             user_id: "A1B2C3".into(),
             n_actions: 1024,
             catalog: None,
+            accept_prob: None,
             observation: ProductObs {
                 asin: "B00ABCDEF1".into(),
                 index: 17,

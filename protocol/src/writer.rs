@@ -179,7 +179,7 @@ mod tests {
 
     fn new_state() -> StateMsg {
         let mut s = examples::state();
-        (s.step, s.last_action, s.catalog) = (1, Some(42), Some("0123456789abcdef".into()));
+        (s.step, s.last_action, s.catalog, s.accept_prob) = (1, Some(42), Some("0123456789abcdef".into()), Some(0.5));
         s
     }
 
@@ -196,11 +196,11 @@ mod tests {
     }
 
     #[test]
-    fn the_old_schema_has_the_old_struct_s_fields_and_the_new_one_two_more() {
+    fn the_old_schema_has_the_old_struct_s_fields_and_the_new_one_three_more() {
         let old = property_names(&old_schema());
         assert_eq!(old, property_names(&crate::schema::schema_of::<OldStateMsg>()));
         let mut expected = old;
-        expected.extend(["catalog".to_string(), "last_action".to_string()]);
+        expected.extend(["accept_prob", "catalog", "last_action"].map(String::from));
         expected.sort();
         assert_eq!(property_names(&crate::schema::schema_of::<StateMsg>()), expected);
         assert_eq!(old_schema()["required"], crate::schema::schema_of::<StateMsg>()["required"], "both are optional");

@@ -75,6 +75,10 @@ pub struct PolicyReport {
     pub length: Interval,
     /// Test episodes played.
     pub episodes: usize,
+    /// Wall time of the training episodes, the learner's catching up included, seconds.
+    pub train_s: f64,
+    /// Wall time of the test episodes, seconds.
+    pub test_s: f64,
     /// The same metrics on the test steps whose next product is rare in training.
     pub rare: RareSlice,
 }
@@ -214,6 +218,7 @@ pub async fn evaluate(
     cfg: &EvalConfig,
 ) -> anyhow::Result<(PolicyReport, Vec<f64>)> {
     let name = core.policy_name();
+    let started = std::time::Instant::now();
     let (mut policy, returns) = if cfg.train_episodes > 0 {
         let train = episodes(Split::Train, cfg.train_episodes, cfg);
         let trained =
@@ -223,6 +228,8 @@ pub async fn evaluate(
         (core.into_policy(), Vec::new())
     };
     policy.set_eval(true)?;
+    let train_s = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
     let scores = Arc::new(Mutex::new(Scores { rare: rare_products(&dataset), ..Scores::default() }));
     let evaluator = Evaluator { inner: policy, scores: scores.clone() };
     let test_users = dataset.users_in(Split::Test).len();
@@ -230,6 +237,7 @@ pub async fn evaluate(
     let test = episodes(Split::Test, test_users, cfg);
     let outcome = crate::run_memory_with(dataset, &test, (core, 256), 1024, CancellationToken::new()).await?;
     anyhow::ensure!(outcome.summary.episodes as usize == test_users, "{name}: not every test episode finished");
+    let test_s = started.elapsed().as_secs_f64();
     let scores = scores.lock().map_err(|_| anyhow::anyhow!("scores poisoned"))?;
     let per: Vec<&EpisodeScore> = scores.episodes.values().filter(|e| e.steps > 0).collect();
     let rate = |f: fn(&EpisodeScore) -> f64| -> Vec<f64> { per.iter().map(|e| f(e) / f64::from(e.steps)).collect() };
@@ -243,6 +251,8 @@ pub async fn evaluate(
         ret: Interval::of(&per.iter().map(|e| e.reward).collect::<Vec<_>>()),
         length: Interval::of(&per.iter().map(|e| f64::from(e.steps)).collect::<Vec<_>>()),
         episodes: per.len(),
+        train_s,
+        test_s,
         rare: RareSlice {
             below: RARE_BELOW,
             steps: rare.iter().map(|e| u64::from(e.rare_steps)).sum(),

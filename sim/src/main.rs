@@ -129,12 +129,11 @@ async fn main() -> anyhow::Result<()> {
                 let mut args = agent.clone();
                 args.policy = kind;
                 args.agent_seed = seed;
-                let started = std::time::Instant::now();
                 let (r, returns) = sim::eval::evaluate(ds.clone(), args.try_build()?, &cfg).await?;
                 let name = format!("{kind:?}").to_lowercase();
                 println!(
                     "  {name:<13} reward rate {:.4} [{:.4}, {:.4}]  HR@10 {:.4}  NDCG@10 {:.4}  return {:.3} [{:.3}, {:.3}]  \
-                     length {:.2} [{:.2}, {:.2}]  ({:.1} s)",
+                     length {:.2} [{:.2}, {:.2}]  (train {:.1} s, test {:.1} s)",
                     r.reward_rate.mean,
                     r.reward_rate.lo,
                     r.reward_rate.hi,
@@ -146,7 +145,8 @@ async fn main() -> anyhow::Result<()> {
                     r.length.mean,
                     r.length.lo,
                     r.length.hi,
-                    started.elapsed().as_secs_f64()
+                    r.train_s,
+                    r.test_s
                 );
                 curves.push((name.clone(), returns));
                 report.insert(name, r);

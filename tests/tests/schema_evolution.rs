@@ -1,5 +1,5 @@
 //! Schema evolution through the real stack: the fashion state schema as it was
-//! (`protocol/schemas/history/fashion_state-value.v2.json`) and as it is (two more optional
+//! (`protocol/schemas/history/fashion_state-value.v2.json`) and as it is (three more optional
 //! fields) are registered as two versions of one subject with BACKWARD compatibility; records
 //! framed with either id are read by a consumer built before the fields existed and by one built
 //! after, each record validated against the schema its frame names. Records framed with an id
@@ -107,6 +107,8 @@ fn new_state(step: u32) -> StateMsg {
     (s.episode_id, s.step) = (format!("ep-new-{step}"), step);
     // Step 0 has no previous action; every state names its catalogue.
     (s.last_action, s.catalog) = ((step > 0).then_some(step + 100), Some(format!("{:016x}", 0xfeed_u64 + 1)));
+    // The interactive user model's states carry its acceptance probability.
+    s.accept_prob = Some(0.5);
     s
 }
 

@@ -187,7 +187,10 @@ async fn the_interactive_user_model_runs_through_the_same_pipeline_and_passes_th
     ];
     let (states, actions, outcome) = run_in_memory(&dataset, &flags).await;
     assert_eq!(outcome.summary.episodes, 300);
-    assert!(states.iter().all(|(_, s)| s.env_id.starts_with("fashion-interactive-v1/")), "the states say the model");
+    assert!(
+        states.iter().all(|(_, s)| s.env_id.starts_with("fashion-interactive-v1/") && s.accept_prob == Some(0.7)),
+        "the states say the model and its acceptance probability"
+    );
     let violations = check_run(&dataset, 50, &states, &actions, &outcome.summary);
     assert!(violations.is_empty(), "{:?}", &violations[..violations.len().min(5)]);
     // Both effects of the actions happened: accepted products beyond the next one (skips), and
@@ -230,6 +233,7 @@ fn checker_catches_a_user_who_left_after_a_product_they_review_later() {
     let mut s0 = protocol::messages::examples::state();
     (s0.env_id, s0.episode_id, s0.user_id, s0.n_actions, s0.observation.index) =
         ("fashion-interactive-v1/t".into(), "ep".into(), "user-0".into(), 10, 1);
+    s0.accept_prob = Some(0.5);
     let mut s1 = s0.clone();
     (s1.step, s1.observation.index, s1.reward, s1.terminated) = (1, 2, 0.0, true);
     let mut a0 = protocol::messages::examples::action();

@@ -27,8 +27,11 @@
 //! all; a recommendation of nothing the user wants risks the rest of the episode. So what is
 //! best now (any later product, accepted with the same probability) is not what is best for
 //! the return (the nearest later product, and no risky guesses), which is what a discount
-//! `gamma > 0` can learn and `gamma 0` cannot. Hindsight relabelling is unsound here (what
-//! follows depends on the action): agents refuse it on these states. The user's coins come
+//! `gamma > 0` can learn and `gamma 0` cannot. Relabelling a step with the products seen later
+//! is unsound here (what follows depends on the action); one relabelling stays sound, and each
+//! state publishes `accept` (`accept_prob`) for it: after a declined recommendation (reward 0)
+//! that did not end the episode, the user is at the next product of the sequence, exactly
+//! where recommending that product would have taken them, with expected reward `accept`. The user's coins come
 //! from a generator seeded by the run's seed and the episode's number, so a run is
 //! reproducible. The random baseline's expected reward per step is `accept × (distinct later
 //! products) / n_actions`.
@@ -113,6 +116,14 @@ impl UserModel {
             UserModel::Interactive { .. } => protocol::FASHION_INTERACTIVE_ENV,
         }
     }
+
+    /// The acceptance probability every state of this model publishes (`None`: replay).
+    pub fn accept_prob(self) -> Option<f64> {
+        match self {
+            UserModel::Replay => None,
+            UserModel::Interactive { accept, .. } => Some(accept),
+        }
+    }
 }
 
 impl FashionEnv {
@@ -160,6 +171,7 @@ impl FashionEnv {
             user_id: episode.user(ds).user_id.clone(),
             n_actions: ds.n_actions(),
             catalog: Some(self.catalog.clone()),
+            accept_prob: self.user_model.accept_prob(),
             observation: ProductObs {
                 asin: product.id.clone(),
                 index: product.index,
@@ -396,10 +408,14 @@ mod tests {
     #[test]
     fn the_user_model_names_the_env_and_replay_is_the_papers() {
         let ds = Arc::new(dataset_with_users(10, &[&[1, 2, 3]]));
-        let env = FashionEnv::new(ds.clone(), vec![0], 1, 50, 0, "all");
+        let mut env = FashionEnv::new(ds.clone(), vec![0], 1, 50, 0, "all");
         assert_eq!(env.name(), "fashion-v1");
-        let env = env.with_user_model(UserModel::Interactive { accept: 0.5, leave: 0.1 });
+        let head = Head { env_id: "fashion-v1/t", episode_id: "e" };
+        let first = |env: &mut FashionEnv| env.start(0, head).map(|(_, s)| s.accept_prob);
+        assert_eq!(first(&mut env), Some(None), "replay states publish no acceptance probability");
+        let mut env = env.with_user_model(UserModel::Interactive { accept: 0.25, leave: 0.1 });
         assert_eq!(env.name(), "fashion-interactive-v1");
+        assert_eq!(first(&mut env), Some(Some(0.25)), "every interactive state publishes it, for relabelling");
         // Replay pays any later product and never jumps: the paper's environment.
         let mut ep = Episode::new(0, 50);
         assert_eq!((ep.step(&ds, 3).reward, ep.current(&ds)), (1.0, 2));

@@ -40,6 +40,8 @@ pub struct Hyper {
     pub gamma: f64,
     /// Adam's learning rate.
     pub lr: f64,
+    /// Adam's learning rate for the wide table, when not `lr`.
+    pub wide_lr: Option<f64>,
     /// Transitions per gradient step.
     pub batch_size: usize,
     /// Transitions the replay buffer keeps.
@@ -192,7 +194,13 @@ impl Learner {
         let target = Net::new(&target_vs.root(), net_cfg, n_actions);
         let (online_vars, target_vars) = (net::vars(&online_vs), net::vars(&target_vs));
         net::assign(&target_vars, &online_vars).context("failed to copy the online network into the target")?;
-        let opt = Adam::new(&online_vs, hp.lr, "embedding.weight", "wide");
+        let mut opt = Adam::new(&online_vs, hp.lr, "embedding.weight", "wide");
+        if let Some(lr) = hp.wide_lr {
+            anyhow::ensure!(
+                opt.set_lr(&["wide", "wide_pairs"], lr) > 0,
+                "--dqn-wide-lr: the network has no wide table (--dqn-wide true)"
+            );
+        }
         Ok(Self {
             hp: hp.clone(),
             net_cfg: net_cfg.clone(),
@@ -610,6 +618,7 @@ mod tests {
         Hyper {
             gamma: 0.9,
             lr: 1e-2,
+            wide_lr: None,
             batch_size: 8,
             replay_capacity: 100,
             learning_starts: 1,

@@ -111,10 +111,12 @@ pub struct DqnArgs {
     pub dqn_backpressure: bool,
     /// What is learned in hindsight from the states that follow, besides the action taken:
     /// `off` nothing; `next` also that the user's next product (shown by the next state) would
-    /// have paid reward 1; `future` (full feedback) at the episode's end, each step learns a
-    /// target for every action: `decay^(k-1)` for a product the user went on to see `k` steps
-    /// later (see `--dqn-hindsight-decay`), 0 for all others. Sound here because a
-    /// recommendation never changes what the user does next. Uses only what the stream showed.
+    /// have paid reward 1 (the interactive user model: its acceptance probability, and only
+    /// after a declined recommendation that did not end the episode); `future` (full feedback)
+    /// at the episode's end, each step learns a target for every action: `decay^(k-1)` for a
+    /// product the user went on to see `k` steps later (see `--dqn-hindsight-decay`), 0 for all
+    /// others, sound only where a recommendation never changes what the user does next (the
+    /// replay model; refused elsewhere). Uses only what the stream showed.
     #[arg(long, env = "DQN_HINDSIGHT", value_enum, default_value_t = Hindsight::Off)]
     pub dqn_hindsight: Hindsight,
     /// `future` hindsight: the target of a product first seen `k` steps later is `decay^(k-1)`.
@@ -140,6 +142,12 @@ pub struct DqnArgs {
     /// 4,096 actions, `tower` above, decided on the first state and logged). See docs/DQN.md.
     #[arg(long, env = "DQN_HEAD", value_enum, default_value_t = Head::Dense)]
     pub dqn_head: Head,
+    /// Adam's learning rate for the wide table (`--dqn-wide`, dense or sparse); unset: `--dqn-lr`.
+    /// Wide & Deep trains its memorising part faster than its generalising one: a pair seen a
+    /// few times moves by about this rate per sighting (Adam's step size), so at catalogue scale,
+    /// where most pairs are seen once or twice, `--dqn-lr` leaves them near 0 (docs/DQN.md).
+    #[arg(long, env = "DQN_WIDE_LR")]
+    pub dqn_wide_lr: Option<f64>,
     /// Most (product, action) pairs the sparse wide table of `--dqn-head tower` holds (4 bytes
     /// each per copy); pairs beyond get no offset.
     #[arg(long, env = "DQN_WIDE_PAIRS", default_value_t = 1_000_000)]
@@ -325,6 +333,7 @@ impl DqnArgs {
         Hyper {
             gamma: self.dqn_gamma,
             lr: self.dqn_lr,
+            wide_lr: self.dqn_wide_lr,
             batch_size: self.dqn_batch_size.max(1),
             replay_capacity: self.dqn_replay_capacity.max(1),
             learning_starts: self.dqn_learning_starts,
@@ -383,6 +392,10 @@ impl DqnArgs {
         anyhow::ensure!(self.dqn_queue > 0, "--dqn-queue must be positive");
         anyhow::ensure!(unit(self.dqn_hindsight_decay), "--dqn-hindsight-decay must be in [0, 1]");
         anyhow::ensure!(self.dqn_negative_weight >= 0.0, "--dqn-negative-weight must be >= 0");
+        if let Some(lr) = self.dqn_wide_lr {
+            anyhow::ensure!(lr > 0.0, "--dqn-wide-lr must be positive");
+            anyhow::ensure!(self.dqn_wide, "--dqn-wide-lr is the wide table's: it needs --dqn-wide true");
+        }
         Ok(())
     }
 
@@ -411,7 +424,9 @@ pub enum CheckpointMismatch {
 pub enum Hindsight {
     /// Only the transition of the action taken.
     Off,
-    /// Also the next product, relabelled with reward 1.
+    /// Also the next product, relabelled with the reward recommending it would have earned
+    /// (replay: 1; the interactive user model: its acceptance probability, after a declined
+    /// recommendation that did not end the episode; see [`Relabel`]).
     Next,
     /// Full feedback at the episode's end: the reward of every action at every step.
     Future,
@@ -543,8 +558,23 @@ pub trait DqnState {
     /// A step limit cut the episode (bootstrapping goes on).
     fn truncated(&self) -> bool;
     /// Whether what the user does next depends on the recommendations (fashion's interactive
-    /// user model, RecoGym), which makes `--dqn-hindsight` relabelling unsound: refused.
+    /// user model, RecoGym), which makes `--dqn-hindsight future` unsound: refused.
     fn steered(&self) -> bool;
+    /// What `--dqn-hindsight next` may learn from this state about the step that led to it.
+    fn relabel(&self) -> Relabel;
+}
+
+/// What `--dqn-hindsight next` may learn from a state about the step that led to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Relabel {
+    /// Recommending the item this state points at would have earned this reward (in
+    /// expectation) and led to this same state.
+    Reward(f32),
+    /// Sound in this environment, but not for this step: the action took the user somewhere
+    /// else than the relabelled one would have, or ended the episode where it would not have.
+    NotHere,
+    /// The environment offers no sound relabelling.
+    Unsound,
 }
 
 impl DqnState for StateMsg {
@@ -580,6 +610,18 @@ impl DqnState for StateMsg {
     }
     fn steered(&self) -> bool {
         StateMsg::steered(self)
+    }
+    fn relabel(&self) -> Relabel {
+        match (self.steered(), self.accept_prob) {
+            // Replay: the next product is reviewed later whatever was recommended.
+            (false, _) => Relabel::Reward(1.0),
+            // Interactive: a declined recommendation that did not end the episode left the user
+            // at the next product, where recommending it would have taken them; it is accepted
+            // with probability `accept_prob` (env-svc's fashion module documents the model).
+            (true, Some(p)) if self.reward == 0.0 && !self.terminated => Relabel::Reward(p as f32),
+            (true, Some(_)) => Relabel::NotHere,
+            (true, None) => Relabel::Unsound,
+        }
     }
 }
 
@@ -789,15 +831,32 @@ impl<S: DqnState> Dqn<S> {
             }
         }
         let live = self.live.as_mut().context("dqn has no network yet: it is built on the first state")?;
-        if let Some(s) = states.iter().find(|s| s.steered()).filter(|_| self.args.dqn_hindsight != Hindsight::Off) {
-            anyhow::bail!(
-                "state {}#{} comes from an environment where the recommendations change what the user does next, \
-                 so --dqn-hindsight {:?} (relabelling a step with the products seen later) would learn from \
-                 outcomes the actions caused; use --dqn-hindsight off",
-                s.episode_id(),
-                s.step(),
-                self.args.dqn_hindsight,
-            );
+        match self.args.dqn_hindsight {
+            Hindsight::Off => {}
+            Hindsight::Next => {
+                if let Some(s) = states.iter().find(|s| s.relabel() == Relabel::Unsound) {
+                    anyhow::bail!(
+                        "state {}#{} comes from an environment that offers no sound relabelling (its \
+                         recommendations change what the user does next, and it publishes no acceptance \
+                         probability), so --dqn-hindsight next would learn from outcomes the actions caused; \
+                         use --dqn-hindsight off",
+                        s.episode_id(),
+                        s.step(),
+                    );
+                }
+            }
+            Hindsight::Future => {
+                if let Some(s) = states.iter().find(|s| s.steered()) {
+                    anyhow::bail!(
+                        "state {}#{} comes from an environment where the recommendations change what the user \
+                         does next, so --dqn-hindsight future (relabelling a step with the products seen later) \
+                         would learn from outcomes the actions caused; use --dqn-hindsight next where the \
+                         environment allows it (fashion's interactive user model) or off",
+                        s.episode_id(),
+                        s.step(),
+                    );
+                }
+            }
         }
         if let Some(s) =
             states.iter().find(|s| s.n_actions() != live.n_actions || s.catalog() != live.catalog.as_deref())
@@ -1085,11 +1144,15 @@ impl<S: DqnState> Policy<S> for Dqn<S> {
         let batch: Vec<Transition> = match self.args.dqn_hindsight {
             Hindsight::Off => vec![t],
             Hindsight::Next => {
-                let relabelled = (next != fb.action && next < n_actions).then(|| Transition {
-                    action: i64::from(next),
-                    reward: 1.0,
-                    ..t.clone()
-                });
+                let relabelled = match fb.next.relabel() {
+                    Relabel::Reward(reward) if next != fb.action && next < n_actions => {
+                        Some(Transition { action: i64::from(next), reward, ..t.clone() })
+                    }
+                    Relabel::Reward(_) | Relabel::NotHere => None,
+                    Relabel::Unsound => {
+                        anyhow::bail!("--dqn-hindsight next on a state that offers no sound relabelling")
+                    }
+                };
                 std::iter::once(t).chain(relabelled).collect()
             }
             Hindsight::Future => {

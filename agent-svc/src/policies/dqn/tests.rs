@@ -425,16 +425,94 @@ fn hindsight_is_refused_on_states_whose_user_the_recommendations_steer() {
     let _rng = net::torch_rng_guard();
     let mut steered = state("red", 10, 0);
     steered.env_id = format!("{}/run", protocol::FASHION_INTERACTIVE_ENV);
-    let future = DqnArgs { dqn_hindsight: Hindsight::Future, ..small(None) };
-    let mut dqn = Dqn::<StateMsg>::new(&future, 1).unwrap_or_else(|e| panic!("{e:#}"));
-    let err = match dqn.act(&[&steered], &mut ChaCha8Rng::seed_from_u64(0)) {
-        Ok(_) => panic!("hindsight on a steered state must be refused"),
-        Err(e) => format!("{e:#}"),
+    steered.accept_prob = Some(0.5);
+    let refused = |hindsight: Hindsight, s: &StateMsg| -> String {
+        let args = DqnArgs { dqn_hindsight: hindsight, ..small(None) };
+        let mut dqn = Dqn::<StateMsg>::new(&args, 1).unwrap_or_else(|e| panic!("{e:#}"));
+        match dqn.act(&[s], &mut ChaCha8Rng::seed_from_u64(0)) {
+            Ok(_) => panic!("--dqn-hindsight {hindsight:?} on {} must be refused", s.env_id),
+            Err(e) => format!("{e:#}"),
+        }
     };
-    assert!(err.contains("--dqn-hindsight off") && err.contains("change what the user does next"), "{err}");
-    // The replayed user (the paper's env) takes hindsight; without it the steered one is served.
+    let served = |hindsight: Hindsight, s: &StateMsg| {
+        let args = DqnArgs { dqn_hindsight: hindsight, ..small(None) };
+        let mut dqn = Dqn::<StateMsg>::new(&args, 1).unwrap_or_else(|e| panic!("{e:#}"));
+        dqn.act(&[s], &mut ChaCha8Rng::seed_from_u64(0)).unwrap_or_else(|e| panic!("{hindsight:?}: {e:#}"));
+    };
+    // Full feedback relabels with products the steered user saw because of the actions.
+    let err = refused(Hindsight::Future, &steered);
+    assert!(err.contains("--dqn-hindsight next") && err.contains("change what the user does next"), "{err}");
+    // The next product is sound where the state publishes its acceptance probability ...
+    served(Hindsight::Next, &steered);
+    // ... and refused where it does not.
+    let err = refused(Hindsight::Next, &StateMsg { accept_prob: None, ..steered.clone() });
+    assert!(err.contains("no sound relabelling") && err.contains("--dqn-hindsight off"), "{err}");
+    // The replayed user (the paper's env) takes either; without hindsight the steered one is served.
     let replayed = state("red", 10, 0);
-    assert!(dqn.act(&[&replayed], &mut ChaCha8Rng::seed_from_u64(0)).is_ok());
-    let mut off = Dqn::<StateMsg>::new(&small(None), 1).unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(off.act(&[&steered], &mut ChaCha8Rng::seed_from_u64(0)).is_ok());
+    served(Hindsight::Future, &replayed);
+    served(Hindsight::Next, &replayed);
+    served(Hindsight::Off, &steered);
+}
+
+#[test]
+fn the_interactive_user_relabels_only_declined_steps_that_went_on_with_the_acceptance_probability() {
+    let mut s = state("red", 10, 3);
+    assert_eq!(s.relabel(), Relabel::Reward(1.0), "replay: the next product always paid 1");
+    s.env_id = format!("{}/run", protocol::FASHION_INTERACTIVE_ENV);
+    s.accept_prob = Some(0.3);
+    assert_eq!(s.relabel(), Relabel::Reward(0.3), "declined, and the user went on to this product");
+    let accepted = StateMsg { reward: 1.0, ..s.clone() };
+    assert_eq!(accepted.relabel(), Relabel::NotHere, "accepted: the user jumped to the recommended product");
+    let ended = StateMsg { terminated: true, ..s.clone() };
+    assert_eq!(ended.relabel(), Relabel::NotHere, "the user may have left because of the action");
+    let truncated = StateMsg { truncated: true, ..s.clone() };
+    assert_eq!(truncated.relabel(), Relabel::Reward(0.3), "a step limit cuts both alike");
+    assert_eq!(StateMsg { accept_prob: None, ..s }.relabel(), Relabel::Unsound);
+}
+
+#[test]
+fn next_hindsight_on_the_interactive_user_learns_the_next_product_without_choosing_it() {
+    let _rng = net::torch_rng_guard();
+    // Red users go 0 -> 3 -> 4, blue users 1 -> 7 -> 8. The agent acts at random (epsilon 1), and
+    // every recommendation is declined; relabelling the declined steps teaches it the next product.
+    let args = DqnArgs {
+        dqn_hindsight: Hindsight::Next,
+        dqn_id_token: true,
+        dqn_eps_start: 1.0,
+        dqn_eps_end: 1.0,
+        dqn_gamma: 0.0,
+        ..small(None)
+    };
+    let mut dqn = Dqn::<StateMsg>::new(&args, 7).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let product = |color: &str, index: u32, step: u32, episode: usize| {
+        let mut s = state(color, 10, step);
+        s.env_id = format!("{}/run", protocol::FASHION_INTERACTIVE_ENV);
+        s.accept_prob = Some(0.5);
+        s.observation.index = index;
+        s.observation.asin = format!("P{index}");
+        s.episode_id = format!("ep-{episode}");
+        s
+    };
+    for episode in 0..400 {
+        let (color, path) = if episode % 2 == 0 { ("red", [0, 3, 4]) } else { ("blue", [1, 7, 8]) };
+        let mut s = product(color, path[0], 0, episode);
+        for (i, &p) in path[1..].iter().enumerate() {
+            let (a, _) = dqn.act(&[&s], &mut rng).unwrap_or_else(|e| panic!("{e:#}"))[0];
+            let mut next = product(color, p, s.step + 1, episode);
+            // A step limit cuts the episode at its second step: truncated, so still relabelled.
+            (next.reward, next.truncated) = (0.0, i + 2 == path.len());
+            dqn.learn(&Feedback { prev: &s, prev_index: 0, action: a, reward: next.reward, next: &next })
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            s = next;
+        }
+        if episode % 20 == 19 {
+            dqn.flush(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e:#}"));
+        }
+    }
+    dqn.flush(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+    dqn.set_eval(true).unwrap_or_else(|e| panic!("{e:#}"));
+    let states = [product("red", 0, 0, 9_000), product("blue", 1, 0, 9_001), product("red", 3, 1, 9_002)];
+    let top = dqn.top_k(&states.iter().collect::<Vec<_>>(), 1).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(top, [vec![3], vec![7], vec![4]], "each product's next product ranks first");
 }

@@ -19,7 +19,7 @@ use recogym::{Event, Log};
 
 use super::one_hot;
 use crate::policies::{
-    dqn::{Dqn, DqnArgs, DqnState, Hindsight},
+    dqn::{Dqn, DqnArgs, DqnState, Hindsight, Relabel},
     Choice, Feedback, Policy,
 };
 
@@ -93,6 +93,10 @@ impl DqnState for RecoView {
     fn steered(&self) -> bool {
         // A click, and so what follows, depends on the recommendation.
         true
+    }
+    fn relabel(&self) -> Relabel {
+        // What another recommendation would have earned is not observed.
+        Relabel::Unsound
     }
 }
 
