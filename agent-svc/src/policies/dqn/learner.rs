@@ -257,6 +257,12 @@ impl Learner {
         self.active_rows = rows.clamp(RESERVED as i64, Vocab::embedding_rows(self.net_cfg.vocab_size));
     }
 
+    /// The sparse wide table's slots taken and its capacity (`None`: no sparse table).
+    pub fn wide_pairs(&self) -> Option<(usize, usize)> {
+        let index = self.pairs.read().unwrap_or_else(|p| p.into_inner());
+        (index.capacity() > 0 && self.online.has_pairs()).then(|| (index.len(), index.capacity()))
+    }
+
     /// Gradient steps done.
     pub fn updates(&self) -> u64 {
         self.updates
@@ -487,6 +493,7 @@ pub fn run(
     let mut flushes: Vec<SyncSender<u64>> = Vec::new();
     let (mut loss_sum, mut loss_n, mut skipped) = (0.0, 0u64, 0u64);
     let mut last_log = Instant::now();
+    let mut warned_full = false;
     let save = |learner: &Learner| -> Result<u64, String> {
         let Some(path) = &checkpoint_path else { return Ok(learner.updates()) };
         let words = shared.vocab.lock().map_err(|_| "vocabulary lock poisoned".to_string())?.words().to_vec();
@@ -591,14 +598,25 @@ pub fn run(
             }
         }
         if last_log.elapsed() >= Duration::from_secs(10) && loss_n > 0 {
+            let pairs = learner.wide_pairs();
             tracing::info!(
                 updates = learner.updates(),
                 td_loss = loss_sum / loss_n as f64,
                 replay = learner.replay().len(),
                 dropped = shared.dropped.load(Ordering::Relaxed),
                 skipped,
+                wide_pairs = pairs.map(|(taken, _)| taken),
                 "dqn learner"
             );
+            if let Some((taken, capacity)) = pairs.filter(|&(t, c)| t >= c && !warned_full) {
+                // Documented behaviour of the bounded table: new pairs get no offset from here on.
+                tracing::warn!(
+                    taken,
+                    capacity,
+                    "dqn sparse wide table full: new pairs get no offset (--dqn-wide-pairs)"
+                );
+                warned_full = true;
+            }
             (loss_sum, loss_n, last_log) = (0.0, 0, Instant::now());
         }
     }
