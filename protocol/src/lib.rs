@@ -1,6 +1,8 @@
 //! The contract between `env-svc`, `agent-svc` and `archiver`: message types, topic names,
 //! JSON Schemas generated from the types, and the Confluent wire format.
 //!
+//! Also the record format of network weights (`weights`), published in chunks.
+//!
 //! Invariant: this crate does no I/O (no sockets, no files, no clocks), so every service and
 //! every test agrees on the bytes on the wire by construction.
 
@@ -8,6 +10,7 @@ pub mod codec;
 pub mod messages;
 pub mod schema;
 pub mod topics;
+pub mod weights;
 pub mod wire;
 pub mod writer;
 
