@@ -4,7 +4,7 @@
 //! Why chunks: a catalogue-scale network is tens of megabytes (186,192 item vectors of 64
 //! floats are 48 MB), far above Kafka's 1 MB default `max.message.bytes`; raising that limit
 //! to the network's size would make every broker and fetch buffer as large. A version is split
-//! into chunks of at most `chunk_bytes` (1 MiB by default, [`DEFAULT_CHUNK_BYTES`]); each chunk
+//! into chunks of at most `chunk_bytes` (512 KiB by default, [`DEFAULT_CHUNK_BYTES`]); each chunk
 //! is one record keyed `{model}/{index}`, so a compacted topic keeps the newest copy of each
 //! chunk of each model, and a replica that starts late reads the topic from the beginning and
 //! finds the latest complete version.
@@ -22,9 +22,10 @@
 
 use std::collections::BTreeMap;
 
-/// Default size of a chunk's payload: 1 MiB, under Kafka's default `max.message.bytes` (1 MB
-/// plus overhead: the topic is created with a limit that leaves room for key and headers).
-pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
+/// Default size of a chunk's payload: 512 KiB, with key and headers well under the default
+/// limits of the broker (`message.max.bytes`, 1 MiB) and of librdkafka (1,000,000 bytes), so
+/// neither the topic nor any client needs a raised limit.
+pub const DEFAULT_CHUNK_BYTES: usize = 512 << 10;
 
 /// Versions an [`Assembler`] collects at once; a chunk of an older one than these drops it.
 pub const MAX_PARTIAL_VERSIONS: usize = 2;
