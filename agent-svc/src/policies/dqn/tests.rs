@@ -218,37 +218,45 @@ fn full_feedback_targets_decay_with_the_distance_to_each_later_product() {
     );
 }
 
-#[test]
-fn future_hindsight_learns_products_seen_later_without_choosing_them() {
-    let _rng = net::torch_rng_guard();
-    // Episodes start on a "red" or "blue" product; red users go on to see products 3 then 4,
-    // blue users 7 then 8. The agent acts uniformly at random (epsilon 1) and is paid only when
-    // it happens to pick one of them; full feedback teaches it all of them anyway.
+/// A DQN that acts uniformly at random (epsilon 1), learns with `hindsight`, gamma 0.
+fn random_actor(hindsight: Hindsight) -> (Dqn<StateMsg>, ChaCha8Rng) {
     let args = DqnArgs {
-        dqn_hindsight: Hindsight::Future,
+        dqn_hindsight: hindsight,
         dqn_id_token: true,
         dqn_eps_start: 1.0,
         dqn_eps_end: 1.0,
         dqn_gamma: 0.0,
         ..small(None)
     };
-    let mut dqn = Dqn::<StateMsg>::new(&args, 7).unwrap_or_else(|e| panic!("{e:#}"));
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let product = |color: &str, index: u32, step: u32, episode: usize| {
-        let mut s = state(color, 10, step);
-        s.observation.index = index;
-        s.observation.asin = format!("P{index}");
-        s.episode_id = format!("ep-{episode}");
-        s
-    };
+    (Dqn::<StateMsg>::new(&args, 7).unwrap_or_else(|e| panic!("{e:#}")), ChaCha8Rng::seed_from_u64(7))
+}
+
+/// A state at product `index` (id `P{index}`) with the words `color`, of episode `ep-{episode}`.
+fn product(color: &str, index: u32, step: u32, episode: usize) -> StateMsg {
+    let mut s = state(color, 10, step);
+    s.observation.index = index;
+    s.observation.asin = format!("P{index}");
+    s.episode_id = format!("ep-{episode}");
+    s
+}
+
+/// 400 episodes, red users (product 0, then 3, then 4) and blue ones (1, 7, 8) in turn, the
+/// states made by `state`; `outcome(i, action, later, next)` sets what the action at step `i`
+/// earned and whether it ended the episode (`later`: the products after the first). Then the
+/// learner catches up and the DQN turns to evaluation.
+fn play_red_and_blue(
+    dqn: &mut Dqn<StateMsg>,
+    rng: &mut ChaCha8Rng,
+    state: impl Fn(&str, u32, u32, usize) -> StateMsg,
+    outcome: impl Fn(usize, u32, &[u32], &mut StateMsg),
+) {
     for episode in 0..400 {
-        let (color, later) = if episode % 2 == 0 { ("red", [3, 4]) } else { ("blue", [7, 8]) };
-        let mut s = product(color, if color == "red" { 0 } else { 1 }, 0, episode);
+        let (color, first, later) = if episode % 2 == 0 { ("red", 0, [3, 4]) } else { ("blue", 1, [7, 8]) };
+        let mut s = state(color, first, 0, episode);
         for (i, &p) in later.iter().enumerate() {
-            let (a, _) = dqn.act(&[&s], &mut rng).unwrap_or_else(|e| panic!("{e:#}"))[0];
-            let mut next = product(color, p, s.step + 1, episode);
-            next.reward = if later[i..].contains(&a) { 1.0 } else { 0.0 };
-            next.terminated = i + 1 == later.len();
+            let (a, _) = dqn.act(&[&s], rng).unwrap_or_else(|e| panic!("{e:#}"))[0];
+            let mut next = state(color, p, s.step + 1, episode);
+            outcome(i, a, &later, &mut next);
             dqn.learn(&Feedback { prev: &s, prev_index: 0, action: a, reward: next.reward, next: &next })
                 .unwrap_or_else(|e| panic!("{e:#}"));
             s = next;
@@ -259,6 +267,19 @@ fn future_hindsight_learns_products_seen_later_without_choosing_them() {
     }
     dqn.flush(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
     dqn.set_eval(true).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[test]
+fn future_hindsight_learns_products_seen_later_without_choosing_them() {
+    let _rng = net::torch_rng_guard();
+    // Episodes start on a "red" or "blue" product; red users go on to see products 3 then 4,
+    // blue users 7 then 8. The agent acts uniformly at random (epsilon 1) and is paid only when
+    // it happens to pick one of them; full feedback teaches it all of them anyway.
+    let (mut dqn, mut rng) = random_actor(Hindsight::Future);
+    play_red_and_blue(&mut dqn, &mut rng, product, |i, a, later, next| {
+        next.reward = if later[i..].contains(&a) { 1.0 } else { 0.0 };
+        next.terminated = i + 1 == later.len();
+    });
     let (red, blue) = (product("red", 0, 0, 9_000), product("blue", 1, 0, 9_001));
     let mut top: Vec<Vec<u32>> = dqn.top_k(&[&red, &blue], 2).unwrap_or_else(|e| panic!("{e:#}"));
     top.iter_mut().for_each(|t| t.sort_unstable());
@@ -475,43 +496,16 @@ fn next_hindsight_on_the_interactive_user_learns_the_next_product_without_choosi
     let _rng = net::torch_rng_guard();
     // Red users go 0 -> 3 -> 4, blue users 1 -> 7 -> 8. The agent acts at random (epsilon 1), and
     // every recommendation is declined; relabelling the declined steps teaches it the next product.
-    let args = DqnArgs {
-        dqn_hindsight: Hindsight::Next,
-        dqn_id_token: true,
-        dqn_eps_start: 1.0,
-        dqn_eps_end: 1.0,
-        dqn_gamma: 0.0,
-        ..small(None)
-    };
-    let mut dqn = Dqn::<StateMsg>::new(&args, 7).unwrap_or_else(|e| panic!("{e:#}"));
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let (mut dqn, mut rng) = random_actor(Hindsight::Next);
     let product = |color: &str, index: u32, step: u32, episode: usize| {
-        let mut s = state(color, 10, step);
-        s.env_id = format!("{}/run", protocol::FASHION_INTERACTIVE_ENV);
-        s.accept_prob = Some(0.5);
-        s.observation.index = index;
-        s.observation.asin = format!("P{index}");
-        s.episode_id = format!("ep-{episode}");
+        let mut s = product(color, index, step, episode);
+        (s.env_id, s.accept_prob) = (format!("{}/run", protocol::FASHION_INTERACTIVE_ENV), Some(0.5));
         s
     };
-    for episode in 0..400 {
-        let (color, path) = if episode % 2 == 0 { ("red", [0, 3, 4]) } else { ("blue", [1, 7, 8]) };
-        let mut s = product(color, path[0], 0, episode);
-        for (i, &p) in path[1..].iter().enumerate() {
-            let (a, _) = dqn.act(&[&s], &mut rng).unwrap_or_else(|e| panic!("{e:#}"))[0];
-            let mut next = product(color, p, s.step + 1, episode);
-            // A step limit cuts the episode at its second step: truncated, so still relabelled.
-            (next.reward, next.truncated) = (0.0, i + 2 == path.len());
-            dqn.learn(&Feedback { prev: &s, prev_index: 0, action: a, reward: next.reward, next: &next })
-                .unwrap_or_else(|e| panic!("{e:#}"));
-            s = next;
-        }
-        if episode % 20 == 19 {
-            dqn.flush(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e:#}"));
-        }
-    }
-    dqn.flush(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
-    dqn.set_eval(true).unwrap_or_else(|e| panic!("{e:#}"));
+    play_red_and_blue(&mut dqn, &mut rng, product, |i, _, later, next| {
+        // A step limit cuts the episode at its second step: truncated, so still relabelled.
+        (next.reward, next.truncated) = (0.0, i + 1 == later.len());
+    });
     let states = [product("red", 0, 0, 9_000), product("blue", 1, 0, 9_001), product("red", 3, 1, 9_002)];
     let top = dqn.top_k(&states.iter().collect::<Vec<_>>(), 1).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(top, [vec![3], vec![7], vec![4]], "each product's next product ranks first");
