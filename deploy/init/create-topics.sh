@@ -15,15 +15,21 @@ topics_env=${TOPICS_ENV:-$here/../topics.env}
 KAFKA_TOPICS_CMD=${KAFKA_TOPICS_CMD:-kafka-topics}
 BOOTSTRAP_SERVERS=${BOOTSTRAP_SERVERS:-127.0.0.1:9092}
 
-# Every variable of topics.env named *_TOPIC is a topic (an environment declares its three there).
+# Every variable of topics.env named *_TOPIC is a topic (an environment declares its three there);
+# the weights topic (*WEIGHTS_TOPIC) is compacted and has one partition.
 for var in $(sed -n 's/^\([A-Z0-9_]*_TOPIC\)=.*/\1/p' "$topics_env"); do
   eval "topic=\$$var"
   if [ "${1:-}" = --list ]; then echo "$topic"; continue; fi
+  case $var in
+    *WEIGHTS_TOPIC) partitions=1 cleanup=compact ;;
+    *) partitions=$TOPIC_PARTITIONS cleanup=delete ;;
+  esac
   # shellcheck disable=SC2086 # KAFKA_TOPICS_CMD is a command line on purpose
   $KAFKA_TOPICS_CMD --bootstrap-server "$BOOTSTRAP_SERVERS" --create --if-not-exists \
-    --topic "$topic" --partitions "$TOPIC_PARTITIONS" \
+    --topic "$topic" --partitions "$partitions" \
     --replication-factor "$TOPIC_REPLICATION_FACTOR" \
     --config min.insync.replicas="$TOPIC_MIN_ISR" \
-    --config unclean.leader.election.enable=false
-  echo "topic $topic: partitions=$TOPIC_PARTITIONS replication=$TOPIC_REPLICATION_FACTOR min.insync.replicas=$TOPIC_MIN_ISR"
+    --config unclean.leader.election.enable=false \
+    --config cleanup.policy="$cleanup"
+  echo "topic $topic: partitions=$partitions replication=$TOPIC_REPLICATION_FACTOR min.insync.replicas=$TOPIC_MIN_ISR cleanup.policy=$cleanup"
 done

@@ -33,6 +33,7 @@ def parse_describe(text):
                 "partitions": int(fields["PartitionCount"]),
                 "replication_factor": int(fields["ReplicationFactor"]),
                 "min_isr": int(configs.get("min.insync.replicas", "1")),
+                "cleanup_policy": configs.get("cleanup.policy", "delete"),
                 "under_replicated_partitions": 0,
                 "min_in_sync_replicas_seen": None,
             }
@@ -61,7 +62,7 @@ def main():
     env = topics_env(os.environ["TOPICS_ENV"])
     described = parse_describe(os.environ.get("DESCRIBE", ""))
     topics = {}
-    # Every *_TOPIC of topics.env is a topic of some environment.
+    # Every *_TOPIC of topics.env: each environment's three and the weights topic.
     for key in (k for k in env if k.endswith("_TOPIC")):
         name = env[key]
         topics[name] = described.get(name, {"exists": False})

@@ -13,6 +13,9 @@ pub const RECOGYM_STATE_TOPIC: &str = "recogym_state";
 pub const RECOGYM_ACTION_TOPIC: &str = "recogym_action";
 /// RecoGym records that could not be used, with the reason in the headers.
 pub const RECOGYM_DEAD_LETTER_TOPIC: &str = "recogym_dead_letter";
+/// Versioned network weights for the agent replicas, in chunks keyed `{model}/{index}`
+/// (`crate::weights`): compacted, one partition.
+pub const WEIGHTS_TOPIC: &str = "fashion_agent_weights";
 /// What the stack knows of one environment apart from its messages: its name on the command
 /// line and its three topics. Each environment declares one, beside its topic names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

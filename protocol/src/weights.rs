@@ -264,6 +264,8 @@ pub struct Assembler {
     served: Option<u64>,
     partial: BTreeMap<u64, Partial>,
     rejected: u64,
+    /// The last version refused for its shape.
+    wrong_shape: Option<u64>,
 }
 
 impl Assembler {
@@ -275,6 +277,7 @@ impl Assembler {
             served: None,
             partial: BTreeMap::new(),
             rejected: 0,
+            wrong_shape: None,
         }
     }
 
@@ -298,7 +301,10 @@ impl Assembler {
             return Ok(None);
         }
         if let Some(expected) = self.shape.as_ref().filter(|s| **s != chunk.meta.shape) {
-            self.rejected += 1;
+            // Counted once per version, not per chunk.
+            if self.wrong_shape != Some(version) {
+                (self.rejected, self.wrong_shape) = (self.rejected + 1, Some(version));
+            }
             return Err(WeightsError::Shape { version, got: chunk.meta.shape, expected: expected.clone() });
         }
         if !self.partial.contains_key(&version) {
@@ -443,9 +449,10 @@ mod tests {
         let mut a = Assembler::new("fashion-dqn", Some("tower-64"));
         let other = split("recogym-dqn", 1, "mlp", &blob(10, 0), 4);
         assert!(offer_all(&mut a, &other).iter().all(|r| matches!(r, Ok(None))));
-        let wrong = split("fashion-dqn", 1, "mlp", &blob(10, 0), 100);
-        assert!(matches!(offer_all(&mut a, &wrong).pop(), Some(Err(WeightsError::Shape { .. }))));
-        assert_eq!((a.served(), a.rejected()), (None, 1));
+        let wrong = split("fashion-dqn", 1, "mlp", &blob(10, 0), 4);
+        assert_eq!(wrong.len(), 3);
+        assert!(offer_all(&mut a, &wrong).iter().all(|r| matches!(r, Err(WeightsError::Shape { .. }))));
+        assert_eq!((a.served(), a.rejected()), (None, 1), "one version refused, whatever its chunk count");
     }
 
     #[test]

@@ -58,9 +58,11 @@ fn listed(script: &str) -> Vec<String> {
 
 #[test]
 fn every_topic_is_created_and_every_subject_registered_by_the_init_scripts() {
-    // The init scripts take every *_TOPIC of topics.env: each environment's three, no other.
+    // The init scripts take every *_TOPIC of topics.env: each environment's three and the
+    // weights topic, no other.
     let mut created = listed("deploy/init/create-topics.sh");
     let mut expected: Vec<String> = env_topics().into_iter().map(|(_, t)| t.to_string()).collect();
+    expected.push(topics::WEIGHTS_TOPIC.to_string());
     created.sort();
     expected.sort();
     assert_eq!(created, expected, "deploy/init/create-topics.sh creates every environment's topics");
@@ -85,6 +87,7 @@ fn protocol_constants_match_topics_env() {
     let env = topics_env();
     let mut expect: Vec<(String, String)> = env_topics().into_iter().map(|(k, t)| (k, t.to_string())).collect();
     expect.extend([
+        ("AGENT_WEIGHTS_TOPIC".into(), topics::WEIGHTS_TOPIC.to_string()),
         ("TOPIC_PARTITIONS".into(), topics::DEFAULT_PARTITIONS.to_string()),
         ("TOPIC_REPLICATION_FACTOR".into(), topics::REPLICATION_FACTOR.to_string()),
         ("TOPIC_MIN_ISR".into(), topics::MIN_INSYNC_REPLICAS.to_string()),
@@ -92,8 +95,9 @@ fn protocol_constants_match_topics_env() {
     for (key, value) in &expect {
         assert_eq!(env.get(key), Some(value), "deploy/topics.env {key} differs from the protocol crate");
     }
-    // No topic in topics.env that no environment declares.
-    let declared: Vec<String> = env_topics().into_iter().map(|(k, _)| k).collect();
+    // No topic in topics.env that no environment (or the weights' constant) declares.
+    let mut declared: Vec<String> = env_topics().into_iter().map(|(k, _)| k).collect();
+    declared.push("AGENT_WEIGHTS_TOPIC".into());
     let stray: Vec<&String> = env.keys().filter(|k| k.ends_with("_TOPIC") && !declared.contains(k)).collect();
     assert!(stray.is_empty(), "deploy/topics.env has topics of no environment: {stray:?}");
 }

@@ -62,7 +62,12 @@ fn status_reports_brokers_topics_subjects_keyspace_and_processes() {
         assert_eq!(t["min_isr"], 2, "{topic}: {t}");
         assert_eq!(t["under_replicated_partitions"], 0, "{topic}: {t}");
         assert_eq!(t["min_in_sync_replicas_seen"], 3, "{topic}: {t}");
+        assert_eq!(t["cleanup_policy"], "delete", "{topic}: {t}");
     }
+    // The weights topic: compacted, one partition, as durable as the others.
+    let w = &report["topics"][protocol::topics::WEIGHTS_TOPIC];
+    assert_eq!((&w["partitions"], &w["cleanup_policy"]), (&serde_json::json!(1), &serde_json::json!("compact")), "{w}");
+    assert_eq!((&w["replication_factor"], &w["min_isr"]), (&serde_json::json!(3), &serde_json::json!(2)), "{w}");
     let subjects: Vec<&str> = report["subjects"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
     assert!(subjects.contains(&"fashion_state-value") && subjects.contains(&"fashion_action-value"), "{subjects:?}");
     assert!(report["keyspaces"].as_array().into_iter().flatten().any(|k| k == "streamrec"), "{report}");
