@@ -8,6 +8,8 @@
 //!
 //! Layout: `MAGIC`, then three length-prefixed (u64 little-endian) sections: the JSON [`Meta`],
 //! the online weights and the target weights (each as `VarStore::save_to_stream` writes them).
+//! The same bytes, with an empty target section, are what a learner publishes on the weights
+//! topic for serving replicas ([`encode`], [`decode`]; chunked by `protocol::weights`).
 
 use std::{
     fs,
@@ -165,20 +167,36 @@ fn weights_bytes(vs: &VarStore, path: &Path) -> Result<Vec<u8>, CheckpointError>
     Ok(bytes)
 }
 
+/// A checkpoint as bytes (the file's layout): `meta`, `online`'s weights and, when given,
+/// `target`'s (an empty section otherwise: what a serving replica needs is the online network).
+/// `origin` names it in errors. The same bytes are the blob a learner publishes on the weights
+/// topic (`protocol::weights`).
+pub fn encode(
+    meta: &Meta,
+    online: &VarStore,
+    target: Option<&VarStore>,
+    origin: &Path,
+) -> Result<Vec<u8>, CheckpointError> {
+    let json = serde_json::to_vec(meta)
+        .map_err(|e| CheckpointError::Corrupt { path: origin.into(), reason: e.to_string() })?;
+    let online = weights_bytes(online, origin)?;
+    let target = match target {
+        Some(t) => weights_bytes(t, origin)?,
+        None => Vec::new(),
+    };
+    let mut out = Vec::with_capacity(MAGIC.len() + 24 + json.len() + online.len() + target.len());
+    out.extend_from_slice(MAGIC);
+    for section in [&json, &online, &target] {
+        out.extend_from_slice(&(section.len() as u64).to_le_bytes());
+        out.extend_from_slice(section);
+    }
+    Ok(out)
+}
+
 /// Writes a checkpoint of `online` and `target` with `meta` to `path`, atomically.
 pub fn save(path: &Path, meta: &Meta, online: &VarStore, target: &VarStore) -> Result<(), CheckpointError> {
-    let json =
-        serde_json::to_vec(meta).map_err(|e| CheckpointError::Corrupt { path: path.into(), reason: e.to_string() })?;
-    let (online, target) = (weights_bytes(online, path)?, weights_bytes(target, path)?);
-    write_atomic(path, |out| {
-        out.write_all(MAGIC)?;
-        for section in [&json, &online, &target] {
-            out.write_all(&(section.len() as u64).to_le_bytes())?;
-            out.write_all(section)?;
-        }
-        Ok(())
-    })
-    .map_err(|source| CheckpointError::Io { path: path.into(), source })
+    let bytes = encode(meta, online, Some(target), path)?;
+    write_atomic(path, |out| out.write_all(&bytes)).map_err(|source| CheckpointError::Io { path: path.into(), source })
 }
 
 /// Reads the checkpoint at `path`; `Ok(None)` when there is none.
@@ -188,10 +206,14 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(CheckpointError::Io { path: path.into(), source }),
     };
-    let corrupt = |reason: &str| CheckpointError::Corrupt { path: path.into(), reason: reason.into() };
-    let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(|| corrupt("bad magic"))?;
-    let mut sections = Vec::with_capacity(3);
-    let mut rest = rest;
+    decode(&bytes, path).map(Some)
+}
+
+/// A checkpoint from its bytes ([`encode`]); `origin` names it in errors.
+pub fn decode(bytes: &[u8], origin: &Path) -> Result<Checkpoint, CheckpointError> {
+    let corrupt = |reason: &str| CheckpointError::Corrupt { path: origin.into(), reason: reason.into() };
+    let mut rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(|| corrupt("bad magic"))?;
+    let mut sections: Vec<&[u8]> = Vec::with_capacity(3);
     for _ in 0..3 {
         let (len, tail) = rest.split_first_chunk::<8>().ok_or_else(|| corrupt("truncated"))?;
         let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| corrupt("section too long"))?;
@@ -199,17 +221,15 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
             return Err(corrupt("truncated"));
         }
         let (section, tail) = tail.split_at(len);
-        sections.push(section.to_vec());
+        sections.push(section);
         rest = tail;
     }
-    let target = sections.pop().unwrap_or_default();
-    let online = sections.pop().unwrap_or_default();
-    let meta: Meta =
-        serde_json::from_slice(&sections.pop().unwrap_or_default()).map_err(|e| corrupt(&e.to_string()))?;
+    let [meta, online, target] = sections[..] else { return Err(corrupt("truncated")) };
+    let meta: Meta = serde_json::from_slice(meta).map_err(|e| corrupt(&e.to_string()))?;
     if meta.format != FORMAT {
         return Err(corrupt(&format!("layout version {} (this build reads {FORMAT})", meta.format)));
     }
-    Ok(Some(Checkpoint { path: path.into(), meta, online, target }))
+    Ok(Checkpoint { path: origin.into(), meta, online: online.to_vec(), target: target.to_vec() })
 }
 
 impl Checkpoint {
@@ -259,6 +279,12 @@ impl Checkpoint {
         let err = |source| CheckpointError::Weights { path: self.path.clone(), source };
         online.load_from_stream(io::Cursor::new(&self.online)).map_err(err)?;
         if let Some(target) = target {
+            if self.target.is_empty() {
+                return Err(CheckpointError::Corrupt {
+                    path: self.path.clone(),
+                    reason: "it holds no target weights (a serving copy)".into(),
+                });
+            }
             target.load_from_stream(io::Cursor::new(&self.target)).map_err(err)?;
         }
         Ok(())
@@ -306,6 +332,30 @@ mod tests {
         assert!(net.forward(&x, None).equal(&net2.forward(&x, None)), "same Q-values on the same input");
         assert!(_t.forward(&x, None).equal(&target_net2.forward(&x, None)));
         assert!(load(&dir.path().join("none")).unwrap_or_else(|e| panic!("{e}")).is_none());
+    }
+
+    #[test]
+    fn the_bytes_without_target_serve_the_online_network_and_damage_is_named() {
+        let _rng = crate::policies::dqn::net::torch_rng_guard();
+        let cfg = NetConfig::paper(20, 6);
+        let online = VarStore::new(Device::Cpu);
+        let net = Net::new(&online.root(), &cfg, 7);
+        let origin = Path::new("weights version 3");
+        let bytes = encode(&meta(&cfg), &online, None, origin).unwrap_or_else(|e| panic!("{e}"));
+        let ckpt = decode(&bytes, origin).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ckpt.meta, meta(&cfg));
+        let (mut copy, mut target) = (VarStore::new(Device::Cpu), VarStore::new(Device::Cpu));
+        let (served, _) = (Net::new(&copy.root(), &cfg, 7), Net::new(&target.root(), &cfg, 7));
+        let e = ckpt.load_into(&mut copy, Some(&mut target)).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("no target weights")), "{e:?}");
+        ckpt.load_into(&mut copy, None).unwrap_or_else(|e| panic!("{e}"));
+        let x = batch_ids(&[&[2, 3, 4], &[5]], Device::Cpu);
+        assert!(net.forward(&x, None).equal(&served.forward(&x, None)), "same Q-values on the same input");
+        // Cut anywhere, the bytes are refused with the reason and where they came from.
+        for cut in [20, 40, bytes.len() - 1] {
+            let e = decode(&bytes[..cut], origin).err().map(|e| e.to_string());
+            assert!(e.as_deref().is_some_and(|e| e.contains("weights version 3") && e.contains("truncated")), "{e:?}");
+        }
     }
 
     #[test]
