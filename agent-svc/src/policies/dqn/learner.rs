@@ -504,7 +504,10 @@ pub fn run(
     'outer: loop {
         // Handle what arrived; wait for more only when no update is owed.
         for _ in 0..MAX_DRAIN {
-            if learner.hp.backpressure && learner.ready() && owed >= learner.hp.max_owed.max(1.0) {
+            // With backpressure, read a transition only when the updates it brings fit under
+            // `max_owed`: none is ever skipped, whatever `--dqn-train-ratio`.
+            let max_owed = learner.hp.max_owed.max(learner.hp.train_ratio).max(1.0);
+            if learner.hp.backpressure && learner.ready() && owed + learner.hp.train_ratio > max_owed {
                 break;
             }
             let busy = owed >= 1.0 && learner.ready();

@@ -148,6 +148,28 @@ fn learns_a_two_context_problem_well_beyond_random() {
 }
 
 #[test]
+fn with_backpressure_no_update_is_skipped_whatever_the_train_ratio() {
+    let _rng = net::torch_rng_guard();
+    // Two updates owed per transition, at most three owed at a time: the learner must stop
+    // reading (the agent then waits) rather than skip.
+    let args = DqnArgs {
+        dqn_backpressure: true,
+        dqn_train_ratio: 2.0,
+        dqn_max_owed: 3,
+        dqn_learning_starts: 10,
+        ..small(None)
+    };
+    let mut dqn = Dqn::<StateMsg>::new(&args, 3).unwrap_or_else(|e| panic!("{e:#}"));
+    for step in 0..200 {
+        let (s, next) = (state("red", 10, step), state("blue", 10, step + 1));
+        dqn.learn(&Feedback { prev: &s, prev_index: 0, action: 3, reward: 0.0, next: &next })
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let updates = dqn.flush(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(updates, 2 * (200 - 10 + 1), "two updates for each transition from the tenth on");
+}
+
+#[test]
 fn resumes_from_its_checkpoint_and_refuses_another_action_space() {
     let _rng = net::torch_rng_guard();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
