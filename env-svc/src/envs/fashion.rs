@@ -31,9 +31,9 @@
 //! is unsound here (what follows depends on the action); one relabelling stays sound, and each
 //! state publishes `accept` (`accept_prob`) for it: after a declined recommendation (reward 0)
 //! that did not end the episode, the user is at the next product of the sequence, exactly
-//! where recommending that product would have taken them, with expected reward `accept`. The user's coins come
-//! from a generator seeded by the run's seed and the episode's number, so a run is
-//! reproducible. The random baseline's expected reward per step is `accept × (distinct later
+//! where recommending that product would have taken them, with expected reward `accept`. The
+//! user's coins come from a generator seeded by the run's seed and the episode's number, so a
+//! run is reproducible. The random baseline's expected reward per step is `accept × (distinct later
 //! products) / n_actions`.
 
 use std::sync::Arc;

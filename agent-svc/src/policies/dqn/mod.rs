@@ -143,9 +143,9 @@ pub struct DqnArgs {
     #[arg(long, env = "DQN_HEAD", value_enum, default_value_t = Head::Dense)]
     pub dqn_head: Head,
     /// Adam's learning rate for the wide table (`--dqn-wide`, dense or sparse); unset: `--dqn-lr`.
-    /// Wide & Deep trains its memorising part faster than its generalising one: a pair seen a
-    /// few times moves by about this rate per sighting (Adam's step size), so at catalogue scale,
-    /// where most pairs are seen once or twice, `--dqn-lr` leaves them near 0 (docs/DQN.md).
+    /// A pair's offset moves by about this rate per sighting (Adam's step size), so a faster
+    /// table memorises pairs seen once or twice; at full size 0.03 scored below the default
+    /// (docs/RESULTS.md), so the presets leave it unset.
     #[arg(long, env = "DQN_WIDE_LR")]
     pub dqn_wide_lr: Option<f64>,
     /// Most (product, action) pairs the sparse wide table of `--dqn-head tower` holds (4 bytes
