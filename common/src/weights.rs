@@ -103,7 +103,7 @@ impl Follower {
                 "weights topic {}: not read to its end ({marks:?}) within {within:?}",
                 self.topic
             );
-            if let Some((_, _, Some(complete))) = self.poll_one(Duration::from_millis(100))? {
+            if let Some(complete) = self.poll_one(Duration::from_millis(100))? {
                 newest = Some(complete);
             }
         }
@@ -126,15 +126,15 @@ impl Follower {
     pub fn next(&mut self, within: Duration) -> anyhow::Result<Option<Complete>> {
         let deadline = std::time::Instant::now() + within;
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            if let Some((_, _, Some(complete))) = self.poll_one(left.min(Duration::from_millis(100)))? {
+            if let Some(complete) = self.poll_one(left.min(Duration::from_millis(100)))? {
                 return Ok(Some(complete));
             }
         }
         Ok(None)
     }
 
-    /// Polls one record: its partition and offset, and the version it completed, if any.
-    fn poll_one(&mut self, timeout: Duration) -> anyhow::Result<Option<(i32, i64, Option<Complete>)>> {
+    /// Polls one record; returns the version it completed, if any.
+    fn poll_one(&mut self, timeout: Duration) -> anyhow::Result<Option<Complete>> {
         let Some(msg) = self.consumer.poll(timeout) else { return Ok(None) };
         let msg = msg.with_context(|| format!("weights topic {}: read failed", self.topic))?;
         let (partition, offset) = (msg.partition(), msg.offset());
@@ -154,7 +154,7 @@ impl Follower {
             Err(why) => {
                 self.malformed += 1;
                 tracing::warn!(topic = %self.topic, partition, offset, error = %why, "weights record refused");
-                return Ok(Some((partition, offset, None)));
+                return Ok(None);
             }
         };
         let complete = match self.assembler.offer(chunk) {
@@ -174,6 +174,6 @@ impl Follower {
         if let Some(c) = &complete {
             tracing::info!(version = c.meta.version, bytes = c.blob.len(), "weights version arrived and verified");
         }
-        Ok(Some((partition, offset, complete)))
+        Ok(complete)
     }
 }
