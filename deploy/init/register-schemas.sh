@@ -21,6 +21,10 @@ ct='Content-Type: application/vnd.schemaregistry.v1+json'
 # Newlines between JSON tokens are insignificant, and JSON strings cannot hold raw newlines.
 escape() { tr -d '\n\r' < "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
 
+# Every request has a deadline and is retried: a registry that never answers one request (seen
+# once after a broker restart) fails the script with curl's error instead of hanging it.
+curl() { command curl --max-time 30 --retry 3 --retry-all-errors "$@"; }
+
 register() { # subject file
   [ -f "$2" ] || { echo "register-schemas: missing schema file $2 (run 'make schemas')" >&2; exit 1; }
   body="{\"schemaType\":\"JSON\",\"schema\":\"$(escape "$2")\"}"
