@@ -3,12 +3,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 STACK := deploy/local/stack.sh
 
-.PHONY: help sim test bench eval recogym libtorch stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build
+.PHONY: help sim test bench eval scaling recogym libtorch stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-sim: ## the main job: a full simulation (DATASET, EPISODES, POLICY, TRANSPORT=kafka|memory)
+sim: ## the main job: a full simulation (DATASET, EPISODES, POLICY, TRANSPORT=kafka|memory, REPLICAS, LEARNING=shared|local)
 	@scripts/sim.sh
 
 test: ## everything: install what is missing, start the stack if needed, run all tests, stop what it started
@@ -20,7 +20,7 @@ libtorch: ## libtorch for tch (the PyPI torch wheel, cached under ~/.cache/strea
 build: libtorch ## build every crate (debug)
 	cargo build --workspace --all-targets
 
-stack-up: ## start ZooKeeper, 3 Kafka brokers, the schema registry and Cassandra on 127.0.0.1
+stack-up: ## start ZooKeeper, 3 Kafka brokers, the schema registry, Cassandra and Prometheus on 127.0.0.1
 	@$(STACK) up
 
 stack-down: ## stop every process of the stack, by pid
@@ -45,8 +45,12 @@ lint: libtorch ## rustfmt and clippy, warnings are errors
 compose-check: ## validate docker-compose.yml without a Docker engine
 	@deploy/tools/compose-check.sh
 
+
 eval: ## train each policy on train users, evaluate on test users: target/eval/report.json + PNG (SIZE=full: the full-size set, target/eval-full/)
 	@scripts/eval.sh
+
+scaling: ## sample efficiency: one learner for 1 or 3 replicas vs 3 replicas learning alone, evaluated frozen on held-out users: target/scaling/report.json
+	@scripts/scaling.sh
 
 recogym: ## RecoGym A/B test through the pipeline (paper's Table 1/Fig 4): target/recogym/ab.json + PNG
 	@scripts/recogym.sh

@@ -7,6 +7,11 @@
 #       DQN agent answering (learning as it goes) instead of random, through Kafka
 #   (d) DQN learner and inference, Rust vs PyTorch, with the paper's network and with the tower
 #       head at 186,637 items; (e) archiver; (f) RecoGym port vs Python
+#   (g) one learner for three replicas: steps per second with 256 concurrent episodes against
+#       the cluster's own limit (Kafka's ProducerPerformance, acks=all, a state-sized record,
+#       halved: a step is two messages), weight staleness, and the learner's updates per
+#       second reading from Kafka against the same learner fed from memory
+#   (h) what the Prometheus metrics cost: steps per second with metrics off and on, alternated
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${STREAMREC_CACHE:-$HOME/.cache/streamrec}
@@ -25,25 +30,7 @@ echo "==> (a) load and preprocess a full-size synthetic dataset"
 full=$(scripts/fullsize.sh "$bin/env-svc")
 "$bin/env-svc" inspect --dataset "$full" --json "$out/load.json" 2> /dev/null | tail -n 3
 
-# Creates a topic (RF 3, min ISR 2) through the stack's kafka-topics wrapper.
-topic() { # name partitions
-  JAVA17=${JAVA17:-$(ls -d /usr/lib/jvm/java-17-openjdk-*/bin/java | head -n 1)} STREAMREC_CACHE=$CACHE \
-    deploy/local/bin/kafka-topics --bootstrap-server 127.0.0.1:9092 --create --if-not-exists --topic "$1" \
-    --partitions "$2" --replication-factor 3 --config min.insync.replicas=2 > /dev/null
-}
-
-# One env run through Kafka against an agent-svc process (policy $POLICY, default random), on
-# fresh topics.
-kafka_run() { # name summary-json env-flags...
-  local name=$1 summary=$2; shift 2
-  local base="bench_${name}_$(date +%s%N)"
-  topic "${base}_state" 6; topic "${base}_action" 6; topic "${base}_dlq" 1
-  local flags=(--state-topic "${base}_state" --action-topic "${base}_action" --dead-letter-topic "${base}_dlq")
-  "$bin/agent-svc" run --policy "${POLICY:-random}" --group-id "$base" --offset-reset earliest "${flags[@]}" > "$out/agent-$name.log" 2>&1 &
-  local agent=$!
-  "$bin/env-svc" run --quiet "${flags[@]}" --summary-json "$summary" "$@" > "$out/env-$name.log" 2>&1
-  kill -TERM "$agent"; wait "$agent" || true
-}
+source scripts/bench_lib.sh
 
 echo "==> (b) step round trip, one episode in flight, vs EndToEndLatency"
 kafka_run rtt "$out/rtt.json" --episodes "$RTT_EPISODES" --concurrency 1
@@ -61,6 +48,10 @@ kafka_run throughput "$out/throughput-kafka.json" --episodes "$BENCH_EPISODES" -
 
 # The same load answered by the DQN (the paper's LSTM network, learning on its own thread).
 POLICY=dqn kafka_run throughput-dqn "$out/throughput-kafka-dqn.json" --episodes "$BENCH_EPISODES" --concurrency 256
+
+BENCH_SHARED_REPORT=0 scripts/bench_shared.sh
+
+bin=$bin scripts/bench_metrics.sh
 
 python3 scripts/bench_report.py "$out"
 

@@ -26,15 +26,8 @@ elif [[ -n ${SIZE:-} ]]; then
   echo "eval: SIZE is 'full' or unset, not '$SIZE'" >&2
   exit 2
 fi
-if [[ -z ${DATASET:-} ]]; then
-  export DATASET=target/eval/dataset
-  gen=(--reviews 64000 --products 1500 --seed 42)
-  # Rewritten when missing or made with other parameters (the output is byte-identical per parameters).
-  if [[ "$(cat "$DATASET/.generated" 2> /dev/null)" != "${gen[*]}" ]]; then
-    "$bin/env-svc" generate --out "$DATASET" "${gen[@]}"
-    echo "${gen[*]}" > "$DATASET/.generated"
-  fi
-fi
+[[ -n ${DATASET:-} ]] || DATASET=$(scripts/eval_dataset.sh "$bin/env-svc")
+export DATASET
 # The DQN in evaluation: `--dqn-preset fashion` (the MLP network with one 64-unit layer, since
 # the paper's LSTM learns at about 20 updates/s on one core here, too slow for this budget; gamma
 # 0: recommendations do not change the user's next product, so nothing is gained by

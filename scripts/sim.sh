@@ -3,7 +3,7 @@
 # environment against agent-svc, the two talking only through TRANSPORT (kafka: two processes
 # and the local stack; memory: one process, bounded channels). Prints the env's summary and
 # writes it to target/sim/summary.json.
-#   DATASET=data/sample EPISODES=200 POLICY=dqn TRANSPORT=kafka
+#   DATASET=data/sample EPISODES=200 POLICY=dqn TRANSPORT=kafka REPLICAS=1 LEARNING=shared
 # The DQN runs with the settings `make eval` measured (`--dqn-preset fashion`: the MLP network with
 # the wide table, gamma 0, full-feedback hindsight); any DQN_* variable overrides one of them,
 # DQN_PRESET=paper runs the paper's network. It learns while it serves
@@ -18,6 +18,16 @@ cd "$(dirname "$0")/.."
 export DATASET=${DATASET:-data/sample} EPISODES=${EPISODES:-200} POLICY=${POLICY:-dqn}
 export DQN_PRESET=${DQN_PRESET:-fashion}
 TRANSPORT=${TRANSPORT:-kafka}
+# REPLICAS agent-svc replicas answer; with the DQN they only act, on the weights one learner
+# (`agent-svc learn`) publishes on the weights topic (LEARNING=shared), or each learns alone
+# (LEARNING=local, the way before the shared learner).
+REPLICAS=${REPLICAS:-1}
+LEARNING=${LEARNING:-$([[ $POLICY == dqn ]] && echo shared || echo local)}
+if [[ $LEARNING == shared && $POLICY != dqn ]]; then
+  echo "sim: LEARNING=shared needs POLICY=dqn (the learner trains a DQN), not '$POLICY'" >&2
+  exit 2
+fi
+[[ $REPLICAS =~ ^[1-9][0-9]*$ ]] || { echo "sim: REPLICAS must be a positive number, not '$REPLICAS'" >&2; exit 2; }
 out=target/sim
 mkdir -p "$out"
 rm -f "$out/summary.json"
@@ -40,44 +50,108 @@ case $TRANSPORT in
   kafka)
     echo "==> stack"
     deploy/local/stack.sh up
-    echo "==> agent-svc run --policy $POLICY (log: $out/agent.log)"
     # The dataset's identity: its resolved path and each file's name, size and time.
     data_id=$(cd "$DATASET" && pwd -P && find . -maxdepth 1 -type f -printf '%f %s %T@\n' | sort)
-    ckpt=$out/checkpoints/$({ env | grep '^DQN_' | sort; echo "$data_id"; } | sha1sum | cut -c1-12)
+    ckpt=$out/checkpoints/$({ env | grep '^DQN_' | sort; echo "$data_id"; echo "$LEARNING"; } | sha1sum | cut -c1-12)
     echo "    checkpoints: $ckpt"
-    "$bin/agent-svc" run --policy "$POLICY" --checkpoint-dir "$ckpt" > "$out/agent.log" 2>&1 &
-    agent=$!
+    # The weights topic is shared by every run: the learner and its replicas of these settings
+    # and data publish and read under a model name of their own (a replica that took another
+    # dataset's version would stop: one agent group serves one catalogue).
+    export AGENT_WEIGHTS_MODEL="dqn-$(basename "$ckpt")"
+    # So is the learner's consumer group: a learner of other settings or data left its offsets
+    # behind in a run it did not finish, and its states are not this model's to learn.
+    export AGENT_LEARNER_GROUP_ID="agent-learner-$(basename "$ckpt")"
+    pids=()
     env_pid=""
+    # Every process serves /metrics on a port of its own (SIM_METRICS_PORT and up), listed for
+    # the stack's Prometheus in its targets folder while the run lasts.
+    port=${SIM_METRICS_PORT:-9410}
+    targets_dir=${STREAMREC_RUN:-${STREAMREC_CACHE:-$HOME/.cache/streamrec}/run}/prometheus/targets
+    targets=()
+    metrics_addr() { # process name: sets $addr, its --metrics-addr, and records it as a target
+      addr="127.0.0.1:$((port + ${#targets[@]}))"
+      targets+=("{\"targets\": [\"$addr\"], \"labels\": {\"process\": \"$1\", \"run\": \"make-sim\"}}")
+    }
     cleanup() {
       [[ -n $env_pid ]] && kill -TERM "$env_pid" 2> /dev/null
-      kill -TERM "$agent" 2> /dev/null || true
+      for p in "${pids[@]}"; do kill -TERM "$p" 2> /dev/null || true; done
       wait 2> /dev/null || true
+      rm -f "$targets_dir/make-sim.json"
     }
     trap cleanup EXIT
+    logs=()
+    if [[ $LEARNING == shared ]]; then
+      echo "==> agent-svc learn: one learner for $REPLICAS replica(s) (log: $out/learner.log)"
+      metrics_addr learner
+      "$bin/agent-svc" learn --checkpoint-dir "$ckpt/learner" --summary-json "$out/learner.json" \
+        --metrics-addr "$addr" > "$out/learner.log" 2>&1 &
+      pids+=($!)
+      logs+=("$out/learner.log")
+      # States published before the learner holds its partitions would never be learned from.
+      for _ in $(seq 1 600); do
+        grep -q 'learner partitions assigned' "$out/learner.log" && break
+        kill -0 "${pids[0]}" 2> /dev/null || break
+        sleep 0.1
+      done
+      grep -q 'learner partitions assigned' "$out/learner.log" || {
+        echo "sim: the learner holds no partition after 60 s:" >&2
+        agent_error "$out/learner.log" >&2
+        exit 1
+      }
+    fi
+    for i in $(seq 1 "$REPLICAS"); do
+      log=$out/agent.log
+      ((REPLICAS > 1)) && log=$out/agent-$i.log
+      echo "==> agent-svc run --policy $POLICY --learning $LEARNING, replica $i (log: $log)"
+      metrics_addr "replica-$i"
+      REPLICA_ID=replica-$i "$bin/agent-svc" run --policy "$POLICY" --learning "$LEARNING" \
+        --checkpoint-dir "$ckpt/replica-$i" --summary-json "$out/agent-$i.json" \
+        --metrics-addr "$addr" > "$log" 2>&1 &
+      pids+=($!)
+      logs+=("$log")
+    done
     echo "==> env-svc run: $EPISODES episodes on $DATASET through Kafka"
-    "$bin/env-svc" run --summary-json "$out/summary.json" &
+    started_at=$(($(date +%s) - 2))
+    metrics_addr env-svc
+    "$bin/env-svc" run --summary-json "$out/summary.json" --metrics-addr "$addr" &
     env_pid=$!
-    # Whichever ends first: the env (normally), or the agent (a failure: stop the env too).
+    mkdir -p "$targets_dir"
+    (IFS=,; echo "[${targets[*]}]") > "$targets_dir/make-sim.json"
+    # Whichever ends first: the env (normally), or an agent process (a failure: stop the env too).
     set +e
-    wait -n "$env_pid" "$agent"
+    wait -n "$env_pid" "${pids[@]}"
     first=$?
     set -e
-    if ! kill -0 "$agent" 2> /dev/null; then
-      agent_rc=0
-      wait "$agent" || agent_rc=$?
-      echo "sim: agent-svc stopped (exit $agent_rc) before the env finished:" >&2
-      agent_error "$out/agent.log" >&2
-      exit 1
-    fi
+    for i in "${!pids[@]}"; do
+      if ! kill -0 "${pids[$i]}" 2> /dev/null; then
+        rc=0
+        wait "${pids[$i]}" || rc=$?
+        echo "sim: $(basename "${logs[$i]}" .log) stopped (exit $rc) before the env finished:" >&2
+        agent_error "${logs[$i]}" >&2
+        exit 1
+      fi
+    done
     env_pid=""
     if ((first != 0)); then
-      echo "sim: env-svc failed (exit $first); agent log: $out/agent.log" >&2
+      echo "sim: env-svc failed (exit $first); agent logs: ${logs[*]}" >&2
       exit "$first"
     fi
-    kill -TERM "$agent"
-    wait "$agent" || { echo "sim: agent-svc failed, see $out/agent.log:" >&2; agent_error "$out/agent.log" >&2; exit 1; }
+    # Replicas first (their last actions reach the learner), then the learner (it publishes,
+    # checkpoints and commits on SIGTERM).
+    for i in $(seq $((${#pids[@]} - 1)) -1 0); do
+      kill -TERM "${pids[$i]}"
+      wait "${pids[$i]}" || { echo "sim: ${logs[$i]} shows a failure:" >&2; agent_error "${logs[$i]}" >&2; exit 1; }
+    done
     trap - EXIT
-    echo "agent-svc: $(tail -n 1 "$out/agent.log")"
+    rm -f "$targets_dir/make-sim.json"
+    for log in "${logs[@]}"; do echo "$(basename "$log" .log): $(tail -n 1 "$log")"; done
+    echo
+    prometheus=http://127.0.0.1:${STACK_PROMETHEUS_PORT:-9090}
+    echo "==> the run in Prometheus: $prometheus/graph (every series starts with streamrec_), for example"
+    echo "    sum(rate(streamrec_env_steps_total[1m]))                      steps per second"
+    echo "    histogram_quantile(0.99, sum by (le) (rate(streamrec_env_step_round_trip_seconds_bucket[1m])))"
+    echo "                                                                  step round trip p99"
+    "$bin/streamrec-sim" prom-report --prometheus-url "$prometheus" --start "$started_at" --out "$out/prometheus.png"
     echo
     echo "==> archiving the run into Cassandra"
     scripts/archive_demo.sh

@@ -43,6 +43,13 @@ pub struct AgentStats {
     pub undeliverable: u64,
     /// Why the configured policy stopped serving, when `--policy-fallback` replaced it.
     pub fell_back: Option<String>,
+    /// `--learning shared`: weights versions received whole and verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights_received: Option<u64>,
+    /// `--learning shared`: weights versions and records refused (checksum, truncation,
+    /// another network); the replica kept serving what it had.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights_rejected: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +72,35 @@ pub struct AgentCore<S = StateMsg> {
     last: HashMap<String, Last<S>>,
     /// Counters.
     pub stats: AgentStats,
+    /// The Prometheus series, when metrics are on.
+    prom: Option<Prom>,
+}
+
+/// The agent's Prometheus series, labelled with the policy answering and the replica; the
+/// counters mirror [`AgentStats`], the one place where what the agent did is counted.
+#[derive(Debug)]
+struct Prom {
+    policy: &'static str,
+    batch: metrics::Histogram,
+    inference: metrics::Histogram,
+    /// When the counters and gauges were last set (every second at most: scrapes are 2 s apart).
+    exported: std::time::Instant,
+}
+
+impl Prom {
+    fn new(policy: &'static str, replica: &str) -> Self {
+        let labels = Self::labels(policy, replica);
+        Self {
+            policy,
+            batch: metrics::histogram!("streamrec_agent_batch_size", &labels),
+            inference: metrics::histogram!("streamrec_agent_inference_seconds", &labels),
+            exported: std::time::Instant::now(),
+        }
+    }
+
+    fn labels(policy: &'static str, replica: &str) -> [(&'static str, String); 2] {
+        [("policy", policy.to_string()), ("replica", replica.to_string())]
+    }
 }
 
 impl<S> std::fmt::Debug for AgentCore<S> {
@@ -72,6 +108,9 @@ impl<S> std::fmt::Debug for AgentCore<S> {
         f.debug_struct("AgentCore").field("policy", &self.policy.name()).field("replica_id", &self.replica_id).finish()
     }
 }
+
+/// How often the counters and gauges are copied into the Prometheus recorder.
+const EXPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Episodes remembered at most; older entries go first when the table is full.
 const MAX_EPISODES: usize = 100_000;
@@ -88,6 +127,40 @@ impl<S: StepState + Clone> AgentCore<S> {
             max_state_age_ms,
             last: HashMap::new(),
             stats: AgentStats::default(),
+            prom: None,
+        }
+    }
+
+    /// Mirrors what the agent does into Prometheus from now on (when a recorder is installed).
+    pub fn export_to_prometheus(&mut self) {
+        if common::metrics::enabled() {
+            self.prom = Some(Prom::new(self.policy.name(), &self.replica_id));
+            self.export();
+        }
+    }
+
+    /// Sets the counters and gauges to the agent's figures (done every second while it answers,
+    /// and when it stops); `/readyz` learns of the model.
+    pub fn export(&self) {
+        let Some(p) = &self.prom else { return };
+        let labels = Prom::labels(p.policy, &self.replica_id);
+        let s = &self.stats;
+        metrics::counter!("streamrec_agent_states_total", &labels).absolute(s.states);
+        metrics::counter!("streamrec_agent_actions_total", &labels).absolute(s.actions);
+        metrics::counter!("streamrec_agent_learned_total", &labels).absolute(s.learned);
+        let undecodable = s.dead_letters - s.undeliverable.min(s.dead_letters);
+        for (reason, n) in [("undecodable", undecodable), ("undeliverable", s.undeliverable)] {
+            let labels = [("replica", self.replica_id.clone()), ("reason", reason.to_string())];
+            metrics::counter!("streamrec_agent_dead_letters_total", &labels).absolute(n);
+        }
+        if let Some(v) = self.policy.model_version() {
+            metrics::gauge!("streamrec_agent_model_version", &labels).set(v as f64);
+        }
+        if let Some(eps) = self.policy.epsilon() {
+            metrics::gauge!("streamrec_agent_epsilon", &labels).set(eps);
+        }
+        if self.policy.has_model() {
+            common::metrics::ready(common::metrics::Dependency::Model);
         }
     }
 
@@ -111,6 +184,9 @@ impl<S: StepState + Clone> AgentCore<S> {
         self.stats.fell_back =
             Some(format!("{} failed: {why}; {} served instead", self.policy.name(), fallback.name()));
         self.policy = fallback;
+        if self.prom.is_some() {
+            self.prom = Some(Prom::new(self.policy.name(), &self.replica_id));
+        }
         Ok(())
     }
 
@@ -186,7 +262,7 @@ impl<S: StepState + Clone> AgentCore<S> {
                 if let Err(e) = self.policy.learn(&feedback) {
                     self.recover(e)?;
                 }
-                self.stats.learned += 1;
+                self.stats.learned += u64::from(self.policy.learns());
                 self.stats.reward_sum += state.reward();
             }
             if terminal {
@@ -201,6 +277,7 @@ impl<S: StepState + Clone> AgentCore<S> {
             }
         }
         let refs: Vec<&S> = to_act.iter().map(|&i| &states[i]).collect();
+        let inference_started = std::time::Instant::now();
         let choices = match self.policy.act_full(&refs, &mut self.rng) {
             Ok(c) => c,
             Err(e) => {
@@ -226,6 +303,16 @@ impl<S: StepState + Clone> AgentCore<S> {
             out[i] = out[first].clone();
         }
         self.stats.actions += out.iter().filter(|a| a.is_some()).count() as u64;
+        if let Some(p) = self.prom.as_mut() {
+            p.batch.record(states.len() as f64);
+            if !refs.is_empty() {
+                p.inference.record(inference_started.elapsed().as_secs_f64());
+            }
+            if p.exported.elapsed() >= EXPORT_EVERY {
+                p.exported = std::time::Instant::now();
+                self.export();
+            }
+        }
         self.prune(now_ms);
         Ok(out)
     }

@@ -3,11 +3,14 @@
 //! on the agent side: a new environment adds an arm to [`policy_set`] and to [`serve`], and its
 //! policies in its own module under `crate::policies`.
 
+use std::sync::{atomic::Ordering, Arc};
+
 use common::kafka::{EnvKind, Topics};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     core::AgentStats,
+    learn::Learning,
     policies::{self, PolicyKind},
     RunArgs,
 };
@@ -23,8 +26,27 @@ pub fn policy_set(env: EnvKind) -> &'static [PolicyKind] {
 /// `agent-svc run`: builds the agent of `--env` and serves its states on `topics` until stopped.
 pub(crate) async fn serve(cfg: &RunArgs, topics: &Topics, shutdown: CancellationToken) -> anyhow::Result<AgentStats> {
     match cfg.stack.env {
+        EnvKind::Fashion if cfg.learning == Learning::Shared => {
+            let (inbox, follower) = crate::learn::start_follower(cfg)?;
+            let served =
+                async { crate::serve(cfg.agent.try_build_serving(Arc::clone(&inbox))?, cfg, topics, shutdown).await }
+                    .await;
+            inbox.stop();
+            let _ = tokio::task::spawn_blocking(move || follower.join()).await;
+            let mut stats = served?;
+            stats.weights_received = Some(inbox.received.load(Ordering::Relaxed));
+            stats.weights_rejected = Some(inbox.rejected.load(Ordering::Relaxed));
+            Ok(stats)
+        }
+        EnvKind::Fashion if cfg.learning == Learning::Frozen => {
+            crate::serve(cfg.agent.try_build_frozen()?, cfg, topics, shutdown).await
+        }
         EnvKind::Fashion => crate::serve(cfg.agent.try_build()?, cfg, topics, shutdown).await,
         EnvKind::Recogym => {
+            anyhow::ensure!(
+                cfg.learning == Learning::Local,
+                "--learning shared and frozen serve --env fashion only: RecoGym's agents train on a logging run (--train-env-id)"
+            );
             let core = policies::recogym::core_for_run(cfg, topics).await?;
             crate::serve(core, cfg, topics, shutdown).await
         }

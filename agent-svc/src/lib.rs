@@ -10,6 +10,7 @@
 
 pub mod core;
 pub mod envs;
+pub mod learn;
 pub mod link;
 pub mod policies;
 pub mod train_logs;
@@ -45,6 +46,14 @@ pub struct RunArgs {
     pub tuning: TuningArgs,
     #[command(flatten)]
     pub agent: AgentArgs,
+    /// `local`: each replica learns alone from the steps it answers; `shared`: replicas only
+    /// act, on the versions `agent-svc learn` publishes on the weights topic; `frozen`: serve
+    /// the checkpoint in `--checkpoint-dir` greedily, learning nothing (`shared` and `frozen`:
+    /// `--policy dqn`).
+    #[arg(long, env = "AGENT_LEARNING", value_enum, default_value_t = learn::Learning::Local)]
+    pub learning: learn::Learning,
+    #[command(flatten)]
+    pub weights: learn::WeightsArgs,
     /// RecoGym: the env id of a logging run (e.g. `reco-gym-v1/3f2a9c`) whose states and
     /// actions, read back from the RecoGym topics, the policy is trained on before it serves.
     #[arg(long, env = "AGENT_TRAIN_ENV_ID")]
@@ -62,6 +71,8 @@ pub struct RunArgs {
     /// Also write the agent's counters as JSON to this file on shutdown.
     #[arg(long, env = "AGENT_SUMMARY_JSON")]
     pub summary_json: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub metrics: common::metrics::MetricsArgs,
 }
 
 /// The policy and how it answers; shared by the Kafka and in-memory runs.
@@ -115,9 +126,44 @@ impl AgentArgs {
     /// The agent these settings describe, or why it cannot be built (only `dqn` can fail: a
     /// bad flag, a checkpoint of another network).
     pub fn try_build(&self) -> anyhow::Result<AgentCore> {
+        self.core_of(policies::build(self.policy, self.epsilon, &self.dqn, self.agent_seed))
+    }
+
+    /// The agent of a replica of `--learning shared`: the DQN serving the versions `inbox`
+    /// receives from the weights topic.
+    pub fn try_build_serving(&self, inbox: std::sync::Arc<policies::dqn::serving::Inbox>) -> anyhow::Result<AgentCore> {
+        anyhow::ensure!(
+            self.policy == PolicyKind::Dqn,
+            "--learning shared serves the weights of a DQN learner: it needs --policy dqn, not {}",
+            self.policy.name()
+        );
+        let dqn = policies::dqn::Dqn::serving(&self.dqn, self.agent_seed, inbox);
+        self.core_of(dqn.map(|d| Box::new(d) as Box<dyn policies::Policy>))
+    }
+
+    /// The agent of `--learning frozen`: the DQN of the checkpoint in `--checkpoint-dir`, in
+    /// evaluation mode (greedy, learning nothing, writing nothing).
+    pub fn try_build_frozen(&self) -> anyhow::Result<AgentCore> {
+        anyhow::ensure!(
+            self.policy == PolicyKind::Dqn,
+            "--learning frozen serves a DQN checkpoint: it needs --policy dqn, not {}",
+            self.policy.name()
+        );
+        let mut dqn = policies::dqn::Dqn::new(&self.dqn, self.agent_seed)?;
+        anyhow::ensure!(
+            dqn.resumed(),
+            "--learning frozen found no checkpoint in --checkpoint-dir {}",
+            self.dqn.checkpoint_dir.as_deref().map_or("(none given)".into(), |d| d.display().to_string())
+        );
+        dqn.freeze()?;
+        self.core_of(Ok(Box::new(dqn)))
+    }
+
+    /// The agent around `policy`, or, when it cannot start, the fallback asked for (or the error).
+    fn core_of(&self, policy: anyhow::Result<Box<dyn policies::Policy>>) -> anyhow::Result<AgentCore> {
         let replica = self.replica_id.clone().unwrap_or_else(default_replica_id);
         let age_ms = i64::try_from(self.max_state_age.as_millis()).unwrap_or(i64::MAX);
-        let core = match policies::build(self.policy, self.epsilon, &self.dqn, self.agent_seed) {
+        let core = match policy {
             Ok(policy) => AgentCore::new(policy, self.agent_seed, replica, age_ms),
             Err(e) if self.policy_fallback.is_some() => {
                 tracing::error!(
@@ -417,6 +463,7 @@ fn on_event<S, L: AgentLink>(
 /// `agent-svc run`: joins the group and answers until SIGTERM; returns the counters. With
 /// `--env recogym` and `--train-env-id`, first reads that run back and trains the policy.
 pub async fn run(cfg: RunArgs, shutdown: CancellationToken) -> anyhow::Result<AgentStats> {
+    common::metrics::serve(&cfg.metrics, "agent-svc", true).await?;
     let topics = cfg.stack.topics();
     let stats = envs::serve(&cfg, &topics, shutdown).await?;
     if let Some(path) = &cfg.summary_json {
@@ -462,11 +509,14 @@ where
 {
     use common::registry::Registry;
     let (state_codec, action_codec) = Registry::new(&cfg.stack.registry).step_codecs::<S>(topics).await?;
+    common::metrics::ready(common::metrics::Dependency::Registry);
+    core.export_to_prometheus();
     let mut link =
         link::KafkaAgentLink::connect(&cfg.stack.kafka, &cfg.tuning, topics.clone(), &cfg.group_id, &cfg.offset_reset)?;
     tracing::info!(policy = core.policy_name(), group = %cfg.group_id, env = ?cfg.stack.env, ?cfg.agent, "agent starts");
     let delivery = DeliveryPolicy::new(cfg.agent.delivery_attempts);
     let stats = drive(&mut core, &mut link, &state_codec, &action_codec, cfg.agent.max_batch, delivery, shutdown).await;
+    core.export();
     link.close();
     let stats = stats?;
     tracing::info!(?stats, "agent stopped");

@@ -62,7 +62,14 @@ impl RebalanceContext {
     }
 }
 
-impl ClientContext for RebalanceContext {}
+/// The gauge of the lag of the partitions a replica owns.
+const LAG_GAUGE: &str = "streamrec_agent_consumer_lag_messages";
+
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        common::metrics::record_consumer_lag(&statistics, LAG_GAUGE);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -70,6 +77,7 @@ impl ConsumerContext for RebalanceContext {
         if tpl.count() == 0 {
             return;
         }
+        common::metrics::clear_consumer_lag(tpl, LAG_GAUGE);
         // Commit what is resolved while the partitions are still ours ...
         let committed = consumer.commit_consumer_state(CommitMode::Sync);
         // ... then forget what is not: the new owner re-reads it from the committed offset.
@@ -97,6 +105,7 @@ impl ConsumerContext for RebalanceContext {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(?partitions, "partitions assigned");
+            common::metrics::ready(common::metrics::Dependency::Kafka);
         }
     }
 }
@@ -128,13 +137,13 @@ impl KafkaAgentLink {
         offset_reset: &str,
     ) -> anyhow::Result<Self> {
         let context = RebalanceContext::default();
-        let consumer: StreamConsumer<RebalanceContext> = kafka
-            .consumer_config(group, tuning)
-            .set("enable.auto.commit", "true")
+        let mut cfg = kafka.consumer_config(group, tuning);
+        cfg.set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
-            .set("auto.offset.reset", offset_reset)
-            .create_with_context(context.clone())
-            .context("failed to create the state consumer")?;
+            .set("auto.offset.reset", offset_reset);
+        common::metrics::enable_kafka_statistics(&mut cfg);
+        let consumer: StreamConsumer<RebalanceContext> =
+            cfg.create_with_context(context.clone()).context("failed to create the state consumer")?;
         consumer.subscribe(&[&topics.state_topic]).context("failed to subscribe to the state topic")?;
         let producer: FutureProducer =
             kafka.producer_config(tuning).create().context("failed to create the action producer")?;
@@ -146,8 +155,9 @@ impl KafkaAgentLink {
         self.context.tracker().in_flight()
     }
 
-    /// Flushes the producer and commits the stored offsets synchronously (on shutdown).
-    pub fn close(&self) {
+    /// Flushes the producer, commits the stored offsets synchronously and leaves the group
+    /// (on shutdown; see [`common::kafka::close_consumer`]).
+    pub fn close(self) {
         if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
             tracing::warn!(error = %e, "action producer flush incomplete");
         }
@@ -158,6 +168,7 @@ impl KafkaAgentLink {
                 tracing::warn!(error = %e, "final commit failed; the states after the last commit will be re-read")
             }
         }
+        common::kafka::close_consumer(self.consumer, "state consumer", common::kafka::CONSUMER_CLOSE_TIMEOUT);
     }
 }
 

@@ -19,6 +19,9 @@ struct Cli {
 enum Command {
     /// Answer states with actions through Kafka until SIGTERM or SIGINT.
     Run(Box<agent_svc::RunArgs>),
+    /// Train the DQN from the state and action topics and publish its weights for the
+    /// replicas of `run --learning shared`, until SIGTERM or SIGINT.
+    Learn(Box<agent_svc::learn::LearnArgs>),
     /// Print what this service sees of the stack (brokers, topics, schema subjects) as JSON;
     /// exit non-zero when a topic or subject it needs is missing.
     Check(common::check::StackArgs),
@@ -36,6 +39,10 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let stats = agent_svc::run(*args, common::shutdown::on_signals()).await?;
+            println!("{}", serde_json::to_string(&stats)?);
+        }
+        Command::Learn(args) => {
+            let stats = agent_svc::learn::learn(*args, common::shutdown::on_signals()).await?;
             println!("{}", serde_json::to_string(&stats)?);
         }
         Command::Check(stack) => println!("{}", serde_json::to_string_pretty(&stack.check().await?)?),

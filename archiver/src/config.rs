@@ -102,6 +102,8 @@ pub struct DailyArgs {
     pub run_at_start: bool,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub metrics: common::metrics::MetricsArgs,
 }
 
 /// `archiver report`: a PNG of the archived episodes.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daily;
 pub mod dates;
 pub mod metrics;
+pub mod readback;
 pub mod report;
 pub mod rows;
 pub mod run;

@@ -58,7 +58,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::RunOnce(args) => run_once(&args).await,
         Command::Daily(args) => {
             tracing::info!(at = %args.at, group = %args.run.group_id, keyspace = %args.run.cassandra.keyspace, "archiver daily");
-            archiver::daily::run_daily(&args, &common::shutdown::on_signals()).await;
+            let shutdown = common::shutdown::on_signals();
+            common::metrics::serve(&args.metrics, "archiver", false).await?;
+            // The daily job reaches Kafka and the registry at its runs: ready when it is up.
+            common::metrics::ready(common::metrics::Dependency::Kafka);
+            common::metrics::ready(common::metrics::Dependency::Registry);
+            archiver::daily::run_daily(&args, &shutdown).await;
             Ok(())
         }
         Command::Report(args) => report(&args).await,

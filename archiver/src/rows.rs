@@ -304,6 +304,9 @@ pub struct StateCols<'a> {
     next_item_hit: bool,
     terminated: bool,
     truncated: bool,
+    catalog: Option<&'a str>,
+    last_action: Option<i32>,
+    accept_prob: Option<f64>,
 }
 
 impl<'a> StateCols<'a> {
@@ -333,6 +336,9 @@ impl<'a> StateCols<'a> {
             next_item_hit: m.next_item_hit,
             terminated: m.terminated,
             truncated: m.truncated,
+            catalog: m.catalog.as_deref(),
+            last_action: m.last_action.map(int),
+            accept_prob: m.accept_prob,
         }
     }
 }

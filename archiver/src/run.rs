@@ -44,16 +44,7 @@ pub fn host_name() -> String {
 /// (`outcome = failed`, `error`), which is also written to `archive_runs` when Cassandra answers.
 pub async fn run_once(args: &RunArgs, shutdown: &CancellationToken) -> Summary {
     let started = Instant::now();
-    let named = args.topics();
-    let topics: Vec<(Role, String)> = [
-        (Role::State, &named.state_topic),
-        (Role::Action, &named.action_topic),
-        (Role::DeadLetter, &named.dead_letter_topic),
-    ]
-    .into_iter()
-    .filter(|(_, t)| !t.is_empty())
-    .map(|(r, t)| (r, t.clone()))
-    .collect();
+    let topics = archived_topics(args);
     let names: Vec<&str> = topics.iter().map(|(_, t)| t.as_str()).collect();
     let mut summary = Summary::new(uuid::Uuid::new_v4(), &args.group_id, &args.cassandra.keyspace, &names, now_ms());
     let result = copy(args, &topics, &mut summary, shutdown).await;
@@ -72,6 +63,31 @@ pub async fn run_once(args: &RunArgs, shutdown: &CancellationToken) -> Summary {
         }
     }
     summary
+}
+
+/// The topics a run copies, with their roles (an empty name leaves one out).
+pub fn archived_topics(args: &RunArgs) -> Vec<(Role, String)> {
+    let named = args.topics();
+    [
+        (Role::State, &named.state_topic),
+        (Role::Action, &named.action_topic),
+        (Role::DeadLetter, &named.dead_letter_topic),
+    ]
+    .into_iter()
+    .filter(|(_, t)| !t.is_empty())
+    .map(|(r, t)| (r, t.clone()))
+    .collect()
+}
+
+/// Messages each topic holds past the archiver group's committed offsets, as of now.
+pub async fn messages_behind(args: &RunArgs) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let (kafka, group, topics) = (args.kafka.clone(), args.group_id.clone(), archived_topics(args));
+    let source = tokio::task::spawn_blocking(move || Source::open(&kafka, &group, &topics)).await??;
+    let mut behind = std::collections::BTreeMap::new();
+    for plan in source.plans() {
+        *behind.entry(plan.topic.to_string()).or_insert(0) += plan.pending();
+    }
+    Ok(behind)
 }
 
 type CopyResult = Result<(Sink, Outcome), (Option<Sink>, String)>;

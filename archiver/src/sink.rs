@@ -215,6 +215,9 @@ const STATE_COLS: &[&str] = &[
     "next_item_hit",
     "terminated",
     "truncated",
+    "catalog",
+    "last_action",
+    "accept_prob",
 ];
 const ACTION_COLS: &[&str] = &[
     "kafka_topic",

@@ -228,6 +228,38 @@ impl TopicArgs {
     }
 }
 
+/// How long [`close_consumer`] waits for a group consumer to leave its group.
+pub const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Closes a group consumer (drops it: leave the group, revoke the assignment), waiting at most
+/// `within`. librdkafka can block forever in that close when an incremental assignment arrives
+/// while it runs (confluentinc/librdkafka#4884, open); a service whose work is already durable
+/// (offsets committed explicitly) must still exit, so the close runs on a thread of its own and
+/// past `within` the caller goes on with a warning, leaving the group to drop the member after
+/// `session.timeout.ms`. Returns whether the close finished.
+pub fn close_consumer<C: Send + 'static>(consumer: C, what: &str, within: Duration) -> bool {
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new().name("kafka-close".into()).spawn(move || {
+        drop(consumer);
+        let _ = done_tx.send(());
+    });
+    if let Err(e) = spawned {
+        // The closure, consumer included, was dropped here: closed on this thread, unbounded.
+        tracing::warn!(consumer = what, error = %e, "no thread to close the consumer on: closed inline");
+        return true;
+    }
+    let closed = done_rx.recv_timeout(within).is_ok();
+    if !closed {
+        tracing::warn!(
+            consumer = what,
+            waited_s = within.as_secs_f64(),
+            "kafka consumer close did not finish (librdkafka#4884); exiting without it: its offsets were committed \
+             before, the group drops the member after session.timeout.ms"
+        );
+    }
+    closed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +278,22 @@ mod tests {
         assert_eq!(none.resolve_with(EnvKind::Fashion, file).state_topic, "from-STATE_TOPIC");
         assert_eq!(none.resolve_with(EnvKind::Recogym, file).state_topic, "from-RECOGYM_STATE_TOPIC");
         assert_eq!(one.resolve_with(EnvKind::Recogym, file).action_topic, "mine");
+    }
+
+    /// Drops after `0` has passed.
+    struct SlowClose(Duration);
+
+    impl Drop for SlowClose {
+        fn drop(&mut self) {
+            std::thread::sleep(self.0);
+        }
+    }
+
+    #[test]
+    fn a_close_that_hangs_is_left_behind_after_its_bound() {
+        let started = std::time::Instant::now();
+        assert!(!close_consumer(SlowClose(Duration::from_secs(30)), "stuck", Duration::from_millis(200)));
+        assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+        assert!(close_consumer(SlowClose(Duration::from_millis(10)), "quick", Duration::from_secs(20)));
     }
 }

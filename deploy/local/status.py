@@ -2,7 +2,9 @@
 
 Inputs (environment): BROKERS (ids registered in ZooKeeper), DESCRIBE (kafka-topics --describe
 output), SUBJECTS (registry JSON list), KEYSPACES (cqlsh SELECT output), SVCINFO (lines of
-"service pid rss_kib"), TOPICS_ENV (path of deploy/topics.env).
+"service pid rss_kib"), TOPICS_ENV (path of deploy/topics.env), PROMETHEUS_URL, PROMETHEUS_READY
+(non-empty when /-/ready answered), PROMETHEUS_TARGETS (the JSON of GET /api/v1/targets, empty when
+Prometheus is down).
 """
 import json
 import os
@@ -58,6 +60,26 @@ def parse_keyspaces(text):
     return sorted(names)
 
 
+def prometheus(url, ready, targets_json):
+    """Prometheus's URL, whether it is ready, and the health of each active scrape target."""
+    targets = []
+    try:
+        active = json.loads(targets_json)["data"]["activeTargets"] if targets_json else []
+    except (ValueError, KeyError, TypeError):
+        active = []
+    for t in active:
+        labels = t.get("labels") or {}
+        targets.append({
+            "job": labels.get("job", t.get("scrapePool", "")),
+            "instance": labels.get("instance", t.get("scrapeUrl", "")),
+            "health": t.get("health", "unknown"),
+            "lastError": t.get("lastError", ""),
+            "lastScrapeDuration": t.get("lastScrapeDuration"),
+        })
+    targets.sort(key=lambda t: (t["job"], t["instance"]))
+    return {"url": url, "ready": bool(ready), "targets": targets}
+
+
 def main():
     env = topics_env(os.environ["TOPICS_ENV"])
     described = parse_describe(os.environ.get("DESCRIBE", ""))
@@ -86,6 +108,8 @@ def main():
         "subjects": subjects,
         "keyspaces": parse_keyspaces(os.environ.get("KEYSPACES", "")),
         "services": services,
+        "prometheus": prometheus(os.environ.get("PROMETHEUS_URL", ""), os.environ.get("PROMETHEUS_READY", ""),
+                                 os.environ.get("PROMETHEUS_TARGETS", "")),
         "total_rss_mib": round(total_kib / 1024, 1),
     }
     print(json.dumps(report, indent=2))

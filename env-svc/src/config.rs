@@ -32,6 +32,8 @@ pub struct RunArgs {
     /// No progress bars while loading the data.
     #[arg(long, env = "QUIET")]
     pub quiet: bool,
+    #[command(flatten)]
+    pub metrics: common::metrics::MetricsArgs,
 }
 
 /// How the engine plays any environment's episodes: how many at once, how long it waits for an

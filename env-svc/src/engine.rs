@@ -214,6 +214,7 @@ impl<E: Environment> Engine<E> {
             return (Verdict::Invalid(format!("action {} outside 0..{n_actions}", action.action)), Vec::new());
         }
 
+        self.metrics.note_policy(&action.policy);
         self.metrics.record_rtt(now.saturating_duration_since(active.sent_at));
         let head = Head { env_id: &self.cfg.env_id, episode_id: &action.episode_id };
         let (state, transition) = self.env.step(&mut active.episode, action.action, head);

@@ -152,23 +152,35 @@ pub async fn drive<E: Environment, L: EnvLink>(
         split: engine.env().label(),
         interrupted,
     };
+    engine.metrics.export(engine.active());
     let mut summary = engine.metrics.summary(head, started.elapsed());
     summary.failures = engine.failures().to_vec();
     Ok(summary)
 }
 
-/// Logs progress every few seconds (a log line, not a bar: the service runs in containers).
+/// Logs progress every few seconds (a log line, not a bar: the service runs in containers) and
+/// mirrors the counters into Prometheus every second.
 struct Progress {
     last: Instant,
+    exported: Instant,
 }
+
+/// How often the counters are copied into the Prometheus recorder (scrapes are seconds apart).
+const EXPORT_EVERY: Duration = Duration::from_secs(1);
+/// How often a progress line is logged.
+const LOG_EVERY: Duration = Duration::from_secs(5);
 
 impl Progress {
     fn new() -> Self {
-        Self { last: Instant::now() }
+        Self { last: Instant::now(), exported: Instant::now() }
     }
 
     fn update<E: Environment>(&mut self, engine: &Engine<E>) {
-        if self.last.elapsed() >= Duration::from_secs(5) {
+        if self.exported.elapsed() >= EXPORT_EVERY {
+            self.exported = Instant::now();
+            engine.metrics.export(engine.active());
+        }
+        if self.last.elapsed() >= LOG_EVERY {
             self.last = Instant::now();
             let m = &engine.metrics;
             // The recent reward rate next to what random earns on the same steps: learning shows
@@ -192,11 +204,14 @@ impl Progress {
 /// registers the schemas, plays every episode through Kafka and returns the summary (also
 /// written to `--summary-json`).
 pub async fn run(cfg: config::RunArgs, shutdown: CancellationToken) -> anyhow::Result<Summary> {
+    common::metrics::serve(&cfg.metrics, "env-svc", false).await?;
     let run_id = cfg.run_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_string());
     let summary = envs::play(&cfg, &run_id, shutdown).await?;
     if let Some(path) = &cfg.summary_json {
         write_json(path, &summary)?;
     }
+    // A run is a job: its final figures reach Prometheus before it exits (a scrape is 2 s apart).
+    common::metrics::await_next_scrape(Duration::from_secs(5)).await;
     Ok(summary)
 }
 
@@ -209,7 +224,11 @@ pub(crate) async fn run_engine<E: Environment>(
     use common::registry::Registry;
     let topics = cfg.stack.topics();
     let (state_codec, action_codec) = Registry::new(&cfg.stack.registry).step_codecs::<E::State>(&topics).await?;
+    common::metrics::ready(common::metrics::Dependency::Registry);
     let mut link = link::KafkaEnvLink::connect(&cfg.stack.kafka, &cfg.tuning, topics.clone()).await?;
+    common::metrics::ready(common::metrics::Dependency::Kafka);
+    let env_id = engine.env_id().to_string();
+    engine.metrics.export_to_prometheus(&env_id);
     tracing::info!(
         env_id = engine.env_id(),
         episodes = %engine.env().label(),

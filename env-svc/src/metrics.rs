@@ -1,4 +1,5 @@
-//! The run's counters and the summary env-svc prints at the end (text and JSON).
+//! The run's counters and the summary env-svc prints at the end (text and JSON), and their
+//! Prometheus mirror (`--metrics-addr`): the one place where an event of the run is counted.
 //!
 //! Invariant: `steps` counts accepted actions only, so `steps` equals the sum of episode lengths
 //! whatever the transport re-delivered.
@@ -54,6 +55,34 @@ pub struct Metrics {
     /// The last [`RECENT_STEPS`] steps: (reward, random's expected reward).
     recent: std::collections::VecDeque<(f64, Option<f64>)>,
     rtt_us: Histogram<u64>,
+    /// The Prometheus series of the run, when metrics are on.
+    prom: Option<Prom>,
+}
+
+/// The run's Prometheus series, labelled with its env id and the policy answering it (the
+/// policy named by the accepted actions; a new set when it changes).
+#[derive(Debug)]
+struct Prom {
+    env_id: String,
+    policy: String,
+    rtt: metrics::Histogram,
+    ret: metrics::Histogram,
+}
+
+impl Prom {
+    fn new(env_id: &str, policy: &str) -> Self {
+        let labels = [("env_id", env_id.to_string()), ("policy", policy.to_string())];
+        Self {
+            env_id: env_id.to_string(),
+            policy: policy.to_string(),
+            rtt: metrics::histogram!("streamrec_env_step_round_trip_seconds", &labels),
+            ret: metrics::histogram!("streamrec_env_episode_return", &labels),
+        }
+    }
+
+    fn labels(&self) -> [(&'static str, String); 2] {
+        [("env_id", self.env_id.clone()), ("policy", self.policy.clone())]
+    }
 }
 
 /// Steps the progress lines average over.
@@ -82,6 +111,7 @@ impl Default for Metrics {
             random_steps: 0,
             recent: std::collections::VecDeque::with_capacity(RECENT_STEPS),
             rtt_us: rtt_histogram(),
+            prom: None,
         }
     }
 }
@@ -93,10 +123,63 @@ fn rtt_histogram() -> Histogram<u64> {
 }
 
 impl Metrics {
+    /// Mirrors the run into Prometheus from now on (when a recorder is installed).
+    pub fn export_to_prometheus(&mut self, env_id: &str) {
+        if common::metrics::enabled() {
+            self.prom = Some(Prom::new(env_id, "unknown"));
+        }
+    }
+
+    /// The policy that answered an accepted action: the label of the run's series.
+    pub fn note_policy(&mut self, policy: &str) {
+        if let Some(p) = self.prom.as_mut().filter(|p| p.policy != policy) {
+            *p = Prom::new(&p.env_id, policy);
+        }
+    }
+
+    /// Sets the Prometheus counters and gauges to the run's figures (`open`: episodes in
+    /// flight). Called with the progress line, and at the end.
+    pub fn export(&self, open: usize) {
+        let Some(p) = &self.prom else { return };
+        let labels = p.labels();
+        let counters = [
+            ("streamrec_env_steps_total", self.steps),
+            ("streamrec_env_episodes_total", self.episodes),
+            ("streamrec_env_failed_episodes_total", self.failed_episodes),
+            ("streamrec_env_next_item_hits_total", self.hits),
+            ("streamrec_env_resends_total", self.resends),
+            ("streamrec_env_duplicate_actions_total", self.duplicates),
+            ("streamrec_env_publish_errors_total", self.publish_errors),
+        ];
+        for (name, value) in counters {
+            metrics::counter!(name, &labels).absolute(value);
+        }
+        // Dead letters by reason; actions ignored (neither applied nor dead-lettered) by reason.
+        let reasons = [("invalid_action", self.invalid), ("undecodable", self.decode_errors)];
+        for (reason, value) in reasons {
+            metrics::counter!("streamrec_env_dead_letters_total", "env_id" => p.env_id.clone(), "reason" => reason)
+                .absolute(value);
+        }
+        for (reason, value) in [("stale", self.stale), ("foreign", self.foreign)] {
+            metrics::counter!("streamrec_env_ignored_actions_total", "env_id" => p.env_id.clone(), "reason" => reason)
+                .absolute(value);
+        }
+        // Rewards are fractional (RecoGym clicks are 0/1, the replay's hits too, but a reward
+        // model need not be): a gauge of the sum, its rate the reward per second.
+        metrics::gauge!("streamrec_env_reward_sum", &labels).set(self.reward_sum);
+        metrics::gauge!("streamrec_env_open_episodes", &labels).set(open as f64);
+        if let Some((recent, _)) = self.recent_rates() {
+            metrics::gauge!("streamrec_env_reward_rate_recent", &labels).set(recent);
+        }
+    }
+
     /// Records the time from (re-)publishing a step to accepting its action.
     pub fn record_rtt(&mut self, rtt: Duration) {
         let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
         let _ = self.rtt_us.record(us.min(self.rtt_us.high()));
+        if let Some(p) = &self.prom {
+            p.rtt.record(rtt.as_secs_f64());
+        }
     }
 
     /// Records an accepted step.
@@ -128,6 +211,9 @@ impl Metrics {
 
     /// Records a finished episode.
     pub fn record_episode(&mut self, ret: f64, steps: u32) {
+        if let Some(p) = &self.prom {
+            p.ret.record(ret);
+        }
         self.episodes += 1;
         self.zero_step_episodes += u64::from(steps == 0);
         self.return_sum += ret;

@@ -11,6 +11,7 @@ use std::{
 
 pub mod eval;
 pub mod plot;
+pub mod promreport;
 pub mod recogym;
 
 use agent_svc::{
@@ -156,6 +157,10 @@ where
     A: AgentLink + 'static,
 {
     let Wiring { mut env_link, agent_link, state_codec, action_codec } = wiring;
+    // Both ends mirror into Prometheus when this process serves metrics (`--metrics-addr`).
+    let env_id = engine.env_id().to_string();
+    engine.metrics.export_to_prometheus(&env_id);
+    core.export_to_prometheus();
     let (state_codec, action_codec) = (Arc::new(state_codec), Arc::new(action_codec));
     let mut tap = if record { Tap::new(agent_link) } else { Tap::passthrough(agent_link) };
     let recording = tap.recording.clone();

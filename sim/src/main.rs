@@ -41,6 +41,8 @@ enum Command {
         /// No progress bars while loading the data.
         #[arg(long, env = "QUIET")]
         quiet: bool,
+        #[command(flatten)]
+        metrics: common::metrics::MetricsArgs,
     },
     /// Train every policy on the train users for a fixed budget, evaluate each greedily on the
     /// test users, write `report.json` and a PNG of training returns.
@@ -79,6 +81,9 @@ enum Command {
     /// the random policy, train each policy on the log, serve the same A/B users with each, over
     /// Kafka and/or in memory; writes ab.json, ab-memory.json, ctr.png and runs.json.
     Recogym(Box<sim::recogym::RecoArgs>),
+    /// A PNG of a run's key curves from Prometheus range queries (steps/s, round trip, reward
+    /// rate, model version per replica), for people without Grafana.
+    PromReport(sim::promreport::PromReportArgs),
 }
 
 #[tokio::main]
@@ -89,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Memory { agent, .. } => (EnvKind::Fashion, vec![agent.policy]),
         Command::Eval { policies, .. } => (EnvKind::Fashion, policies.clone()),
         Command::Recogym(args) => (EnvKind::Recogym, args.policies.clone()),
+        Command::PromReport(_) => (EnvKind::Fashion, Vec::new()),
     };
     asked.dedup();
     if let Some(refused) = asked.iter().find_map(|p| p.check_env(env).err()) {
@@ -96,7 +102,8 @@ async fn main() -> anyhow::Result<()> {
     }
     common::telemetry::init(cli.log_format);
     match cli.command {
-        Command::Memory { dataset, episodes, agent, capacity, summary_json, quiet } => {
+        Command::Memory { dataset, episodes, agent, capacity, summary_json, quiet, metrics } => {
+            common::metrics::serve(&metrics, "streamrec-sim", false).await?;
             let ds = tokio::task::spawn_blocking(move || dataset.load(quiet)).await.context("loader panicked")??;
             let outcome =
                 sim::run_memory(Arc::new(ds), &episodes, &agent, capacity, common::shutdown::on_signals()).await?;
@@ -158,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
             println!("\nwrote {} and {}", out.join("report.json").display(), png.display());
         }
         Command::Recogym(args) => sim::recogym::run(*args).await?,
+        Command::PromReport(args) => sim::promreport::run(&args).await?,
     }
     Ok(())
 }

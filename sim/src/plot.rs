@@ -156,3 +156,67 @@ mod tests {
         assert_eq!(&bytes[..4], b"\x89PNG");
     }
 }
+
+/// One chart of [`panels`]: a title, the unit of its y axis, and labelled (x, y) lines.
+#[derive(Debug, Clone)]
+pub struct Panel {
+    /// Title above the chart.
+    pub title: String,
+    /// What the y axis counts.
+    pub unit: String,
+    /// (legend, points) per line.
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Draws `panels` in a grid of two columns into `path` (PNG); a panel without data says so.
+pub fn panels(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
+    let has_text = register_font();
+    let rows = panels.len().div_ceil(2).max(1);
+    let root = BitMapBackend::new(path, (1400, 420 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let root =
+        if has_text { root.titled(title, ("sans-serif", 24)).map_err(|e| anyhow::anyhow!("{e}"))? } else { root };
+    // One time axis for every panel.
+    let x_max =
+        panels.iter().flat_map(|p| p.series.iter().flat_map(|(_, s)| s.iter())).fold(1.0_f64, |x, p| x.max(p.0));
+    for (area, panel) in root.split_evenly((rows, 2)).iter().zip(panels) {
+        let y_max = panel.series.iter().flat_map(|(_, p)| p.iter()).fold(0.0_f64, |y, p| y.max(p.1));
+        let mut builder = ChartBuilder::on(area);
+        builder.margin(15).x_label_area_size(35).y_label_area_size(70);
+        if has_text {
+            let caption =
+                if panel.series.is_empty() { format!("{} (no data)", panel.title) } else { panel.title.clone() };
+            builder.caption(caption, ("sans-serif", 18));
+        }
+        let mut chart =
+            builder.build_cartesian_2d(0.0..x_max, 0.0..(y_max * 1.1).max(1e-3)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut mesh = chart.configure_mesh();
+        if has_text {
+            mesh.x_desc("seconds").y_desc(panel.unit.as_str()).label_style(("sans-serif", 13));
+        } else {
+            mesh.disable_x_mesh().disable_y_mesh().x_labels(0).y_labels(0);
+        }
+        mesh.draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (i, (name, values)) in panel.series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let line = chart
+                .draw_series(LineSeries::new(values.iter().copied(), color.stroke_width(2)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if has_text {
+                line.label(name.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+            }
+        }
+        if has_text && !panel.series.is_empty() {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 13))
+                .draw()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    root.present().with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(())
+}

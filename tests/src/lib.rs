@@ -29,6 +29,25 @@ pub fn cassandra_node() -> String {
     std::env::var("CASSANDRA_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into())
 }
 
+/// Prometheus of the running stack (`STACK_PROMETHEUS_PORT`, else 9090).
+pub fn prometheus_url() -> String {
+    format!("http://127.0.0.1:{}", std::env::var("STACK_PROMETHEUS_PORT").unwrap_or_else(|_| "9090".into()))
+}
+
+/// The folder whose `*.json` files list the stack Prometheus's `streamrec` targets.
+pub fn prometheus_targets_dir() -> PathBuf {
+    let run = std::env::var("STREAMREC_RUN").map_or_else(|_| stack_cache().join("run"), PathBuf::from);
+    run.join("prometheus/targets")
+}
+
+/// A loopback port free right now (for a child's `--metrics-addr`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
 /// Folder of the stack's cache (jars, the cqlsh venv), as `deploy/local/stack.sh` computes it.
 pub fn stack_cache() -> PathBuf {
     match std::env::var("STREAMREC_CACHE") {
@@ -86,6 +105,23 @@ pub fn kafka_config() -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", bootstrap());
     cfg
+}
+
+/// A new compacted one-partition topic, as `deploy/init/create-topics.sh` makes the weights
+/// topic; returns its name.
+pub async fn create_weights_topic() -> anyhow::Result<String> {
+    let name = unique("weights");
+    let admin: AdminClient<DefaultClientContext> = kafka_config().create()?;
+    let topic = NewTopic::new(&name, 1, TopicReplication::Fixed(3))
+        .set("min.insync.replicas", "2")
+        .set("cleanup.policy", "compact");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.create_topics(&[topic], &opts).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("cannot create {t}: {e}"))?;
+    }
+    let names = [name.clone()];
+    tokio::task::spawn_blocking(move || wait_for_metadata(&names, 1)).await??;
+    Ok(name)
 }
 
 /// Topics of one test: state, action and dead-letter, with a shared random suffix.
@@ -265,6 +301,45 @@ pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Comm
         }
     }
     cmd
+}
+
+/// Runs `cmd` to its end, as [`std::process::Command::output`], but kills it (SIGKILL) and
+/// panics with what it wrote to stderr when it runs past `within`: a child that hangs fails its
+/// test with its log instead of stalling the suite.
+pub fn output_within(mut cmd: std::process::Command, within: Duration) -> std::process::Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = std::time::Instant::now() + within;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(PROBE_EVERY),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = stderr.join().unwrap_or_default();
+                panic!("{cmd:?} still ran after {within:?}, killed; its stderr:\n{}", String::from_utf8_lossy(&log));
+            }
+            Err(e) => panic!("cannot wait for {cmd:?}: {e}"),
+        }
+    };
+    let (stdout, stderr) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+    std::process::Output { status, stdout, stderr }
 }
 
 /// The offsets `group` has committed on `topic`, per partition (partitions without one left out).

@@ -10,11 +10,11 @@ use std::time::Duration;
 use common::weights::{publish, Follower};
 use protocol::weights::{split, Chunk, DEFAULT_CHUNK_BYTES};
 use rdkafka::{
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    admin::{AdminClient, AdminOptions},
     client::DefaultClientContext,
     producer::FutureProducer,
 };
-use streamrec_tests::{kafka_config, unique};
+use streamrec_tests::kafka_config;
 
 const MODEL: &str = "test-dqn";
 const SHAPE: &str = "tower-64/186192";
@@ -36,20 +36,6 @@ fn chunks(model: &str, version: u64, shape: &str, blob: &[u8]) -> Vec<Chunk> {
     split(model, version, shape, blob, DEFAULT_CHUNK_BYTES).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A compacted one-partition topic, as `deploy/init/create-topics.sh` makes the weights topic.
-async fn weights_topic() -> String {
-    let name = unique("weights");
-    let admin: AdminClient<DefaultClientContext> = kafka_config().create().unwrap_or_else(|e| panic!("{e}"));
-    let topic = NewTopic::new(&name, 1, TopicReplication::Fixed(3))
-        .set("min.insync.replicas", "2")
-        .set("cleanup.policy", "compact");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for r in admin.create_topics(&[topic], &opts).await.unwrap_or_else(|e| panic!("{e}")) {
-        r.unwrap_or_else(|(t, e)| panic!("cannot create {t}: {e}"));
-    }
-    name
-}
-
 /// A new follower of `topic` read to the topic's end: the newest verified version's number and
 /// blob, and the rejections it counted.
 async fn late_follower(topic: &str, shape: &str) -> (Option<(u64, Vec<u8>)>, u64) {
@@ -68,7 +54,7 @@ async fn late_follower(topic: &str, shape: &str) -> (Option<(u64, Vec<u8>)>, u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_arrive_whole_and_verified_and_bad_ones_are_refused() {
-    let topic = weights_topic().await;
+    let topic = streamrec_tests::create_weights_topic().await.unwrap_or_else(|e| panic!("{e}"));
     let producer: FutureProducer =
         kafka_config().set("acks", "all").set("enable.idempotence", "true").create().unwrap_or_else(|e| panic!("{e}"));
 

@@ -151,6 +151,11 @@ pub trait Policy<S = StateMsg>: Send {
     }
     /// Learns from one transition (`next.terminated` ends bootstrapping; `next.truncated` does not).
     fn learn(&mut self, feedback: &Feedback<'_, S>) -> anyhow::Result<()>;
+    /// Whether [`Policy::learn`] learns anything here (a replica serving a shared learner's
+    /// weights does not: the learner reads the same steps from the topics).
+    fn learns(&self) -> bool {
+        true
+    }
     /// The `k` best products for each state, best first, without exploration: for evaluation
     /// (HR@k, NDCG@k) and greedy play.
     fn top_k(&mut self, states: &[&S], k: usize) -> anyhow::Result<Vec<Vec<u32>>>;
@@ -169,6 +174,15 @@ pub trait Policy<S = StateMsg>: Send {
     /// Version of the model that chooses actions, for learned policies.
     fn model_version(&self) -> Option<u64> {
         None
+    }
+    /// The exploration rate now, for policies that explore by an epsilon that changes.
+    fn epsilon(&self) -> Option<f64> {
+        None
+    }
+    /// Whether it has a model to answer with (a replica of a shared learner: once the first
+    /// version arrived); `/readyz` waits for it.
+    fn has_model(&self) -> bool {
+        true
     }
 }
 

@@ -26,7 +26,7 @@ import (
 )
 
 // appServices are the project's own long-running services: they have no healthcheck of their own.
-var appServices = []string{"env-svc", "agent-svc", "archiver"}
+var appServices = []string{"env-svc", "agent-svc", "agent-learner", "archiver"}
 
 func main() {
 	file := flag.String("f", "docker-compose.yml", "compose file")

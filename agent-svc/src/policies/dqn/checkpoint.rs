@@ -110,6 +110,10 @@ pub struct Meta {
     /// The sparse wide table's pairs `(item, action)` in slot order (tower head).
     #[serde(default)]
     pub wide_pairs: Vec<(i64, i64)>,
+    /// The items' token ids as the stream showed them (tower head), by item index (empty:
+    /// unknown); what a serving replica needs to score items it never saw a state of.
+    #[serde(default)]
+    pub items: Vec<Vec<i64>>,
     /// Milliseconds since the Unix epoch when written.
     pub saved_at_ms: i64,
 }
@@ -300,6 +304,7 @@ mod tests {
     fn meta(cfg: &NetConfig) -> Meta {
         Meta {
             wide_pairs: Vec::new(),
+            items: vec![vec![2, 3], Vec::new()],
             format: FORMAT,
             net: cfg.clone(),
             n_actions: 7,

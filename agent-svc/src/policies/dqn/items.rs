@@ -38,6 +38,17 @@ impl ItemTokens {
         usize::try_from(item).ok().and_then(|i| self.tokens.get(i)).map_or(&[], Vec::as_slice)
     }
 
+    /// Every item's tokens by index (empty: unknown), as checkpoints store them.
+    pub fn to_vecs(&self) -> Vec<Vec<i64>> {
+        self.tokens.clone()
+    }
+
+    /// The table that [`ItemTokens::to_vecs`] wrote.
+    pub fn from_vecs(tokens: Vec<Vec<i64>>) -> Self {
+        let known = tokens.iter().filter(|t| !t.is_empty()).count();
+        Self { tokens, known }
+    }
+
     /// Items with known tokens.
     pub fn known(&self) -> usize {
         self.known

@@ -93,6 +93,9 @@ pub enum ToLearner {
     Checkpoint(SyncSender<Result<u64, String>>),
     /// Send the current weights now, through the given channel.
     Snapshot(SyncSender<Snapshot>),
+    /// Encode what a serving replica needs (the checkpoint layout without target weights);
+    /// the reply carries the update count and the bytes, or the error.
+    Serve(SyncSender<Result<(u64, Vec<u8>), String>>),
     /// Reply once no update is owed any more (the learner has caught up).
     Flush(SyncSender<u64>),
 }
@@ -106,6 +109,8 @@ pub struct Shared {
     pub eps_step: AtomicU64,
     /// Transitions dropped because the learner's channel was full.
     pub dropped: AtomicU64,
+    /// Updates skipped because more were owed than `--dqn-max-owed`.
+    pub skipped: AtomicU64,
     /// Updates done so far.
     pub updates: AtomicU64,
     /// Why the learner stopped, when it stopped on a failure (an update or a checkpoint that
@@ -247,6 +252,9 @@ impl Learner {
         self.updates = ckpt.meta.updates;
         let capacity = usize::try_from(self.net_cfg.wide_pairs).unwrap_or(0);
         *self.pairs.write().unwrap_or_else(|p| p.into_inner()) = PairIndex::from_pairs(capacity, &ckpt.meta.wide_pairs);
+        if !ckpt.meta.items.is_empty() {
+            *self.items.write().unwrap_or_else(|p| p.into_inner()) = ItemTokens::from_vecs(ckpt.meta.items.clone());
+        }
         Ok(())
     }
 
@@ -458,14 +466,9 @@ impl Learner {
         Snapshot { version: self.updates, weights: net::snapshot(&self.online_vars) }
     }
 
-    /// Writes a checkpoint with the given vocabulary and epsilon position.
-    pub fn save(
-        &self,
-        path: &std::path::Path,
-        vocab: Vec<String>,
-        eps_step: u64,
-    ) -> Result<(), checkpoint::CheckpointError> {
-        let meta = Meta {
+    /// Everything but the weights, for a checkpoint or a serving copy.
+    fn meta(&self, vocab: Vec<String>, eps_step: u64) -> Meta {
+        Meta {
             format: checkpoint::FORMAT,
             net: self.net_cfg.clone(),
             n_actions: self.n_actions,
@@ -474,11 +477,30 @@ impl Learner {
             eps_step,
             vocab,
             wide_pairs: self.pairs.read().unwrap_or_else(|p| p.into_inner()).pairs(),
+            items: self.items.read().unwrap_or_else(|p| p.into_inner()).to_vecs(),
             saved_at_ms: common::kafka::now_ms(),
-        };
-        checkpoint::save(path, &meta, &self.online_vs, &self.target_vs)
+        }
+    }
+
+    /// Writes a checkpoint with the given vocabulary and epsilon position.
+    pub fn save(
+        &self,
+        path: &std::path::Path,
+        vocab: Vec<String>,
+        eps_step: u64,
+    ) -> Result<(), checkpoint::CheckpointError> {
+        checkpoint::save(path, &self.meta(vocab, eps_step), &self.online_vs, &self.target_vs)
+    }
+
+    /// What a serving replica needs, in the checkpoint layout without target weights.
+    pub fn serving_bytes(&self, vocab: Vec<String>, eps_step: u64) -> Result<Vec<u8>, checkpoint::CheckpointError> {
+        let origin = std::path::PathBuf::from(format!("serving copy of update {}", self.updates));
+        checkpoint::encode(&self.meta(vocab, eps_step), &self.online_vs, None, &origin)
     }
 }
+
+/// How often the learner thread sets its Prometheus gauges.
+const EXPORT_EVERY: Duration = Duration::from_secs(2);
 
 /// The learner thread's loop; returns when the policy side hangs up.
 pub fn run(
@@ -491,8 +513,11 @@ pub fn run(
     let mut owed = 0.0_f64;
     let mut pending: Option<Snapshot> = None;
     let mut flushes: Vec<SyncSender<u64>> = Vec::new();
-    let (mut loss_sum, mut loss_n, mut skipped) = (0.0, 0u64, 0u64);
+    // Updates skipped, fractional: a train ratio below 1 owes a fraction per transition.
+    let (mut loss_sum, mut loss_n, mut skipped) = (0.0, 0u64, 0.0_f64);
     let mut last_log = Instant::now();
+    // The same figures for Prometheus, more often (no-ops without a recorder).
+    let (mut export_sum, mut export_n, mut last_export) = (0.0, 0u64, Instant::now());
     let mut warned_full = false;
     let save = |learner: &Learner| -> Result<u64, String> {
         let Some(path) = &checkpoint_path else { return Ok(learner.updates()) };
@@ -537,7 +562,8 @@ pub fn run(
                         owed += learner.hp.train_ratio;
                         let max_owed = learner.hp.max_owed.max(1.0);
                         if owed > max_owed {
-                            skipped += (owed - max_owed).ceil() as u64;
+                            skipped += owed - max_owed;
+                            shared.skipped.store(skipped.round() as u64, Ordering::Relaxed);
                             owed = max_owed;
                         }
                     }
@@ -547,6 +573,18 @@ pub fn run(
                 }
                 ToLearner::Snapshot(reply_tx) => {
                     let _ = reply_tx.send(learner.snapshot());
+                }
+                ToLearner::Serve(reply_tx) => {
+                    let serving = shared
+                        .vocab
+                        .lock()
+                        .map_err(|_| "vocabulary lock poisoned".to_string())
+                        .map(|v| v.words().to_vec())
+                        .and_then(|words| {
+                            let eps = shared.eps_step.load(Ordering::Relaxed);
+                            learner.serving_bytes(words, eps).map_err(|e| e.to_string())
+                        });
+                    let _ = reply_tx.send(serving.map(|bytes| (learner.updates(), bytes)));
                 }
                 ToLearner::Flush(reply_tx) => flushes.push(reply_tx),
             }
@@ -565,6 +603,8 @@ pub fn run(
                 Ok(loss) => {
                     loss_sum += loss;
                     loss_n += 1;
+                    export_sum += loss;
+                    export_n += 1;
                 }
                 Err(e) => {
                     let why = format!("dqn update {} failed: {e:#}", learner.updates() + 1);
@@ -600,6 +640,16 @@ pub fn run(
                 Err(TrySendError::Disconnected(_)) => break,
             }
         }
+        if last_export.elapsed() >= EXPORT_EVERY && export_n > 0 {
+            // The learner's Prometheus gauges (mean TD loss over the last window).
+            metrics::gauge!("streamrec_dqn_td_loss").set(export_sum / export_n as f64);
+            metrics::gauge!("streamrec_dqn_replay_transitions").set(learner.replay().len() as f64);
+            metrics::counter!("streamrec_dqn_updates_total").absolute(learner.updates());
+            metrics::counter!("streamrec_dqn_skipped_updates_total").absolute(skipped.round() as u64);
+            metrics::counter!("streamrec_dqn_dropped_transitions_total")
+                .absolute(shared.dropped.load(Ordering::Relaxed));
+            (export_sum, export_n, last_export) = (0.0, 0, Instant::now());
+        }
         if last_log.elapsed() >= Duration::from_secs(10) && loss_n > 0 {
             let pairs = learner.wide_pairs();
             tracing::info!(
@@ -607,7 +657,7 @@ pub fn run(
                 td_loss = loss_sum / loss_n as f64,
                 replay = learner.replay().len(),
                 dropped = shared.dropped.load(Ordering::Relaxed),
-                skipped,
+                skipped = skipped.round() as u64,
                 wide_pairs = pairs.map(|(taken, _)| taken),
                 "dqn learner"
             );

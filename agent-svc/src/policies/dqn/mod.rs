@@ -20,6 +20,7 @@ pub mod learner;
 pub mod net;
 pub mod replay;
 pub mod search;
+pub mod serving;
 pub mod vocab;
 
 use std::{
@@ -641,7 +642,22 @@ pub struct Dqn<S = StateMsg> {
     /// Steps of the episodes in flight with the product each led to, for full feedback at
     /// their end (`--dqn-hindsight future`).
     episodes: HashMap<String, Vec<(Transition, i64)>>,
+    /// `--learning shared`: the versions a learner publishes, in place of a learner thread.
+    serving: Option<Arc<serving::Inbox>>,
+    /// Hand every transition to the learner thread, waiting for room in its queue rather than
+    /// dropping it (`agent-svc learn`, whose stream is its buffer).
+    never_drop: bool,
+    /// `--learning frozen`: evaluation mode for good, and no checkpoint written.
+    frozen: bool,
     _state: std::marker::PhantomData<fn(&S)>,
+}
+
+impl<S> Drop for Dqn<S> {
+    fn drop(&mut self) {
+        if let Some(inbox) = &self.serving {
+            inbox.stop();
+        }
+    }
 }
 
 impl<S: DqnState> std::fmt::Debug for Dqn<S> {
@@ -693,6 +709,7 @@ impl<S: DqnState> Dqn<S> {
             vocab: Mutex::new(vocab),
             eps_step: AtomicU64::new(eps_step),
             dropped: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
             updates: AtomicU64::new(0),
             failure: Mutex::new(None),
             items: Arc::new(RwLock::new(ItemTokens::default())),
@@ -710,8 +727,73 @@ impl<S: DqnState> Dqn<S> {
             search: Search::Exact,
             eval: false,
             episodes: HashMap::new(),
+            serving: None,
+            never_drop: false,
+            frozen: false,
             _state: std::marker::PhantomData,
         })
+    }
+
+    /// A replica of `--learning shared`: it trains nothing and serves the versions the
+    /// learner publishes, which `inbox` receives (see [`serving`]); before the first one it
+    /// answers uniformly at random with model version 0. No checkpoint is read or written.
+    pub fn serving(args: &DqnArgs, seed: u64, inbox: Arc<serving::Inbox>) -> anyhow::Result<Self> {
+        let args = DqnArgs { checkpoint_dir: None, ..args.clone() };
+        let mut dqn = Self::new(&args, seed)?;
+        dqn.serving = Some(inbox);
+        Ok(dqn)
+    }
+
+    /// `--learning shared`: takes the newest version the follower left, if any, and swaps it in
+    /// whole (weights, vocabulary, item tokens, wide pairs); fails when the follower stopped.
+    fn take_served(&mut self) -> anyhow::Result<()> {
+        let Some(inbox) = self.serving.clone() else { return Ok(()) };
+        if let Some(why) = inbox.failure() {
+            anyhow::bail!("the weights follower stopped: {why}");
+        }
+        let Some(served) = inbox.take() else { return Ok(()) };
+        let rebuild = self
+            .live
+            .as_ref()
+            .is_none_or(|l| i64::from(l.n_actions) != served.n_actions || self.net_cfg != served.net_cfg);
+        if rebuild {
+            let vs = nn::VarStore::new(self.device);
+            let net = Net::new(&vs.root(), &served.net_cfg, served.n_actions);
+            let vars = net::vars(&vs);
+            let (_, snapshot_rx) = mpsc::sync_channel(1);
+            self.net_cfg = served.net_cfg.clone();
+            self.search = self.args.dqn_search.resolved(self.net_cfg.head, served.n_actions);
+            self.live = Some(Live {
+                n_actions: u32::try_from(served.n_actions).context("weights: action count out of range")?,
+                catalog: served.catalog.clone(),
+                _vs: vs,
+                net,
+                vars,
+                version: 0,
+                items_cache: None,
+                index: None,
+                index_job: None,
+                inbox_tx: None,
+                snapshot_rx,
+                thread: None,
+            });
+            tracing::info!(n_actions = served.n_actions, catalog = served.catalog, head = ?self.net_cfg.head, search = ?self.search, "dqn serving network built");
+        }
+        let live = self.live.as_mut().context("the serving network was just built")?;
+        net::assign(&live.vars, &served.weights).context("weights version not applied")?;
+        let capacity = usize::try_from(self.net_cfg.wide_pairs).unwrap_or(0);
+        *self.shared.vocab.lock().unwrap_or_else(|p| p.into_inner()) =
+            Vocab::from_words(self.args.dqn_vocab_size, served.vocab);
+        *self.shared.items.write().unwrap_or_else(|p| p.into_inner()) = served.items;
+        *self.shared.pairs.write().unwrap_or_else(|p| p.into_inner()) =
+            PairIndex::from_pairs(capacity, &served.wide_pairs);
+        self.shared.eps_step.fetch_max(served.eps_step, Ordering::Relaxed);
+        self.shared.updates.store(served.version, Ordering::Relaxed);
+        live.catalog = served.catalog;
+        live.version = served.version;
+        live.items_cache = None;
+        tracing::debug!(version = served.version, "dqn serves a new weights version");
+        Ok(())
     }
 
     /// A checkpoint that does not fit: the error, or (with `fresh`) the checkpoint set aside.
@@ -825,7 +907,9 @@ impl<S: DqnState> Dqn<S> {
         if let Some(why) = self.shared.failure() {
             anyhow::bail!("the dqn learner stopped: {why}");
         }
-        if self.live.is_none() {
+        if self.serving.is_some() {
+            self.take_served()?;
+        } else if self.live.is_none() {
             if let Some(first) = states.first() {
                 self.start(first.n_actions(), first.catalog()).context("dqn cannot start")?;
             }
@@ -885,7 +969,8 @@ impl<S: DqnState> Dqn<S> {
     /// The token rows of `states` as one padded batch; in training, the vocabulary grows and
     /// the items the states describe are recorded (the tower head's item words).
     fn encode(&mut self, states: &[&S]) -> Tensor {
-        let (max_tokens, grow) = (self.args.dqn_max_tokens, !self.eval);
+        // A serving replica reads with the learner's vocabulary as published, never its own.
+        let (max_tokens, grow) = (self.args.dqn_max_tokens, !self.eval && self.serving.is_none());
         let texts: Vec<String> = states.iter().map(|s| self.text_of(s)).collect();
         let rows: Vec<Vec<i64>> = {
             let mut vocab = self.vocab();
@@ -1053,6 +1138,64 @@ impl<S: DqnState> Dqn<S> {
         Ok(())
     }
 
+    /// What a serving replica needs of the learner's current network: its update count, the
+    /// network's shape identity and the bytes ([`checkpoint::encode`] without target weights);
+    /// `None` before the first transition built the network. For `agent-svc learn`.
+    pub fn serving_copy(&self) -> anyhow::Result<Option<(u64, String, Vec<u8>)>> {
+        let Some(live) = self.live.as_ref() else { return Ok(None) };
+        let tx = self.learner_tx()?;
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        tx.send(ToLearner::Serve(reply_tx)).map_err(|_| anyhow!("the dqn learner stopped"))?;
+        let (updates, bytes) = reply_rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("the dqn learner did not encode its weights in time")?
+            .map_err(|e| anyhow!("the dqn learner could not encode its weights: {e}"))?;
+        Ok(Some((updates, self.shape_id(live.n_actions), bytes)))
+    }
+
+    /// The network's shape identity on the weights topic: the resolved configuration and the
+    /// action space, hashed (a replica decodes and checks the configuration itself).
+    fn shape_id(&self, n_actions: u32) -> String {
+        let cfg = serde_json::to_string(&self.net_cfg.resolved(i64::from(n_actions))).unwrap_or_default();
+        format!("{n_actions}-{:016x}", xxhash_rust::xxh3::xxh3_64(cfg.as_bytes()))
+    }
+
+    /// `--learning frozen`: serves the loaded checkpoint greedily, learns nothing and writes no
+    /// checkpoint.
+    pub fn freeze(&mut self) -> anyhow::Result<()> {
+        self.frozen = true;
+        Policy::<S>::set_eval(self, true)
+    }
+
+    /// Whether the networks are built (on the first state seen): before, [`Policy::save`]
+    /// has nothing to write.
+    pub fn built(&self) -> bool {
+        self.live.is_some()
+    }
+
+    /// Whether a checkpoint was found at start (and fits the flags).
+    pub fn resumed(&self) -> bool {
+        self.resume.is_some()
+    }
+
+    /// Never drops a transition: [`Policy::learn`] waits for room in the learner's queue. The
+    /// learner thread still skips (and counts) the updates it cannot catch up with, unless
+    /// `--dqn-backpressure` ties its intake to its updates. For `agent-svc learn`.
+    pub fn never_drop(&mut self) {
+        self.never_drop = true;
+    }
+
+    /// Advances the epsilon schedule by `n` steps acted on elsewhere (the learner counts the
+    /// replicas' steps it learns from, and publishes the position with its weights).
+    pub fn count_steps(&self, n: u64) {
+        self.shared.eps_step.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Updates the learner skipped, owing more than `--dqn-max-owed`.
+    pub fn skipped(&self) -> u64 {
+        self.shared.skipped.load(Ordering::Relaxed)
+    }
+
     /// Transitions dropped because the learner's channel was full.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
@@ -1122,6 +1265,13 @@ impl<S: DqnState> Policy<S> for Dqn<S> {
         if states.is_empty() {
             return Ok(Vec::new());
         }
+        if self.serving.is_some() {
+            self.take_served()?;
+            if self.live.is_none() {
+                // No version published yet: uniform, as a fresh network's choices would be.
+                return Ok(states.iter().map(|s| epsilon_greedy(0, s.n_actions(), 1.0, rng)).collect());
+            }
+        }
         let n = self.ensure_live(states)?.n_actions;
         let eps = self.epsilon();
         if !self.eval {
@@ -1133,7 +1283,9 @@ impl<S: DqnState> Policy<S> for Dqn<S> {
     }
 
     fn learn(&mut self, fb: &Feedback<'_, S>) -> anyhow::Result<()> {
-        if self.eval {
+        // A serving replica learns nothing itself: the learner reads the same steps from the
+        // topics.
+        if self.eval || self.serving.is_some() {
             return Ok(());
         }
         let n_actions = self.ensure_live(&[fb.prev, fb.next])?.n_actions;
@@ -1171,7 +1323,7 @@ impl<S: DqnState> Policy<S> for Dqn<S> {
             }
         };
         for t in batch {
-            if self.args.dqn_backpressure {
+            if self.args.dqn_backpressure || self.never_drop {
                 if tx.send(ToLearner::Transition(t)).is_err() {
                     let why = self.shared.failure().unwrap_or_else(|| "its thread ended".into());
                     anyhow::bail!("the dqn learner stopped: {why}");
@@ -1230,6 +1382,10 @@ impl<S: DqnState> Policy<S> for Dqn<S> {
     }
 
     fn save(&mut self) -> anyhow::Result<()> {
+        // A frozen policy serves its checkpoint as it was loaded: nothing to write.
+        if self.frozen {
+            return Ok(());
+        }
         if let Some(why) = self.shared.failure() {
             anyhow::bail!("the dqn learner stopped ({why}); checkpoint left as it was");
         }
@@ -1245,10 +1401,22 @@ impl<S: DqnState> Policy<S> for Dqn<S> {
         Ok(())
     }
 
+    fn learns(&self) -> bool {
+        self.serving.is_none() && !self.eval
+    }
+
     fn model_version(&self) -> Option<u64> {
         Some(
             self.live.as_ref().map(|l| l.version).unwrap_or_else(|| self.resume.as_ref().map_or(0, |c| c.meta.updates)),
         )
+    }
+
+    fn epsilon(&self) -> Option<f64> {
+        Some(Dqn::epsilon(self))
+    }
+
+    fn has_model(&self) -> bool {
+        self.serving.is_none() || self.live.is_some()
     }
 }
 
