@@ -94,7 +94,7 @@ impl RunArgs {
 /// `archiver daily`: run-once every day at a fixed UTC time, until SIGTERM.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DailyArgs {
-    /// UTC time of day of the daily run, HH:MM.
+    /// UTC time of day of the daily run, HH:MM (or HH:MM:SS).
     #[arg(long, env = "ARCHIVE_AT", default_value = "02:00")]
     pub at: TimeOfDay,
     /// Also run once right away, then keep the daily schedule.

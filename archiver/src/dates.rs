@@ -59,39 +59,49 @@ pub fn format_ts(ts_ms: i64) -> String {
     format!("{}T{h:02}:{m:02}:{s:02}.{ms:03}Z", format_day(day_number(ts_ms)))
 }
 
-/// A wall-clock time of day in UTC, written `HH:MM`.
+/// A wall-clock time of day in UTC, written `HH:MM` or `HH:MM:SS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeOfDay {
     /// 0..=23.
     pub hour: u8,
     /// 0..=59.
     pub minute: u8,
+    /// 0..=59 (`HH:MM:SS`; 0 for `HH:MM`).
+    pub second: u8,
 }
 
 impl FromStr for TimeOfDay {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("'{s}' is not a UTC time of day HH:MM (00:00 to 23:59)");
-        let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
-        let (hour, minute): (u8, u8) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-        if hour > 23 || minute > 59 || m.len() != 2 {
+        let bad = || format!("'{s}' is not a UTC time of day HH:MM or HH:MM:SS (00:00 to 23:59:59)");
+        let parts: Vec<&str> = s.trim().split(':').collect();
+        if !(2..=3).contains(&parts.len()) || parts[1..].iter().any(|p| p.len() != 2) {
             return Err(bad());
         }
-        Ok(Self { hour, minute })
+        let numbers: Vec<u8> = parts.iter().map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+        let (hour, minute, second) = (numbers[0], numbers[1], numbers.get(2).copied().unwrap_or(0));
+        if hour > 23 || minute > 59 || second > 59 {
+            return Err(bad());
+        }
+        Ok(Self { hour, minute, second })
     }
 }
 
 impl fmt::Display for TimeOfDay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02}:{:02}", self.hour, self.minute)
+        write!(f, "{:02}:{:02}", self.hour, self.minute)?;
+        if self.second > 0 {
+            write!(f, ":{:02}", self.second)?;
+        }
+        Ok(())
     }
 }
 
 impl TimeOfDay {
     /// The first instant at this time of day strictly after `now_ms` (Unix milliseconds).
     pub fn next_after(&self, now_ms: i64) -> i64 {
-        let offset = (i64::from(self.hour) * 60 + i64::from(self.minute)) * 60_000;
+        let offset = ((i64::from(self.hour) * 60 + i64::from(self.minute)) * 60 + i64::from(self.second)) * 1000;
         let today = day_number(now_ms) * MS_PER_DAY + offset;
         if today > now_ms {
             today
@@ -119,19 +129,22 @@ mod tests {
 
     #[test]
     fn time_of_day_parses_strictly() {
-        assert_eq!("02:05".parse::<TimeOfDay>(), Ok(TimeOfDay { hour: 2, minute: 5 }));
+        assert_eq!("02:05".parse::<TimeOfDay>(), Ok(TimeOfDay { hour: 2, minute: 5, second: 0 }));
         assert_eq!("23:59".parse::<TimeOfDay>().map(|t| t.to_string()), Ok("23:59".into()));
-        for bad in ["24:00", "12:60", "7", "07:5", "ab:cd", ""] {
+        assert_eq!("23:59:07".parse::<TimeOfDay>().map(|t| t.to_string()), Ok("23:59:07".into()));
+        for bad in ["24:00", "12:60", "7", "07:5", "ab:cd", "", "12:00:60", "12:00:5", "12:00:00:00"] {
             assert!(bad.parse::<TimeOfDay>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn next_run_is_today_if_still_ahead_else_tomorrow() {
-        let at = TimeOfDay { hour: 2, minute: 0 };
+        let at = TimeOfDay { hour: 2, minute: 0, second: 0 };
         let day = 19_675 * MS_PER_DAY;
         assert_eq!(at.next_after(day), day + 2 * 3_600_000);
         assert_eq!(at.next_after(day + 2 * 3_600_000), day + MS_PER_DAY + 2 * 3_600_000, "strictly after");
         assert_eq!(at.next_after(day + 23 * 3_600_000), day + MS_PER_DAY + 2 * 3_600_000);
+        let at = TimeOfDay { hour: 2, minute: 0, second: 30 };
+        assert_eq!(at.next_after(day + 2 * 3_600_000), day + 2 * 3_600_000 + 30_000);
     }
 }

@@ -613,15 +613,16 @@ async fn undecodable_messages_land_in_rejected_with_reason_and_position_and_the_
 
 // ---------------------------------------------------------------------------- daily
 
-/// Starts `archiver daily` at the next whole minute at least 10 s away, writing its summary to
-/// `json`; returns it with that time (`HH:MM`, and in seconds since the epoch). A daily that
-/// starts too late for that minute says in its log that it waits for tomorrow: it is stopped and
-/// started again with a later minute, so the test never depends on how fast a process starts.
+/// Starts `archiver daily` at a time 15 s away, writing its summary to `json`; returns it with
+/// that time (`HH:MM:SS`, and in seconds since the epoch). A daily that starts too late for that
+/// time says in its log that it waits for tomorrow: it is stopped and started again with a later
+/// time, so the test never depends on how fast a process starts.
 async fn start_daily(a: &Archive, json: &Path) -> (tokio::process::Child, String, i64) {
     for _ in 0..5 {
         let now_s = common::kafka::now_ms() / 1000;
-        let at_s = (now_s + 10) / 60 * 60 + 60;
-        let at = format!("{:02}:{:02}", at_s / 3600 % 24, at_s / 60 % 60);
+        // Never second 0: HH:MM:00 would print as HH:MM.
+        let at_s = if (now_s + 15) % 60 == 0 { now_s + 16 } else { now_s + 15 };
+        let at = format!("{:02}:{:02}:{:02}", at_s / 3600 % 24, at_s / 60 % 60, at_s % 60);
         let mut args = vec!["daily".to_string(), "--log-format".into(), "json".into(), "--at".into(), at.clone()];
         args.extend(a.flags());
         args.extend(["--summary-json".into(), json.display().to_string()]);
