@@ -8,7 +8,7 @@
 //! RecoGym checker); the log read back from the topics is RecoGym's own `generate_logs` for
 //! those users; the in-process transport gives the same counts; and the trained organic-count
 //! agent beats random with non-overlapping 95% intervals. Everything is seeded and per user, so
-//! the counts are the same on every run (about 11,000 impressions per A/B run).
+//! the counts are the same on every run (about 7,000 impressions per A/B run).
 
 use std::collections::{HashMap, HashSet};
 
@@ -18,8 +18,8 @@ use env_svc::{checker::check_recogym_run, metrics::Summary};
 use protocol::{topics::value_subject, ActionMsg, Envelope, RecoStateMsg};
 use streamrec_tests::{decode_values, read_topic, registry_url, simulate_recogym_over_kafka, unique, TestTopics};
 
-const TRAIN_USERS: u64 = 150;
-const AB_USERS: u64 = 150;
+const TRAIN_USERS: u64 = 100;
+const AB_USERS: u64 = 100;
 
 /// Every record of `topic`, decoded as the services decode it (against its writer's schema,
 /// which must be registered under the topic's subject), and framed with the id of the subject's
