@@ -3,10 +3,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 STACK := deploy/local/stack.sh
 
-.PHONY: help sim test bench eval scaling recogym libtorch stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build
+.PHONY: help sim test bench eval scaling recogym libtorch stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build k8s-check
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 sim: ## the main job: a full simulation (DATASET, EPISODES, POLICY, TRANSPORT=kafka|memory, REPLICAS, LEARNING=shared|local)
 	@scripts/sim.sh
@@ -45,6 +45,8 @@ lint: libtorch ## rustfmt and clippy, warnings are errors
 compose-check: ## validate docker-compose.yml without a Docker engine
 	@deploy/tools/compose-check.sh
 
+k8s-check: ## validate deploy/k8s (both overlays) against a real kube-apiserver on 127.0.0.1, and against compose and the local stack
+	@scripts/k8s-check.sh
 
 eval: ## train each policy on train users, evaluate on test users: target/eval/report.json + PNG (SIZE=full: the full-size set, target/eval-full/)
 	@scripts/eval.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: checks what it needs, starts the local stack unless it is already up, runs the
-# lints, the compose check and every test, and stops the stack again if it started it.
+# lints, the compose check, the Kubernetes check and every test, and stops the stack again if it
+# started it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,10 @@ else
   started=1
   deploy/local/stack.sh up
 fi
+
+# After the stack: its script installs the JDK and Maven the check also needs (Strimzi's CRDs).
+step "Kubernetes manifests: both overlays on a real kube-apiserver (scripts/k8s-check.sh)"
+scripts/k8s-check.sh
 
 step "tests"
 log=$(mktemp)
