@@ -252,26 +252,27 @@ pub fn topic_size(topic: &str) -> anyhow::Result<i64> {
 }
 
 /// The binary `bin` of workspace package `package` next to this test binary
-/// (`target/<profile>/<bin>`), built first with `cargo build -p <package> --bin <bin>` (a no-op
-/// when up to date) so that tests never run a stale one.
+/// (`target/<profile>/<bin>`), the workspace built first with `cargo build --workspace
+/// --all-targets` (a no-op when up to date, as after `make test`'s build step) so that tests
+/// never run a stale one. Not `cargo build -p <package>`: alone, a package's dependencies are
+/// built with other features than in the workspace build, which recompiled them (minutes) and
+/// replaced the binaries that build had made.
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<BTreeMap<String, PathBuf>> = std::sync::Mutex::new(BTreeMap::new());
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(path) = built.get(bin) {
-        return path.clone();
+    if !*built {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "--workspace", "--all-targets"])
+            .current_dir(repo_root())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "cargo build --workspace --all-targets failed (for {package})");
+        *built = true;
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
-        .current_dir(repo_root())
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "cargo build -p {package} --bin {bin} failed");
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current exe: {e}"));
     // target/<profile>/deps/<test binary> -> target/<profile>/<bin>
     let path = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join(bin));
-    let path = path.filter(|b| b.exists()).unwrap_or_else(|| repo_root().join("target/debug").join(bin));
-    built.insert(bin.to_string(), path.clone());
-    path
+    path.filter(|b| b.exists()).unwrap_or_else(|| repo_root().join("target/debug").join(bin))
 }
 
 /// The `archiver` binary, up to date ([`workspace_bin`]).
