@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 STACK := deploy/local/stack.sh
 
-.PHONY: help sim test bench eval scaling recogym libtorch stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build k8s-check
+.PHONY: help sim test bench eval scaling recogym ope ope-obp libtorch stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build k8s-check
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -56,6 +56,12 @@ scaling: ## sample efficiency: one learner for 1 or 3 replicas vs 3 replicas lea
 
 recogym: ## RecoGym A/B test through the pipeline (paper's Table 1/Fig 4): target/recogym/ab.json + PNG
 	@scripts/recogym.sh
+
+ope: ## off-policy evaluation on the archive checked against A/B truth on RecoGym: target/ope/ope-recogym.json + PNGs
+	@scripts/ope.sh
+
+ope-obp: ## cross-check the estimates of `make ope` against the Open Bandit Pipeline (Python 3.10 venv)
+	@scripts/ope_obp.sh
 
 bench: ## benchmarks with baselines in the same run; writes target/bench/report.json
 	@scripts/bench.sh

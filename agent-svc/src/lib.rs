@@ -12,6 +12,7 @@ pub mod core;
 pub mod envs;
 pub mod learn;
 pub mod link;
+pub mod ope;
 pub mod policies;
 pub mod train_logs;
 

@@ -22,6 +22,10 @@ enum Command {
     /// Train the DQN from the state and action topics and publish its weights for the
     /// replicas of `run --learning shared`, until SIGTERM or SIGINT.
     Learn(Box<agent_svc::learn::LearnArgs>),
+    /// Estimate what a target policy (`--policy`) would have earned on an archived run
+    /// (`--env-id`): IPS, SNIPS, the direct method and doubly robust, with bootstrap intervals
+    /// over episodes, the effective sample size and support warnings (docs/OPE.md).
+    Ope(Box<agent_svc::ope::OpeArgs>),
     /// Print what this service sees of the stack (brokers, topics, schema subjects) as JSON;
     /// exit non-zero when a topic or subject it needs is missing.
     Check(common::check::StackArgs),
@@ -44,6 +48,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Learn(args) => {
             let stats = agent_svc::learn::learn(*args, common::shutdown::on_signals()).await?;
             println!("{}", serde_json::to_string(&stats)?);
+        }
+        Command::Ope(args) => {
+            agent_svc::ope::run(*args).await?;
         }
         Command::Check(stack) => println!("{}", serde_json::to_string_pretty(&stack.check().await?)?),
     }

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::Context;
 use archiver::{
-    rows::{summarize_episode, Item, Position, StepReadBack, KIND_STATE},
+    rows::{summarize_episode, ArchivedState, Item, Position, StepReadBack, KIND_STATE},
     sink::{self, Retry, Sink},
     CassandraArgs,
 };
@@ -26,7 +26,7 @@ use common::{
     registry::{Registry, RegistryArgs},
 };
 use futures::StreamExt;
-use protocol::{wire, ActionMsg, ProductObs, StateMsg, SCHEMA_VERSION};
+use protocol::{wire, ActionMsg, Envelope, ProductObs, StateMsg, StepState, SCHEMA_VERSION};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -283,7 +283,10 @@ fn items(gen: &GenArgs) -> Vec<Item> {
         Position { topic: if is_state { st.clone() } else { at.clone() }, partition, offset: *o - 1 }
     };
     generate(gen.seed, gen.messages, |msg| match msg {
-        Msg::State(s) => out.push(Item::State { pos: pos(true, &s.episode_id), schema_id: 1, msg: s }),
+        Msg::State(s) => {
+            let pos = pos(true, &s.episode_id);
+            out.push(Item::State { pos, schema_id: 1, msg: Box::new(ArchivedState::Fashion(*s)) });
+        }
         Msg::Action(a) => out.push(Item::Action { pos: pos(false, &a.episode_id), schema_id: 1, msg: a }),
     });
     out
@@ -295,19 +298,19 @@ async fn baseline(cassandra: &CassandraArgs, gen: &GenArgs, concurrency: usize) 
     let mut by_episode: BTreeMap<&str, Vec<StepReadBack>> = BTreeMap::new();
     for item in &items {
         if let Item::State { msg, .. } = item {
-            by_episode.entry(&msg.episode_id).or_default().push(StepReadBack {
-                step: i32::try_from(msg.step).unwrap_or(0),
+            by_episode.entry(msg.episode_id()).or_default().push(StepReadBack {
+                step: i32::try_from(msg.step()).unwrap_or(0),
                 kind: KIND_STATE.into(),
-                attempt: i32::try_from(msg.attempt).ok(),
-                reward: Some(msg.reward),
-                ts_ms: msg.ts_ms,
+                attempt: i32::try_from(msg.attempt()).ok(),
+                reward: Some(msg.reward()),
+                ts_ms: msg.ts_ms(),
             });
         }
     }
     let episodes: Vec<_> = items
         .iter()
         .filter_map(Item::terminal_state)
-        .map(|t| summarize_episode(t, by_episode.get(t.episode_id.as_str()).map_or(&[][..], Vec::as_slice)))
+        .map(|t| summarize_episode(t, by_episode.get(t.episode_id()).map_or(&[][..], Vec::as_slice)))
         .collect();
     let retry = Retry::new(Duration::from_secs(60));
     let session = sink::connect(cassandra, &retry).await?;

@@ -41,8 +41,12 @@ pub struct InitArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// The fashion topics, unless named otherwise (the archive's tables hold Amazon Fashion
-    /// steps).
+    /// Environment whose topics are copied: `fashion` (`StateMsg` states) or `recogym`
+    /// (`RecoStateMsg` states); picks the default topics and how states are decoded. Both go
+    /// to the same tables, and may share a consumer group (offsets are per topic).
+    #[arg(long = "env", env = "ARCHIVER_ENV", value_enum, default_value_t = EnvKind::Fashion)]
+    pub env: EnvKind,
+    /// The environment's topics, unless named otherwise.
     #[command(flatten)]
     pub topics: TopicArgs,
     /// Where the writer schemas of the records are looked up (a lookup that fails is retried
@@ -80,9 +84,9 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The topics it copies.
+    /// The topics it copies: those of `--env`, unless named otherwise.
     pub fn topics(&self) -> Topics {
-        self.topics.resolve(EnvKind::Fashion)
+        self.topics.resolve(self.env)
     }
 
     /// The TTL in seconds for `USING TTL`, if any.

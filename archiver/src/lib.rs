@@ -1,6 +1,7 @@
-//! The archiver: copies `fashion_state`, `fashion_action` and `fashion_dead_letter` into
-//! Cassandra tables people query in cqlsh, once (`run-once`) or every day (`daily`), and draws a
-//! report of the archived episodes (`report`).
+//! The archiver: copies the step topics of one environment (`--env fashion`: `fashion_state`,
+//! `fashion_action` and `fashion_dead_letter`; `--env recogym`: the `recogym_*` ones) into
+//! Cassandra tables people query in cqlsh, once (`run-once`) or every day (`daily`), draws a
+//! report of the archived episodes (`report`), and reads archived runs back ([`readback`]).
 //!
 //! Invariant: offsets are committed only after the rows of their messages are written, and every
 //! row's primary key holds its message's Kafka identity, so a run killed at any point followed
@@ -23,6 +24,7 @@ use std::path::Path;
 use anyhow::Context;
 pub use config::{CassandraArgs, DailyArgs, InitArgs, ReportArgs, RunArgs};
 pub use metrics::{Outcome, Summary};
+pub use readback::{for_each_episode, ArchivedEpisode, ArchivedState, ArchivedStep, EpisodeFilter, ReadbackCounts};
 pub use run::run_once;
 use scylla::client::session::Session;
 

@@ -8,6 +8,7 @@
 //! writes the same rows with the same values.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap},
     fmt,
     sync::Arc,
@@ -15,21 +16,100 @@ use std::{
 
 use protocol::{
     topics::{dead_letter as dlq, value_subject},
-    wire, ActionMsg, Codec, ProtocolError, StateMsg, WriterSchema, WriterSchemas,
+    wire, ActionMsg, Codec, Envelope, ProtocolError, RecoStateMsg, StateMsg, StepState, WriterSchema, WriterSchemas,
 };
 use scylla::{
     value::{CqlDate, CqlTimestamp, MaybeUnset},
     SerializeRow,
 };
 
-use common::link::Raw;
+use common::{kafka::EnvKind, link::Raw};
 
 use crate::dates::{cql_date, cql_ts};
+
+/// An archived state of either environment: what the state topic of the run's `--env`
+/// carries, and what [`crate::readback`] reads back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArchivedState {
+    /// An Amazon Fashion state (`fashion_state`).
+    Fashion(StateMsg),
+    /// A RecoGym state (`recogym_state`).
+    Recogym(RecoStateMsg),
+}
+
+/// `$e` with `$m` bound to the message, whichever the environment.
+macro_rules! either {
+    ($s:expr, $m:ident => $e:expr) => {
+        match $s {
+            ArchivedState::Fashion($m) => $e,
+            ArchivedState::Recogym($m) => $e,
+        }
+    };
+}
+
+impl ArchivedState {
+    /// How many times the step was re-published after an action timeout (0 on first send).
+    pub fn attempt(&self) -> u32 {
+        either!(self, m => m.attempt)
+    }
+
+    /// The user, as the archive's `user_id` column holds it (RecoGym's number in decimal).
+    pub fn user_id(&self) -> Cow<'_, str> {
+        match self {
+            ArchivedState::Fashion(m) => Cow::Borrowed(&m.user_id),
+            ArchivedState::Recogym(m) => Cow::Owned(m.user_id.to_string()),
+        }
+    }
+
+    /// Whether the episode ended with this state.
+    pub fn is_terminal(&self) -> bool {
+        self.terminated() || self.truncated()
+    }
+}
+
+impl Envelope for ArchivedState {
+    fn env_id(&self) -> &str {
+        either!(self, m => &m.env_id)
+    }
+    fn episode_id(&self) -> &str {
+        either!(self, m => &m.episode_id)
+    }
+    fn step(&self) -> u32 {
+        either!(self, m => m.step)
+    }
+}
+
+impl StepState for ArchivedState {
+    fn n_actions(&self) -> u32 {
+        either!(self, m => m.n_actions)
+    }
+    fn reward(&self) -> f64 {
+        either!(self, m => m.reward)
+    }
+    fn terminated(&self) -> bool {
+        either!(self, m => m.terminated)
+    }
+    fn truncated(&self) -> bool {
+        either!(self, m => m.truncated)
+    }
+    fn ts_ms(&self) -> i64 {
+        either!(self, m => m.ts_ms)
+    }
+    fn mark_resent(&mut self, ts_ms: i64) {
+        either!(self, m => m.mark_resent(ts_ms))
+    }
+    fn product_index(&self) -> u32 {
+        either!(self, m => m.product_index())
+    }
+    fn last_action(&self) -> Option<u32> {
+        either!(self, m => m.last_action)
+    }
+}
 
 /// What a topic carries, which decides how its records are decoded and where they go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
-    /// `StateMsg` values.
+    /// State values: `StateMsg` (fashion) or `RecoStateMsg` (recogym), by the run's `--env`.
     State,
     /// `ActionMsg` values.
     Action,
@@ -58,7 +138,7 @@ pub enum Item {
         /// Registry id of the writer's schema.
         schema_id: u32,
         /// The message.
-        msg: Box<StateMsg>,
+        msg: Box<ArchivedState>,
     },
     /// A decoded action.
     Action {
@@ -125,9 +205,9 @@ impl Item {
     }
 
     /// The state, when this is a terminal state (its episode is finished).
-    pub fn terminal_state(&self) -> Option<&StateMsg> {
+    pub fn terminal_state(&self) -> Option<&ArchivedState> {
         match self {
-            Item::State { msg, .. } if msg.terminated || msg.truncated => Some(msg),
+            Item::State { msg, .. } if msg.is_terminal() => Some(msg),
             _ => None,
         }
     }
@@ -180,12 +260,19 @@ impl fmt::Display for Table {
     }
 }
 
+/// The codec of the state topic of one environment.
+#[derive(Debug)]
+enum StateCodec {
+    Fashion(Codec<StateMsg>),
+    Recogym(Codec<RecoStateMsg>),
+}
+
 /// Decodes records of the state and action topics with the protocol's codecs, each against the
 /// schema it was written with, which must be registered under its topic's subject
 /// (`<topic>-value`). Holds every writer schema learned so far, and the ids found unusable.
 #[derive(Debug)]
 pub struct Decoder {
-    states: Codec<StateMsg>,
+    states: StateCodec,
     actions: Codec<ActionMsg>,
     writers: WriterSchemas,
     /// Ids the registry does not know, or whose schema is unusable, with the reason.
@@ -193,15 +280,14 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// Compiles both schemas; knows no writer schema yet.
-    pub fn new() -> Result<Self, ProtocolError> {
+    /// Compiles the schemas of `env`'s states and of actions; knows no writer schema yet.
+    pub fn new(env: EnvKind) -> Result<Self, ProtocolError> {
         // The id only matters for encoding; decoding reads the writer's id from each frame.
-        Ok(Self {
-            states: Codec::new(0)?,
-            actions: Codec::new(0)?,
-            writers: WriterSchemas::new(),
-            refused: HashMap::new(),
-        })
+        let states = match env {
+            EnvKind::Fashion => StateCodec::Fashion(Codec::new(0)?),
+            EnvKind::Recogym => StateCodec::Recogym(Codec::new(0)?),
+        };
+        Ok(Self { states, actions: Codec::new(0)?, writers: WriterSchemas::new(), refused: HashMap::new() })
     }
 
     /// The schema id of `payload`, a record of a topic of `role`, when its writer schema must be
@@ -253,11 +339,16 @@ impl Decoder {
         let refused = wire::unframe(&payload).ok().and_then(|(id, _)| self.refused.get(&id));
         let decoded: Result<Item, String> = match (refused, role) {
             (Some(reason), _) => Err(reason.clone()),
-            (None, Role::State) => self
-                .states
-                .decode_from(&payload, &self.writers, &subject)
-                .map(|d| Item::State { pos: pos.clone(), schema_id: d.schema_id, msg: Box::new(d.msg) })
-                .map_err(|e| e.to_string()),
+            (None, Role::State) => match &self.states {
+                StateCodec::Fashion(c) => c
+                    .decode_from(&payload, &self.writers, &subject)
+                    .map(|d| (d.schema_id, ArchivedState::Fashion(d.msg))),
+                StateCodec::Recogym(c) => c
+                    .decode_from(&payload, &self.writers, &subject)
+                    .map(|d| (d.schema_id, ArchivedState::Recogym(d.msg))),
+            }
+            .map(|(schema_id, msg)| Item::State { pos: pos.clone(), schema_id, msg: Box::new(msg) })
+            .map_err(|e| e.to_string()),
             (None, _) => self
                 .actions
                 .decode_from(&payload, &self.writers, &subject)
@@ -278,7 +369,13 @@ fn int(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
-/// The state columns shared by `steps` and `states_by_day`.
+fn big(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The state columns shared by `steps` and `states_by_day`, of either environment. The columns
+/// of the other environment, and every absent optional value, are left unset: never null, which
+/// would write a tombstone.
 #[derive(Debug, SerializeRow)]
 pub struct StateCols<'a> {
     kafka_topic: &'a str,
@@ -291,55 +388,82 @@ pub struct StateCols<'a> {
     env_id: &'a str,
     schema_id: i64,
     schema_version: i32,
-    user_id: &'a str,
+    user_id: Cow<'a, str>,
     attempt: i32,
     n_actions: i32,
-    product_asin: &'a str,
-    product_index: i32,
-    product_text: &'a str,
-    sizes: &'a [String],
-    colors: &'a [String],
-    keywords: &'a [String],
+    product_asin: MaybeUnset<&'a str>,
+    product_index: MaybeUnset<i32>,
+    product_text: MaybeUnset<&'a str>,
+    sizes: MaybeUnset<&'a [String]>,
+    colors: MaybeUnset<&'a [String]>,
+    keywords: MaybeUnset<&'a [String]>,
     reward: f64,
-    next_item_hit: bool,
+    next_item_hit: MaybeUnset<bool>,
     terminated: bool,
     truncated: bool,
-    catalog: Option<&'a str>,
-    last_action: Option<i32>,
-    accept_prob: Option<f64>,
+    catalog: MaybeUnset<&'a str>,
+    last_action: MaybeUnset<i32>,
+    accept_prob: MaybeUnset<f64>,
+    user_time: MaybeUnset<i64>,
+    organic: MaybeUnset<Vec<(i64, i32)>>,
+    ps_asked: MaybeUnset<bool>,
 }
 
 impl<'a> StateCols<'a> {
     /// The columns of a state message.
-    pub fn new(pos: &'a Position, schema_id: u32, m: &'a StateMsg) -> Self {
-        Self {
+    pub fn new(pos: &'a Position, schema_id: u32, state: &'a ArchivedState) -> Self {
+        let mut cols = Self {
             kafka_topic: &pos.topic,
             kafka_partition: pos.partition,
             kafka_offset: pos.offset,
-            day: cql_date(m.ts_ms),
-            ts: cql_ts(m.ts_ms),
-            episode_id: &m.episode_id,
-            step: int(m.step),
-            env_id: &m.env_id,
+            day: cql_date(state.ts_ms()),
+            ts: cql_ts(state.ts_ms()),
+            episode_id: state.episode_id(),
+            step: int(state.step()),
+            env_id: state.env_id(),
             schema_id: i64::from(schema_id),
-            schema_version: int(m.schema_version),
-            user_id: &m.user_id,
-            attempt: int(m.attempt),
-            n_actions: int(m.n_actions),
-            product_asin: &m.observation.asin,
-            product_index: int(m.observation.index),
-            product_text: &m.observation.text,
-            sizes: &m.observation.sizes,
-            colors: &m.observation.colors,
-            keywords: &m.observation.keywords,
-            reward: m.reward,
-            next_item_hit: m.next_item_hit,
-            terminated: m.terminated,
-            truncated: m.truncated,
-            catalog: m.catalog.as_deref(),
-            last_action: m.last_action.map(int),
-            accept_prob: m.accept_prob,
+            schema_version: int(either!(state, m => m.schema_version)),
+            user_id: state.user_id(),
+            attempt: int(state.attempt()),
+            n_actions: int(state.n_actions()),
+            product_asin: MaybeUnset::Unset,
+            product_index: MaybeUnset::Unset,
+            product_text: MaybeUnset::Unset,
+            sizes: MaybeUnset::Unset,
+            colors: MaybeUnset::Unset,
+            keywords: MaybeUnset::Unset,
+            reward: state.reward(),
+            next_item_hit: MaybeUnset::Unset,
+            terminated: state.terminated(),
+            truncated: state.truncated(),
+            catalog: MaybeUnset::Unset,
+            last_action: unset_if_none(state.last_action().map(int)),
+            accept_prob: MaybeUnset::Unset,
+            user_time: MaybeUnset::Unset,
+            organic: MaybeUnset::Unset,
+            ps_asked: MaybeUnset::Unset,
+        };
+        match state {
+            ArchivedState::Fashion(m) => {
+                let o = &m.observation;
+                cols.product_asin = MaybeUnset::Set(&o.asin);
+                cols.product_index = MaybeUnset::Set(int(o.index));
+                cols.product_text = MaybeUnset::Set(&o.text);
+                cols.sizes = MaybeUnset::Set(&o.sizes);
+                cols.colors = MaybeUnset::Set(&o.colors);
+                cols.keywords = MaybeUnset::Set(&o.keywords);
+                cols.next_item_hit = MaybeUnset::Set(m.next_item_hit);
+                cols.catalog = unset_if_none(m.catalog.as_deref());
+                cols.accept_prob = unset_if_none(m.accept_prob);
+            }
+            ArchivedState::Recogym(m) => {
+                cols.product_index = unset_if_none(m.organic.last().map(|v| int(v.product)));
+                cols.user_time = MaybeUnset::Set(big(m.time));
+                cols.organic = MaybeUnset::Set(m.organic.iter().map(|v| (big(v.t), int(v.product))).collect());
+                cols.ps_asked = MaybeUnset::Set(m.ps_all);
+            }
         }
+        cols
     }
 }
 
@@ -382,6 +506,7 @@ pub struct ActionCols<'a> {
     replica_id: &'a str,
     // Unset (not null) when absent: a null would write a tombstone.
     model_version: MaybeUnset<i64>,
+    ps_all: MaybeUnset<&'a [f64]>,
 }
 
 impl<'a> ActionCols<'a> {
@@ -402,10 +527,8 @@ impl<'a> ActionCols<'a> {
             ps: m.ps,
             policy: &m.policy,
             replica_id: &m.replica_id,
-            model_version: match m.model_version {
-                Some(v) => MaybeUnset::Set(i64::try_from(v).unwrap_or(i64::MAX)),
-                None => MaybeUnset::Unset,
-            },
+            model_version: unset_if_none(m.model_version.map(big)),
+            ps_all: unset_if_none(m.ps_all.as_deref()),
         }
     }
 }
@@ -562,7 +685,7 @@ pub struct EpisodeRow {
 
 /// Summarises a finished episode from its terminal state and its rows in `steps` (read back
 /// after they were written). A step's reward is counted once however often the state was sent.
-pub fn summarize_episode(terminal: &StateMsg, rows: &[StepReadBack]) -> EpisodeRow {
+pub fn summarize_episode(terminal: &ArchivedState, rows: &[StepReadBack]) -> EpisodeRow {
     let mut reward_of_step: BTreeMap<i32, f64> = BTreeMap::new();
     let mut started_at: Option<(i32, i64)> = None; // (attempt, ts) of the earliest step-0 state
     for r in rows.iter().filter(|r| r.kind == KIND_STATE) {
@@ -575,21 +698,21 @@ pub fn summarize_episode(terminal: &StateMsg, rows: &[StepReadBack]) -> EpisodeR
         }
     }
     // The terminal state's own reward counts even if the read-back missed it.
-    reward_of_step.entry(int(terminal.step)).or_insert(terminal.reward);
+    reward_of_step.entry(int(terminal.step())).or_insert(terminal.reward());
     reward_of_step.remove(&0);
-    let started = started_at
-        .map_or_else(|| rows.iter().map(|r| r.ts_ms).min().unwrap_or(terminal.ts_ms).min(terminal.ts_ms), |(_, ts)| ts);
+    let end = terminal.ts_ms();
+    let started = started_at.map_or_else(|| rows.iter().map(|r| r.ts_ms).min().unwrap_or(end).min(end), |(_, ts)| ts);
     EpisodeRow {
-        user_id: terminal.user_id.clone(),
-        episode_id: terminal.episode_id.clone(),
-        env_id: terminal.env_id.clone(),
+        user_id: terminal.user_id().into_owned(),
+        episode_id: terminal.episode_id().to_string(),
+        env_id: terminal.env_id().to_string(),
         start_day: cql_date(started),
         started_at: cql_ts(started),
-        ended_at: cql_ts(terminal.ts_ms),
-        steps: int(terminal.step),
+        ended_at: cql_ts(end),
+        steps: int(terminal.step()),
         episode_return: reward_of_step.values().sum(),
-        terminated: terminal.terminated,
-        truncated: terminal.truncated,
+        terminated: terminal.terminated(),
+        truncated: terminal.truncated(),
     }
 }
 
@@ -607,25 +730,26 @@ impl EpisodeTracker {
     /// Feeds the states of the next batch, in batch order. Returns each episode that ended in
     /// the batch with its summary when this run saw all of it, or `None` when it started before
     /// this run (read it back from `steps`).
-    pub fn observe<'a>(&mut self, items: &'a [Item]) -> Vec<(&'a StateMsg, Option<EpisodeRow>)> {
-        let mut ended: BTreeMap<&str, (&StateMsg, Option<EpisodeRow>)> = BTreeMap::new();
+    pub fn observe<'a>(&mut self, items: &'a [Item]) -> Vec<(&'a ArchivedState, Option<EpisodeRow>)> {
+        let mut ended: BTreeMap<&str, (&ArchivedState, Option<EpisodeRow>)> = BTreeMap::new();
         for item in items {
             let Item::State { msg, .. } = item else { continue };
-            if msg.step == 0 && msg.attempt == 0 {
-                self.open.insert(msg.episode_id.clone(), Vec::new());
+            let msg: &ArchivedState = msg;
+            if msg.step() == 0 && msg.attempt() == 0 {
+                self.open.insert(msg.episode_id().to_string(), Vec::new());
             }
-            if let Some(states) = self.open.get_mut(&msg.episode_id) {
+            if let Some(states) = self.open.get_mut(msg.episode_id()) {
                 states.push(StepReadBack {
-                    step: int(msg.step),
+                    step: int(msg.step()),
                     kind: KIND_STATE.into(),
-                    attempt: Some(int(msg.attempt)),
-                    reward: Some(msg.reward),
-                    ts_ms: msg.ts_ms,
+                    attempt: Some(int(msg.attempt())),
+                    reward: Some(msg.reward()),
+                    ts_ms: msg.ts_ms(),
                 });
             }
-            if msg.terminated || msg.truncated {
-                let seen = self.open.remove(&msg.episode_id).map(|states| summarize_episode(msg, &states));
-                ended.insert(&msg.episode_id, (msg, seen));
+            if msg.is_terminal() {
+                let seen = self.open.remove(msg.episode_id()).map(|states| summarize_episode(msg, &states));
+                ended.insert(msg.episode_id(), (msg, seen));
             }
         }
         ended.into_values().collect()
@@ -658,7 +782,7 @@ mod tests {
     /// A decoder that learned what a registry would say of ids 1 and 3 (actions of topic `a`),
     /// 9 (states of topic `s`) and 8 (unknown).
     fn decoder() -> Decoder {
-        let mut d = Decoder::new().unwrap_or_else(|e| panic!("{e}"));
+        let mut d = Decoder::new(EnvKind::Fashion).unwrap_or_else(|e| panic!("{e}"));
         for id in [1, 3] {
             d.learn(id, WriterSchema::local::<ActionMsg>(id, "a-value"));
         }
@@ -685,7 +809,10 @@ mod tests {
         let codec: Codec<StateMsg> = Codec::new(9).unwrap_or_else(|e| panic!("{e}"));
         let bytes = codec.encode(&examples::state()).unwrap_or_else(|e| panic!("{e}"));
         let item = d.decode(Role::State, &"s".into(), raw("s", 7, Some(bytes)));
-        assert!(matches!(&item, Item::State { schema_id: 9, msg, .. } if msg.step == 0), "{item:?}");
+        assert!(
+            matches!(&item, Item::State { schema_id: 9, msg, .. } if **msg == ArchivedState::Fashion(examples::state())),
+            "{item:?}"
+        );
         assert_eq!(item.tables(), &[Table::Steps, Table::StatesByDay]);
         assert_eq!(item.pos(), &Position { topic: "s".into(), partition: 2, offset: 7 });
         assert!(row(&item, Table::Steps, uuid::Uuid::nil()).is_some());
@@ -695,6 +822,76 @@ mod tests {
         let item = d.decode(Role::Action, &"a".into(), raw("a", 8, Some(action)));
         assert!(matches!(&item, Item::Action { schema_id: 3, .. }), "{item:?}");
         assert_eq!(item.tables(), &[Table::Steps, Table::ActionsByDay]);
+    }
+
+    #[test]
+    fn a_recogym_decoder_decodes_recogym_states_and_refuses_fashion_ones() {
+        let mut d = Decoder::new(EnvKind::Recogym).unwrap_or_else(|e| panic!("{e}"));
+        d.learn(5, WriterSchema::local::<RecoStateMsg>(5, "rs-value"));
+        d.learn(9, WriterSchema::local::<StateMsg>(9, "rs-value"));
+        let codec: Codec<RecoStateMsg> = Codec::new(5).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = codec.encode(&examples::reco_state()).unwrap_or_else(|e| panic!("{e}"));
+        let item = d.decode(Role::State, &"rs".into(), raw("rs", 3, Some(bytes)));
+        let expected = ArchivedState::Recogym(examples::reco_state());
+        assert!(matches!(&item, Item::State { schema_id: 5, msg, .. } if **msg == expected), "{item:?}");
+        assert_eq!(item.tables(), &[Table::Steps, Table::StatesByDay]);
+        // A fashion state on a RecoGym topic, even with a registered schema, is not a RecoGym state.
+        let fashion = wire::frame(9, &serde_json::to_vec(&examples::state()).unwrap_or_default());
+        let item = d.decode(Role::State, &"rs".into(), raw("rs", 4, Some(fashion)));
+        assert!(matches!(&item, Item::Rejected { .. }), "{item:?}");
+    }
+
+    #[test]
+    fn each_environment_sets_its_own_columns_and_leaves_the_others_unset() {
+        let pos = Position { topic: "s".into(), partition: 1, offset: 2 };
+        fn unset<T>(v: &MaybeUnset<T>) -> bool {
+            matches!(v, MaybeUnset::Unset)
+        }
+        let reco = ArchivedState::Recogym(examples::reco_state());
+        let c = StateCols::new(&pos, 1, &reco);
+        assert_eq!((c.user_id.as_ref(), c.step, c.attempt, c.n_actions), ("7", 1, 0, 10));
+        assert!(matches!(c.user_time, MaybeUnset::Set(6)));
+        assert!(matches!(&c.organic, MaybeUnset::Set(o) if o == &vec![(4, 3), (5, 3)]));
+        assert!(matches!(c.ps_asked, MaybeUnset::Set(false)));
+        assert!(matches!(c.product_index, MaybeUnset::Set(3)), "the last organic view");
+        assert!(matches!(c.last_action, MaybeUnset::Set(2)));
+        assert!(unset(&c.product_asin) && unset(&c.product_text) && unset(&c.sizes) && unset(&c.colors));
+        assert!(unset(&c.keywords) && unset(&c.next_item_hit) && unset(&c.catalog) && unset(&c.accept_prob));
+        let mut none = examples::reco_state();
+        (none.organic, none.last_action) = (Vec::new(), None);
+        let none = ArchivedState::Recogym(none);
+        let c = StateCols::new(&pos, 1, &none);
+        assert!(unset(&c.product_index) && unset(&c.last_action));
+        assert!(matches!(&c.organic, MaybeUnset::Set(o) if o.is_empty()), "an empty list, not unset");
+
+        let fashion = ArchivedState::Fashion(examples::state());
+        let c = StateCols::new(&pos, 1, &fashion);
+        assert_eq!(c.user_id.as_ref(), "A1B2C3");
+        assert!(
+            matches!(c.product_asin, MaybeUnset::Set("B00ABCDEF1")) && matches!(c.product_index, MaybeUnset::Set(17))
+        );
+        assert!(unset(&c.user_time) && unset(&c.organic) && unset(&c.ps_asked));
+        assert!(unset(&c.catalog) && unset(&c.accept_prob) && unset(&c.last_action), "absent: unset, not null");
+
+        let mut action = examples::action();
+        assert!(unset(&ActionCols::new(&pos, 1, &action).ps_all));
+        action.ps_all = Some(vec![0.25; 4]);
+        assert!(matches!(ActionCols::new(&pos, 1, &action).ps_all, MaybeUnset::Set(p) if p == [0.25; 4]));
+    }
+
+    #[test]
+    fn recogym_episodes_are_summarised_like_fashion_ones() {
+        let mut t = examples::reco_state();
+        (t.step, t.reward, t.terminated, t.ts_ms, t.user_id) = (2, 1.0, true, 3_000, 42);
+        let terminal = ArchivedState::Recogym(t);
+        let rows = vec![
+            back(0, KIND_STATE, 0, 0.0, 1_000),
+            back(1, KIND_STATE, 0, 1.0, 2_000),
+            back(1, KIND_STATE, 1, 1.0, 2_500),
+        ];
+        let ep = summarize_episode(&terminal, &rows);
+        assert_eq!((ep.user_id.as_str(), ep.steps, ep.episode_return), ("42", 2, 2.0));
+        assert_eq!((ep.started_at, ep.ended_at, ep.terminated), (CqlTimestamp(1_000), CqlTimestamp(3_000), true));
     }
 
     #[test]
@@ -753,8 +950,9 @@ mod tests {
 
     #[test]
     fn episode_return_counts_each_step_once() {
-        let mut terminal = examples::state();
-        (terminal.step, terminal.reward, terminal.terminated, terminal.ts_ms) = (3, 1.0, true, 5_000);
+        let mut t = examples::state();
+        (t.step, t.reward, t.terminated, t.ts_ms) = (3, 1.0, true, 5_000);
+        let terminal = ArchivedState::Fashion(t);
         let rows = vec![
             back(0, KIND_STATE, 0, 0.0, 1_000),
             back(0, KIND_ACTION, 0, 0.0, 1_100),
@@ -776,7 +974,8 @@ mod tests {
         let mut m = examples::state();
         (m.episode_id, m.step, m.attempt, m.reward, m.terminated, m.ts_ms) =
             (episode.into(), step, attempt, reward, terminal, 1_000 + offset);
-        Item::State { pos: Position { topic: "s".into(), partition: 0, offset }, schema_id: 1, msg: Box::new(m) }
+        let msg = Box::new(ArchivedState::Fashion(m));
+        Item::State { pos: Position { topic: "s".into(), partition: 0, offset }, schema_id: 1, msg }
     }
 
     #[test]
@@ -793,10 +992,10 @@ mod tests {
         let second = vec![state_item("old", 8, 0, 1.0, true, 4), state_item("new", 2, 0, 1.0, true, 5)];
         let ended = t.observe(&second);
         assert_eq!(ended.len(), 2);
-        let new = ended.iter().find(|(m, _)| m.episode_id == "new").and_then(|(_, s)| s.clone());
+        let new = ended.iter().find(|(m, _)| m.episode_id() == "new").and_then(|(_, s)| s.clone());
         let new = new.unwrap_or_else(|| panic!("the whole episode was seen"));
         assert_eq!((new.steps, new.episode_return, new.started_at), (2, 2.0, CqlTimestamp(1_001)));
-        assert!(ended.iter().any(|(m, s)| m.episode_id == "old" && s.is_none()), "read back");
+        assert!(ended.iter().any(|(m, s)| m.episode_id() == "old" && s.is_none()), "read back");
         assert_eq!(t.open(), 0);
     }
 }

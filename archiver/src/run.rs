@@ -136,7 +136,7 @@ async fn copy_batches(
     shutdown: &CancellationToken,
 ) -> Result<Outcome, String> {
     let bar = progress_bar(pending, args.no_progress);
-    let mut decoder = Decoder::new().map_err(|e| e.to_string())?;
+    let mut decoder = Decoder::new(args.env).map_err(|e| e.to_string())?;
     let schemas =
         SchemaLookup::new(Registry::new(&args.registry), tokio::runtime::Handle::current(), args.retry_for.into());
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(2);

@@ -124,7 +124,9 @@ mod tests {
                 && tables.iter().any(|t| s.starts_with(&format!("ALTER TABLE streamrec.{t} ")))),
             "{alters:?}"
         );
-        assert_eq!(alters.len(), 6, "catalog, last_action and accept_prob of steps and states_by_day");
+        // catalog, last_action, accept_prob, user_time, organic, ps_asked of steps and states_by_day;
+        // ps_all of steps and actions_by_day.
+        assert_eq!(alters.len(), 14, "{alters:?}");
         assert!(stmts.iter().all(|s| !s.contains("--")), "comments are stripped");
     }
 

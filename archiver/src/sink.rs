@@ -12,6 +12,7 @@ use std::{
 };
 
 use futures::{stream, StreamExt, TryStreamExt};
+use protocol::Envelope;
 use scylla::{
     client::{execution_profile::ExecutionProfile, session::Session, session_builder::SessionBuilder},
     errors::{DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError},
@@ -24,7 +25,7 @@ use scylla::{
 
 use crate::{
     config::CassandraArgs,
-    rows::{self, EpisodeRow, Item, Row, StepReadBack, Table},
+    rows::{self, ArchivedState, EpisodeRow, Item, Row, StepReadBack, Table},
     schema::RUNS_TABLE,
 };
 
@@ -218,6 +219,9 @@ const STATE_COLS: &[&str] = &[
     "catalog",
     "last_action",
     "accept_prob",
+    "user_time",
+    "organic",
+    "ps_asked",
 ];
 const ACTION_COLS: &[&str] = &[
     "kafka_topic",
@@ -235,6 +239,7 @@ const ACTION_COLS: &[&str] = &[
     "policy",
     "replica_id",
     "model_version",
+    "ps_all",
 ];
 const REJECTED_COLS: &[&str] =
     &["kafka_topic", "kafka_partition", "kafka_offset", "reason", "kafka_key", "payload", "kafka_ts", "run_id"];
@@ -438,10 +443,7 @@ impl Sink {
     /// `steps`. Call it only once every row of the batch and of every earlier batch is written:
     /// an episode's earlier states are then all in `steps` (one partition, read in order).
     /// Returns the rows written.
-    pub async fn write_episodes(
-        &self,
-        ended: Vec<(&protocol::StateMsg, Option<EpisodeRow>)>,
-    ) -> Result<u64, SinkError> {
+    pub async fn write_episodes(&self, ended: Vec<(&ArchivedState, Option<EpisodeRow>)>) -> Result<u64, SinkError> {
         stream::iter(ended)
             .map(|(terminal, summary)| self.write_episode(terminal, summary))
             .buffer_unordered(self.concurrency)
@@ -466,10 +468,10 @@ impl Sink {
         Ok(out)
     }
 
-    async fn write_episode(&self, terminal: &protocol::StateMsg, summary: Option<EpisodeRow>) -> Result<(), SinkError> {
+    async fn write_episode(&self, terminal: &ArchivedState, summary: Option<EpisodeRow>) -> Result<(), SinkError> {
         let episode = match summary {
             Some(e) => e,
-            None => rows::summarize_episode(terminal, &self.read_episode(&terminal.episode_id).await?),
+            None => rows::summarize_episode(terminal, &self.read_episode(terminal.episode_id()).await?),
         };
         self.exec("insert into episodes_by_user", &self.stmts.episode, &episode).await
     }

@@ -10,6 +10,7 @@ use std::{
 };
 
 pub mod eval;
+pub mod opecheck;
 pub mod plot;
 pub mod promreport;
 pub mod recogym;

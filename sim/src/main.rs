@@ -81,6 +81,11 @@ enum Command {
     /// the random policy, train each policy on the log, serve the same A/B users with each, over
     /// Kafka and/or in memory; writes ab.json, ab-memory.json, ctr.png and runs.json.
     Recogym(Box<sim::recogym::RecoArgs>),
+    /// Off-policy evaluation checked against ground truth on RecoGym: log users with
+    /// exploring policies through Kafka, archive them in Cassandra, estimate each target's CTR
+    /// from the archive (`agent-svc ope`), then A/B-test each target on fresh users and compare
+    /// (docs/OPE.md).
+    OpeRecogym(Box<sim::opecheck::OpeCheckArgs>),
     /// A PNG of a run's key curves from Prometheus range queries (steps/s, round trip, reward
     /// rate, model version per replica), for people without Grafana.
     PromReport(sim::promreport::PromReportArgs),
@@ -94,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Memory { agent, .. } => (EnvKind::Fashion, vec![agent.policy]),
         Command::Eval { policies, .. } => (EnvKind::Fashion, policies.clone()),
         Command::Recogym(args) => (EnvKind::Recogym, args.policies.clone()),
+        Command::OpeRecogym(args) => (EnvKind::Recogym, args.reco.policies.clone()),
         Command::PromReport(_) => (EnvKind::Fashion, Vec::new()),
     };
     asked.dedup();
@@ -165,6 +171,9 @@ async fn main() -> anyhow::Result<()> {
             println!("\nwrote {} and {}", out.join("report.json").display(), png.display());
         }
         Command::Recogym(args) => sim::recogym::run(*args).await?,
+        Command::OpeRecogym(args) => {
+            sim::opecheck::run(*args).await?;
+        }
         Command::PromReport(args) => sim::promreport::run(&args).await?,
     }
     Ok(())

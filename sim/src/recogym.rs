@@ -204,7 +204,7 @@ impl RecoArgs {
 
 /// Plays `users` of `world` against `core` over `transport`; returns the env's summary and the
 /// run's env id.
-async fn play(
+pub(crate) async fn play(
     args: &RecoArgs,
     world: Arc<World>,
     users: Range<u64>,

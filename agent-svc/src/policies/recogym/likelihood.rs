@@ -202,6 +202,13 @@ impl LikelihoodAgent {
     }
 }
 
+impl super::ServedAgent for LikelihoodAgent {
+    fn logits(&self) -> Option<Vec<f64>> {
+        let m = self.model.as_ref()?;
+        Some((0..self.products as usize).map(|a| m.logit(self.user.counts(), a)).collect())
+    }
+}
+
 impl Agent for LikelihoodAgent {
     fn reset_user(&mut self, _user_id: u64) {
         self.user.reset();

@@ -17,6 +17,7 @@ pub mod nn;
 use std::collections::HashMap;
 
 use protocol::RecoStateMsg;
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use recogym::{Agent, Context, Log, OrganicCountAgent, OrganicUserCountAgent, OrganicView, RandomAgent};
 
@@ -31,13 +32,84 @@ pub struct RecoGymPolicyArgs {
     pub likelihood_l2: f64,
     #[command(flatten)]
     pub nn: nn::NnArgs,
+    /// How the RecoGym policies (not `dqn`) explore around their choice: `greedy` (as trained),
+    /// `epsilon:E` (uniform with probability E; any of them), `softmax:T` (over the model's
+    /// logits at temperature T; `likelihood` and `nn`). Every action carries its probability
+    /// under the result, so a logging run with exploration can be evaluated off-policy.
+    #[arg(long, env = "RECOGYM_EXPLORATION", default_value = "greedy")]
+    pub recogym_exploration: Exploration,
 }
 
 impl Default for RecoGymPolicyArgs {
     fn default() -> Self {
-        Self { likelihood_l2: 1.0, nn: nn::NnArgs::default() }
+        Self { likelihood_l2: 1.0, nn: nn::NnArgs::default(), recogym_exploration: Exploration::Greedy }
     }
 }
+
+/// How a served RecoGym agent explores around the product it names.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Exploration {
+    /// The agent's own choice and probabilities.
+    Greedy,
+    /// With probability `eps` a uniformly drawn product, else the agent's choice.
+    Epsilon(f64),
+    /// A product drawn from the softmax of the agent's logits divided by the temperature.
+    Softmax(f64),
+}
+
+impl std::str::FromStr for Exploration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let number = |v: &str, what: &str| -> Result<f64, String> {
+            v.parse::<f64>().map_err(|_| format!("{what} '{v}' is not a number"))
+        };
+        match s.split_once(':') {
+            None if s == "greedy" => Ok(Self::Greedy),
+            Some(("epsilon", v)) => {
+                let eps = number(v, "epsilon")?;
+                if (0.0..=1.0).contains(&eps) {
+                    Ok(Self::Epsilon(eps))
+                } else {
+                    Err(format!("epsilon {eps} is not in [0, 1]"))
+                }
+            }
+            Some(("softmax", v)) => {
+                let t = number(v, "temperature")?;
+                if t > 0.0 && t.is_finite() {
+                    Ok(Self::Softmax(t))
+                } else {
+                    Err(format!("temperature {t} is not positive"))
+                }
+            }
+            _ => Err(format!("'{s}' is not greedy, epsilon:E or softmax:T")),
+        }
+    }
+}
+
+impl std::fmt::Display for Exploration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Greedy => f.write_str("greedy"),
+            Self::Epsilon(e) => write!(f, "epsilon:{e}"),
+            Self::Softmax(t) => write!(f, "softmax:{t}"),
+        }
+    }
+}
+
+/// An agent served through [`Served`]: a `recogym` agent, with its logits when it has a model
+/// that gives them (for `softmax` exploration).
+pub trait ServedAgent: Agent + Clone + Send {
+    /// The logit of every product for what the agent has been shown of the current user so far
+    /// (after its last `act`); `None` when the agent has no such scores.
+    fn logits(&self) -> Option<Vec<f64>> {
+        None
+    }
+}
+
+impl ServedAgent for RandomAgent {}
+impl ServedAgent for OrganicCountAgent {}
+impl ServedAgent for OrganicUserCountAgent {}
 
 /// The policies of RecoGym states.
 pub const POLICIES: &[PolicyKind] = &[
@@ -84,27 +156,40 @@ pub fn build(
     seed: u64,
 ) -> anyhow::Result<Box<dyn Policy<RecoStateMsg>>> {
     anyhow::ensure!(products > 0, "a recogym policy needs at least one product");
-    fn served<A: Agent + Clone + Send + 'static>(
+    fn served<A: ServedAgent + 'static>(
         name: &'static str,
         mut agent: A,
         log: Option<&Log>,
+        explore: Exploration,
+        seed: u64,
     ) -> Box<dyn Policy<RecoStateMsg>> {
         if let Some(log) = log {
             agent.train(log);
         }
-        Box::new(Served::new(name, agent))
+        Box::new(Served::new(name, agent).exploring(explore, seed))
     }
     let name = kind.name();
+    let explore = args.recogym_exploration;
+    if let Exploration::Softmax(_) = explore {
+        anyhow::ensure!(
+            matches!(kind, PolicyKind::Likelihood | PolicyKind::Nn),
+            "--recogym-exploration {explore} needs a policy with logits (likelihood, nn), not {name}"
+        );
+    }
+    anyhow::ensure!(
+        kind != PolicyKind::Dqn || explore == Exploration::Greedy,
+        "--recogym-exploration {explore} does not apply to dqn, which explores by its own --dqn-epsilon flags"
+    );
     Ok(match kind {
-        PolicyKind::Random => served(name, RandomAgent::new(products, seed, true), None),
-        PolicyKind::OrganicCount => served(name, OrganicCountAgent::new(products, true), log),
+        PolicyKind::Random => served(name, RandomAgent::new(products, seed, true), None, explore, seed),
+        PolicyKind::OrganicCount => served(name, OrganicCountAgent::new(products, true), log, explore, seed),
         PolicyKind::UserCount => {
             let mut agent = OrganicUserCountAgent::new(products, seed, true);
             agent.select_randomly = false;
-            served(name, agent, None)
+            served(name, agent, None, explore, seed)
         }
-        PolicyKind::Likelihood => served(name, LikelihoodAgent::new(products, args.likelihood_l2), log),
-        PolicyKind::Nn => served(name, NnAgent::new(products, args.nn.clone(), seed), log),
+        PolicyKind::Likelihood => served(name, LikelihoodAgent::new(products, args.likelihood_l2), log, explore, seed),
+        PolicyKind::Nn => served(name, NnAgent::new(products, args.nn.clone(), seed), log, explore, seed),
         PolicyKind::Dqn => {
             let mut policy = RecoDqn::new(dqn, seed)?;
             if let Some(log) = log {
@@ -259,15 +344,23 @@ pub struct Served<A> {
     name: &'static str,
     trained: A,
     users: HashMap<String, A>,
+    explore: Exploration,
+    seed: u64,
 }
 
-impl<A: Agent + Clone> Served<A> {
-    /// Serves copies of `trained` under the policy name `name`.
+impl<A: ServedAgent> Served<A> {
+    /// Serves copies of `trained` under the policy name `name`, as the agent chooses.
     pub fn new(name: &'static str, trained: A) -> Self {
-        Self { name, trained, users: HashMap::new() }
+        Self { name, trained, users: HashMap::new(), explore: Exploration::Greedy, seed: 0 }
     }
 
-    fn choose(&mut self, s: &RecoStateMsg) -> Choice {
+    /// The same, exploring as `explore` says; the draw of each step comes from `(seed, episode,
+    /// step)` alone, so a run is the same whatever the order in which users are served.
+    pub fn exploring(self, explore: Exploration, seed: u64) -> Self {
+        Self { explore, seed, ..self }
+    }
+
+    fn choose(&mut self, s: &RecoStateMsg) -> anyhow::Result<Choice> {
         if self.users.len() >= MAX_USERS && !self.users.contains_key(&s.episode_id) {
             tracing::warn!(open = self.users.len(), policy = self.name, "forgetting the state of unfinished users");
             self.users.clear();
@@ -280,11 +373,62 @@ impl<A: Agent + Clone> Served<A> {
         });
         let ctx = Context { user_id: s.user_id, time: s.time, last_click: (s.step > 0).then_some(s.reward > 0.5) };
         let action = agent.act(&views_of(s), &ctx);
-        Choice { action: action.product, ps: action.ps, ps_all: if s.ps_all { action.ps_all } else { None } }
+        let n = s.n_actions.max(1);
+        let (product, all) = match self.explore {
+            Exploration::Greedy => {
+                return Ok(Choice { action: action.product, ps: action.ps, ps_all: action.ps_all.filter(|_| s.ps_all) })
+            }
+            Exploration::Epsilon(eps) => {
+                let own = action.ps_all.clone().unwrap_or_else(|| one_hot(n, action.product));
+                let all: Vec<f64> = own.iter().map(|p| (1.0 - eps) * p + eps / f64::from(n)).collect();
+                let mut rng = step_rng(self.seed, s);
+                let product =
+                    if eps > 0.0 && rng.random::<f64>() < eps { rng.random_range(0..n) } else { action.product };
+                (product, all)
+            }
+            Exploration::Softmax(t) => {
+                let logits = agent.logits().ok_or_else(|| {
+                    anyhow::anyhow!("policy {} has no logits to explore by softmax (not trained?)", self.name)
+                })?;
+                let all = softmax(&logits, t);
+                let u: f64 = step_rng(self.seed, s).random();
+                (draw(&all, u), all)
+            }
+        };
+        let ps = all.get(product as usize).copied().unwrap_or(0.0);
+        Ok(Choice { action: product, ps, ps_all: s.ps_all.then_some(all) })
     }
 }
 
-impl<A: Agent + Clone + Send> Policy<RecoStateMsg> for Served<A> {
+/// The random stream of one step of one episode: exploration draws from it.
+fn step_rng(seed: u64, s: &RecoStateMsg) -> ChaCha8Rng {
+    use rand_chacha::rand_core::SeedableRng;
+    let key = format!("{seed}/{}/{}", s.episode_id, s.step);
+    ChaCha8Rng::seed_from_u64(xxhash_rust::xxh3::xxh3_64(key.as_bytes()))
+}
+
+/// `softmax(logits / t)`.
+pub fn softmax(logits: &[f64], t: f64) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = logits.iter().map(|z| ((z - max) / t).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|x| x / sum).collect()
+}
+
+/// The action whose cumulative probability first passes `u` (the last one when rounding leaves
+/// `u` above the total).
+fn draw(probs: &[f64], u: f64) -> u32 {
+    let mut acc = 0.0;
+    for (a, p) in probs.iter().enumerate() {
+        acc += p;
+        if u < acc {
+            return a as u32;
+        }
+    }
+    probs.len().saturating_sub(1) as u32
+}
+
+impl<A: ServedAgent> Policy<RecoStateMsg> for Served<A> {
     fn name(&self) -> &'static str {
         self.name
     }
@@ -301,7 +445,7 @@ impl<A: Agent + Clone + Send> Policy<RecoStateMsg> for Served<A> {
     }
 
     fn act_full(&mut self, states: &[&RecoStateMsg], _rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<Choice>> {
-        Ok(states.iter().map(|s| self.choose(s)).collect())
+        states.iter().map(|s| self.choose(s)).collect()
     }
 
     /// RecoGym's agents learn from logs only (`build`), not while serving.

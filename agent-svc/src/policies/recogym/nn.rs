@@ -193,6 +193,13 @@ impl NnAgent {
     }
 }
 
+impl super::ServedAgent for NnAgent {
+    fn logits(&self) -> Option<Vec<f64>> {
+        let m = self.model.as_ref()?;
+        Some(m.logits(self.user.counts()).into_iter().map(f64::from).collect())
+    }
+}
+
 impl Agent for NnAgent {
     fn reset_user(&mut self, _user_id: u64) {
         self.user.reset();
