@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 STACK := deploy/local/stack.sh
 
-.PHONY: help sim test bench eval scaling recogym ope ope-obp libtorch stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build k8s-check
+.PHONY: help sim test bench eval scaling recogym ope ope-obp ope-fashion libtorch stack-up stack-down stack-status stack-logs stack-reset schemas lint compose-check build k8s-check
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ ope: ## off-policy evaluation on the archive checked against A/B truth on RecoGy
 
 ope-obp: ## cross-check the estimates of `make ope` against the Open Bandit Pipeline (Python 3.10 venv)
 	@scripts/ope_obp.sh
+
+ope-fashion: ## off-policy evaluation on the archive checked against the exact truth of the fashion replay env: target/ope-fashion/ope-fashion.json + PNGs
+	@scripts/ope_fashion.sh
 
 bench: ## benchmarks with baselines in the same run; writes target/bench/report.json
 	@scripts/bench.sh

@@ -4,6 +4,7 @@
 # in cqlsh (archiver/queries.cql, docs/ARCHIVER.md) with their output: the steps of an episode of
 # this simulation, the reward rate per day, the last archive runs. Writes the run's summary to
 # target/sim/archive.json. Needs the local stack up (scripts/sim.sh starts it).
+# ARCHIVE_QUERIES=0 archives only (no cqlsh queries; `make ope-fashion` runs it so).
 #   CASSANDRA_KEYSPACE=streamrec ARCHIVER_GROUP_ID=archiver scripts/archive_demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,7 @@ bin=${CARGO_TARGET_DIR:-target}/release
 
 echo "==> archiver run-once: both topics into Cassandra keyspace $KEYSPACE (group $GROUP)"
 "$bin/archiver" run-once --no-progress --keyspace "$KEYSPACE" --group-id "$GROUP" --summary-json "$out/archive.json"
+[[ ${ARCHIVE_QUERIES:-1} == 0 ]] && exit 0
 
 cql() { "$CQLSH" 127.0.0.1 "$CASSANDRA_PORT" --request-timeout=60 -e "$1" 2>&1 | grep -v '^WARNING: cqlsh was built against'; }
 

@@ -31,9 +31,9 @@ PROFILE=${PROFILE:-release}
 scripts/libtorch.sh
 echo "==> building ($PROFILE)"
 if [[ $PROFILE == release ]]; then
-  cargo build --release --locked -p sim -p archiver
+  cargo build --release --locked -p env-svc -p agent-svc -p sim -p archiver
 else
-  cargo build --locked -p sim -p archiver
+  cargo build --locked -p env-svc -p agent-svc -p sim -p archiver
 fi
 bin=${CARGO_TARGET_DIR:-target}/$PROFILE
 echo "==> stack"

@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use archiver::readback::{ArchivedEpisode, ArchivedState, EpisodeFilter};
+use archiver::readback::{ArchivedEpisode, EpisodeFilter};
 use common::kafka::EnvKind;
 use ope::{Dist, Row};
 use protocol::{ActionMsg, RecoStateMsg, StateMsg};
@@ -280,37 +280,24 @@ fn config(args: &OpeArgs) -> ope::Config {
     }
 }
 
-fn recogym_states(e: ArchivedEpisode) -> anyhow::Result<Vec<(RecoStateMsg, Option<ActionMsg>)>> {
-    e.steps
-        .into_iter()
-        .map(|s| match s.state {
-            ArchivedState::Recogym(m) => Ok((m, s.action)),
-            ArchivedState::Fashion(m) => {
-                anyhow::bail!(
-                    "episode {} holds a fashion state (env id {}); this is --env recogym",
-                    m.episode_id,
-                    m.env_id
-                )
-            }
-        })
-        .collect()
-}
-
 async fn recogym(
     session: &scylla::client::session::Session,
     args: &OpeArgs,
     episodes: Vec<ArchivedEpisode>,
 ) -> anyhow::Result<OpeReport> {
     let episodes: Vec<Vec<(RecoStateMsg, Option<ActionMsg>)>> =
-        episodes.into_iter().map(recogym_states).collect::<anyhow::Result<_>>()?;
+        episodes.into_iter().map(ArchivedEpisode::into_steps::<RecoStateMsg>).collect::<anyhow::Result<_>>()?;
     let products = episodes.iter().flatten().map(|(s, _)| s.n_actions).max().unwrap_or(0);
     anyhow::ensure!(products > 0, "run {} has no state", args.env_id);
     // The target, trained as `agent-svc run --train-env-id` trains it, on the archived log.
     let train_started = Instant::now();
     let train_log = match &args.train_env_id {
         Some(id) if id != &args.env_id => {
-            let other: Vec<Vec<(RecoStateMsg, Option<ActionMsg>)>> =
-                read(session, args, id).await?.into_iter().map(recogym_states).collect::<anyhow::Result<_>>()?;
+            let other: Vec<Vec<(RecoStateMsg, Option<ActionMsg>)>> = read(session, args, id)
+                .await?
+                .into_iter()
+                .map(ArchivedEpisode::into_steps::<RecoStateMsg>)
+                .collect::<anyhow::Result<_>>()?;
             log_of(&other)
         }
         _ => log_of(&episodes),
@@ -413,6 +400,7 @@ async fn recogym(
         &format!("logistic regression of the click on view counts x action (the likelihood agent's), L2 {l2} (of {REWARD_L2_GRID:?}), 2-fold cross-fitted by episode"),
         &decisions.iter().map(|d| d.fold).collect::<Vec<_>>(),
         &rows,
+        &decisions,
     );
     let evaluation = ope::evaluate(&rows, &config(args))?;
     if let Some(path) = &args.export {
@@ -442,7 +430,7 @@ pub async fn archived_recogym_log(
     let filter = EpisodeFilter { env_id: env_id.to_string(), since_ms: None, until_ms: None };
     let mut episodes = Vec::new();
     archiver::readback::for_each_episode(session, keyspace, &filter, |e| {
-        episodes.push(recogym_states(e)?);
+        episodes.push(e.into_steps::<RecoStateMsg>()?);
         Ok(())
     })
     .await?;
@@ -459,10 +447,12 @@ fn log_of(episodes: &[Vec<(RecoStateMsg, Option<ActionMsg>)>]) -> recogym::Log {
 
 /// Held-out log loss of the cross-fitted predictions against a constant at the other fold's
 /// mean reward; `folds[i]` is the fold of `rows[i]`.
-fn model_quality(kind: &str, folds: &[usize], rows: &[Row]) -> RewardModel {
+fn model_quality(kind: &str, folds: &[usize], rows: &[Row], decisions: &[Decision]) -> RewardModel {
+    // Each fold's mean reward over all its decisions (evaluated or not: a fashion baseline is
+    // evaluated on fold 1 only, and its constant comes from fold 0).
     let mut fold_mean = [0.0; 2];
     for (f, mean) in fold_mean.iter_mut().enumerate() {
-        let r: Vec<f64> = rows.iter().zip(folds).filter(|(_, &g)| g == f).map(|(r, _)| r.reward).collect();
+        let r: Vec<f64> = decisions.iter().filter(|d| d.fold == f).map(|d| d.reward).collect();
         *mean = r.iter().sum::<f64>() / r.len().max(1) as f64;
     }
     let y: Vec<f64> = rows.iter().map(|r| r.reward).collect();
@@ -506,22 +496,6 @@ fn export(
         "estimates": estimates,
     });
     archiver::write_json_atomically(path, &doc)
-}
-
-fn fashion_states(e: ArchivedEpisode) -> anyhow::Result<Vec<(StateMsg, Option<ActionMsg>)>> {
-    e.steps
-        .into_iter()
-        .map(|s| match s.state {
-            ArchivedState::Fashion(m) => Ok((m, s.action)),
-            ArchivedState::Recogym(m) => {
-                anyhow::bail!(
-                    "episode {} holds a recogym state (env id {}); this is --env fashion",
-                    m.episode_id,
-                    m.env_id
-                )
-            }
-        })
-        .collect()
 }
 
 /// Per-(product, action) reward rates shrunk towards per-action rates, shrunk towards the mean:
@@ -582,7 +556,7 @@ impl PairModel {
 
 fn fashion(args: &OpeArgs, episodes: Vec<ArchivedEpisode>) -> anyhow::Result<OpeReport> {
     let episodes: Vec<Vec<(StateMsg, Option<ActionMsg>)>> =
-        episodes.into_iter().map(fashion_states).collect::<anyhow::Result<_>>()?;
+        episodes.into_iter().map(ArchivedEpisode::into_steps::<StateMsg>).collect::<anyhow::Result<_>>()?;
     let k = episodes.iter().flatten().map(|(s, _)| s.n_actions).max().unwrap_or(0);
     let agent = &args.agent;
     let kind = agent.policy;
@@ -695,6 +669,7 @@ fn fashion(args: &OpeArgs, episodes: Vec<ArchivedEpisode>) -> anyhow::Result<Ope
         "reward rate per (current product, action), shrunk to the action's rate and the mean, 2-fold cross-fitted by episode",
         &evaluated.iter().map(|d| d.fold).collect::<Vec<_>>(),
         &rows,
+        &decisions,
     );
     let truth = if args.truth { Some(fashion_truth(args, &episodes, &evaluated)?) } else { None };
     let evaluation = ope::evaluate(&rows, &config(args))?;

@@ -43,6 +43,52 @@ pub struct ArchivedEpisode {
     pub steps: Vec<ArchivedStep>,
 }
 
+impl ArchivedEpisode {
+    /// The steps as `(state, action)` pairs of one environment's state type; an error that
+    /// names the episode when it holds the other environment's states.
+    pub fn into_steps<S: FromArchived>(self) -> anyhow::Result<Vec<(S, Option<ActionMsg>)>> {
+        let id = self.episode_id;
+        self.steps
+            .into_iter()
+            .map(|s| match S::from_archived(s.state) {
+                Ok(m) => Ok((m, s.action)),
+                Err(other) => Err(anyhow::anyhow!(
+                    "episode {id} holds a {other} state; a {} state was expected (is --env right?)",
+                    S::ENV
+                )),
+            })
+            .collect()
+    }
+}
+
+/// A state type of one environment, taken out of an [`ArchivedState`].
+pub trait FromArchived: Sized {
+    /// The environment's name.
+    const ENV: &'static str;
+    /// The message, or the name of the environment the state belongs to.
+    fn from_archived(s: ArchivedState) -> Result<Self, &'static str>;
+}
+
+impl FromArchived for StateMsg {
+    const ENV: &'static str = "fashion";
+    fn from_archived(s: ArchivedState) -> Result<Self, &'static str> {
+        match s {
+            ArchivedState::Fashion(m) => Ok(m),
+            ArchivedState::Recogym(_) => Err(RecoStateMsg::ENV),
+        }
+    }
+}
+
+impl FromArchived for RecoStateMsg {
+    const ENV: &'static str = "recogym";
+    fn from_archived(s: ArchivedState) -> Result<Self, &'static str> {
+        match s {
+            ArchivedState::Recogym(m) => Ok(m),
+            ArchivedState::Fashion(_) => Err(StateMsg::ENV),
+        }
+    }
+}
+
 /// Which episodes [`for_each_episode`] hands over.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EpisodeFilter {

@@ -13,7 +13,8 @@ use crate::{Evaluation, Interval};
 /// is beside it), so no system font is needed.
 const FONT: &[u8] = include_bytes!("../../archiver/assets/DejaVuSans.ttf");
 
-fn register_font() -> anyhow::Result<()> {
+/// Registers the embedded font as `sans-serif` (once); an error if it cannot be parsed.
+pub fn register_font() -> anyhow::Result<()> {
     static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
     anyhow::ensure!(ok, "the embedded font could not be loaded");
@@ -44,15 +45,7 @@ pub fn estimates_png(path: &Path, title: &str, ev: &Evaluation, truth: Option<f6
         .caption(title, ("sans-serif", 20))
         .build_cartesian_2d(-0.5..n - 0.5, y0..y1)
         .map_err(err)?;
-    let names: Vec<String> = cols.iter().map(|c| c.0.clone()).collect();
-    let x_label = move |x: &f64| {
-        let i = x.round();
-        if (x - i).abs() < 1e-6 && i >= 0.0 {
-            names.get(i as usize).cloned().unwrap_or_default()
-        } else {
-            String::new()
-        }
-    };
+    let x_label = index_labels(cols.iter().map(|c| c.0.clone()).collect());
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -103,6 +96,18 @@ pub fn estimates_png(path: &Path, title: &str, ev: &Evaluation, truth: Option<f6
     }
     root.present().with_context(|| format!("failed to write {}", path.display()))?;
     Ok(())
+}
+
+/// An x-axis label formatter for columns at 0, 1, 2, ...: `names[i]` at `i`, nothing between.
+pub fn index_labels(names: Vec<String>) -> impl Fn(&f64) -> String {
+    move |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 {
+            names.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    }
 }
 
 #[cfg(test)]

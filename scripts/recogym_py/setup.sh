@@ -78,23 +78,9 @@ print(f"import recogym; gym.make('reco-gym-v1') OK ({type(env).__module__}.{type
 PYEOF
 }
 
-if ((force == 0)) && [[ -x $VENV/bin/python && -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
-  if msg=$(check 2>&1); then
-    log "up to date: $VENV"
-    log "$msg"
-    echo "$VENV/bin/python"
-    exit 0
-  fi
-  log "existing venv fails the check, making it anew:"
-  printf '%s\n' "$msg" | tail -5 >&2
-fi
-
-start=$(date +%s)
-if [[ -e $VENV ]]; then
-  [[ -f $VENV/pyvenv.cfg ]] || die "$VENV exists and is not a venv; move it away"
-  log "removing the old $VENV"
-  rm -rf -- "$VENV"
-fi
+# shellcheck source=../pyvenv_lib.sh
+source "$here/../pyvenv_lib.sh"
+pyvenv_reuse_or_remove
 log "creating $VENV with $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])'))"
 "$PY" -m venv "$VENV" || die "python -m venv failed"
 log "installing recogym==0.1.3.0 and its pinned dependencies from $REQ (no torch)"

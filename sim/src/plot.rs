@@ -7,14 +7,10 @@ use std::path::Path;
 use anyhow::Context;
 use plotters::prelude::*;
 
-/// The font of the chart's text: the DejaVu Sans the archiver's report also embeds (its licence
-/// is beside it), so no system font is needed.
-const FONT: &[u8] = include_bytes!("../../archiver/assets/DejaVuSans.ttf");
-
-/// Registers the font once; false if it could not be parsed (the chart is drawn without text).
+/// Registers the embedded font (`ope::plot`'s: the DejaVu Sans the archiver's report also
+/// embeds); false if it could not be parsed (the chart is drawn without text).
 fn register_font() -> bool {
-    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *REGISTERED.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok())
+    ope::plot::register_font().is_ok()
 }
 
 /// Trailing moving average over `window` values.
@@ -92,15 +88,7 @@ pub fn ctr_bars(path: &Path, title: &str, bars: &[(String, f64, f64, f64)]) -> a
         builder.caption(title, ("sans-serif", 20));
     }
     let mut chart = builder.build_cartesian_2d(-0.5..n - 0.5, 0.0..y_max).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
-    let x_label = move |x: &f64| {
-        let i = x.round();
-        if (x - i).abs() < 1e-6 && i >= 0.0 {
-            names.get(i as usize).cloned().unwrap_or_default()
-        } else {
-            String::new()
-        }
-    };
+    let x_label = ope::plot::index_labels(bars.iter().map(|b| b.0.clone()).collect());
     let y_label = |y: &f64| format!("{y:.3}");
     let mut mesh = chart.configure_mesh();
     mesh.disable_x_mesh().x_labels(bars.len().max(1) * 2 + 1);

@@ -579,6 +579,82 @@ pub(crate) mod tests {
         }
     }
 
+    /// Serves `steps` steps of distinct episodes of user 1 (who viewed product 2) over 4
+    /// products under `explore`, and returns the choices.
+    fn explored(kind: PolicyKind, explore: Exploration, steps: u32) -> Vec<Choice> {
+        let args = RecoGymPolicyArgs { recogym_exploration: explore, ..RecoGymPolicyArgs::default() };
+        let log = toy_log();
+        let mut p = build(kind, 4, Some(&log), &args, &dqn_args(&[]), 7).unwrap_or_else(|e| panic!("{e:#}"));
+        (0..steps)
+            .map(|i| {
+                let mut s = state(&format!("e{i}"), 1, 0, &[2, 2]);
+                (s.n_actions, s.ps_all) = (4, true);
+                answer(p.as_mut(), &s)
+            })
+            .collect()
+    }
+
+    /// How often each of 4 products was chosen, as fractions.
+    fn frequencies(choices: &[Choice]) -> Vec<f64> {
+        let mut n = [0usize; 4];
+        choices.iter().for_each(|c| n[c.action as usize] += 1);
+        n.iter().map(|&k| k as f64 / choices.len() as f64).collect()
+    }
+
+    #[test]
+    fn epsilon_exploration_logs_the_probability_it_draws_with() {
+        let greedy = explored(PolicyKind::OrganicCount, Exploration::Greedy, 1)[0].action;
+        let choices = explored(PolicyKind::OrganicCount, Exploration::Epsilon(0.2), 4000);
+        let expected: Vec<f64> = (0..4).map(|a| if a == greedy { 0.8 + 0.05 } else { 0.05 }).collect();
+        for c in &choices {
+            let all = c.ps_all.as_ref().unwrap_or_else(|| panic!("ps_all was asked for"));
+            assert!(all.iter().zip(&expected).all(|(p, e)| (p - e).abs() < 1e-12), "{all:?}");
+            assert!((c.ps - expected[c.action as usize]).abs() < 1e-12, "ps is the chosen action's");
+        }
+        // 4000 draws: the standard error of a frequency is at most 0.008; 5 of them is 0.04.
+        for (f, e) in frequencies(&choices).iter().zip(&expected) {
+            assert!((f - e).abs() < 0.04, "frequency {f} against probability {e}");
+        }
+        // The draw of a step depends on (seed, episode, step) alone: serving again, in another
+        // policy instance, gives the same actions.
+        let again = explored(PolicyKind::OrganicCount, Exploration::Epsilon(0.2), 4000);
+        assert!(choices.iter().zip(&again).all(|(a, b)| a.action == b.action));
+    }
+
+    #[test]
+    fn softmax_exploration_draws_from_the_models_logits() {
+        let choices = explored(PolicyKind::Likelihood, Exploration::Softmax(0.5), 4000);
+        let all = choices[0].ps_all.clone().unwrap_or_else(|| panic!("ps_all was asked for"));
+        assert!((all.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        assert!(all.iter().all(|&p| p > 0.0), "softmax gives every product some mass: {all:?}");
+        // The same user and views in every episode: the same distribution each time.
+        assert!(choices.iter().all(|c| c.ps_all.as_ref() == Some(&all) && c.ps == all[c.action as usize]));
+        // A cooler softmax is sharper around the same favourite.
+        let cool =
+            explored(PolicyKind::Likelihood, Exploration::Softmax(0.05), 1)[0].ps_all.clone().unwrap_or_default();
+        let top = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        assert!(top(&cool) > top(&all), "{cool:?} vs {all:?}");
+        for (f, p) in frequencies(&choices).iter().zip(&all) {
+            assert!((f - p).abs() < 0.04, "frequency {f} against probability {p}");
+        }
+    }
+
+    #[test]
+    fn softmax_needs_logits_and_dqn_explores_its_own_way() {
+        let dqn = dqn_args(&[]);
+        let soft = RecoGymPolicyArgs { recogym_exploration: Exploration::Softmax(1.0), ..RecoGymPolicyArgs::default() };
+        let err = build(PolicyKind::OrganicCount, 4, None, &soft, &dqn, 0).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("logits")), "{err:?}");
+        let eps = RecoGymPolicyArgs { recogym_exploration: Exploration::Epsilon(0.1), ..RecoGymPolicyArgs::default() };
+        assert!(build(PolicyKind::Dqn, 4, None, &eps, &dqn, 0).is_err());
+        for bad in ["epsilon:1.5", "softmax:0", "softmax:x", "boltzmann:1", "epsilon"] {
+            assert!(bad.parse::<Exploration>().is_err(), "{bad} should be refused");
+        }
+        for good in ["greedy", "epsilon:0.2", "softmax:0.5"] {
+            assert_eq!(good.parse::<Exploration>().map(|e| e.to_string()).as_deref(), Ok(good));
+        }
+    }
+
     #[test]
     fn fashion_only_policies_are_refused() {
         let none = RecoGymPolicyArgs::default();
