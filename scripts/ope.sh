@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `make ope`: off-policy evaluation on the archive, checked against ground truth on RecoGym.
-# Logs TRAIN_USERS users per logging policy through Kafka (the uniform random policy, then
-# organic-count with epsilon 0.2, trained on the first log), archives the RecoGym topics in
-# Cassandra, estimates the CTR of each target (organic-count, likelihood, nn; each trained on the
-# archived log) from the archive with `agent-svc ope` (IPS, SNIPS, DM, DR, 95% bootstrap
-# intervals over episodes), then A/B-tests each target on AB_USERS fresh users and compares.
+# Logs TRAIN_USERS users with the uniform random policy to train on (the learning targets and
+# any learning logging policy are trained on this run only), then TRAIN_USERS other users per
+# logging policy through Kafka (the uniform random policy, then organic-count with epsilon 0.2),
+# archives the RecoGym topics in Cassandra, A/B-tests each target (organic-count, likelihood, nn)
+# on AB_USERS fresh users, and estimates each target's CTR from each archived logging run with
+# `agent-svc ope --train-env-id` (IPS, SNIPS, DM, DR, 95% bootstrap intervals over episodes).
 #
 # Writes target/ope/ope-recogym.json (every estimate, its error and interval width against the
 # A/B CTR), a PNG per (logging, target) with the A/B CTR as a dashed line, and the

@@ -247,6 +247,8 @@ pub struct Support {
     /// Rows whose logged action the target takes while its propensity is below
     /// [`Config::min_propensity`].
     pub tiny_propensity_rows: u64,
+    /// The share of the total importance weight those rows carry (0 when there are none).
+    pub tiny_propensity_weight_share: f64,
 }
 
 /// Everything [`evaluate`] found.
@@ -333,7 +335,8 @@ pub fn evaluate(rows: &[Row], config: &Config) -> anyhow::Result<Evaluation> {
     let mut per_episode = vec![Sums::default(); episodes];
     let mut seen: Vec<u32> = Vec::new();
     let (mut used, mut refused) = (0u64, 0u64);
-    let (mut sw, mut sw2, mut max_w, mut matching, mut tiny, mut outside) = (0.0, 0.0, 0.0_f64, 0u64, 0u64, 0.0);
+    let (mut sw, mut sw2, mut max_w, mut matching, mut tiny, mut tiny_w, mut outside) =
+        (0.0, 0.0, 0.0_f64, 0u64, 0u64, 0.0, 0.0);
     for (i, r) in rows.iter().enumerate() {
         if !usable(r) {
             refused += 1;
@@ -357,6 +360,7 @@ pub fn evaluate(rows: &[Row], config: &Config) -> anyhow::Result<Evaluation> {
             matching += 1;
             if r.pscore < config.min_propensity {
                 tiny += 1;
+                tiny_w += w;
             }
         }
     }
@@ -398,6 +402,7 @@ pub fn evaluate(rows: &[Row], config: &Config) -> anyhow::Result<Evaluation> {
         mass_never_logged: outside / n,
         actions_logged: seen.len() as u64,
         tiny_propensity_rows: tiny,
+        tiny_propensity_weight_share: if sw > 0.0 { tiny_w / sw } else { 0.0 },
     };
     let warnings = warnings(&support, used, refused, config);
     Ok(Evaluation {
@@ -454,8 +459,12 @@ fn warnings(s: &Support, rows: u64, refused: u64, config: &Config) -> Vec<String
     }
     if s.tiny_propensity_rows > 0 {
         out.push(format!(
-            "{} rows where the target takes an action the logging policy gave a probability below {} (largest weight {:.0}): IPS and DR are dominated by them",
-            s.tiny_propensity_rows, config.min_propensity, s.max_weight
+            "{} rows where the target takes an action the logging policy gave a probability below {} (largest weight {:.0}); they carry {:.1}% of the importance weight: IPS and DR {} them",
+            s.tiny_propensity_rows,
+            config.min_propensity,
+            s.max_weight,
+            100.0 * s.tiny_propensity_weight_share,
+            if s.tiny_propensity_weight_share >= 0.5 { "are dominated by" } else { "are sensitive to" }
         ));
     }
     if s.rows_matching > 0 && (s.mean_weight - 1.0).abs() > 0.1 && s.ess_fraction >= 0.01 {

@@ -163,7 +163,32 @@ fn unsupported_targets_and_bad_propensities_are_warned_and_counted() {
         .collect();
     let ev = evaluate(&rows, &Config { bootstrap: 50, ..Config::default() }).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(ev.support.tiny_propensity_rows, 100);
-    assert!(ev.warnings.iter().any(|w| w.contains("below 0.001")), "{:?}", ev.warnings);
+    // Every matching row is a tiny one: they carry all the weight.
+    assert!((ev.support.tiny_propensity_weight_share - 1.0).abs() < 1e-12, "{:?}", ev.support);
+    assert!(
+        ev.warnings.iter().any(|w| w.contains("below 0.001") && w.contains("100.0%") && w.contains("dominated")),
+        "{:?}",
+        ev.warnings
+    );
+
+    // A stochastic target that puts little mass on the tiny-propensity action: warned, but not
+    // called dominated (weight 0.0002 / 0.0001 = 2 on 1 row of 200, against weight ~1 elsewhere).
+    let rows: Vec<Row> = (0..200)
+        .map(|i| Row {
+            episode: i,
+            action: u32::from(i == 0),
+            pscore: if i == 0 { 0.0001 } else { 0.9999 },
+            reward: 1.0,
+            target: Dist::dense(&[0.9998, 0.0002]),
+            q_logged: 0.5,
+            q_target: 0.5,
+        })
+        .collect();
+    let ev = evaluate(&rows, &Config { bootstrap: 50, ..Config::default() }).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(ev.support.tiny_propensity_rows, 1);
+    assert!(ev.support.tiny_propensity_weight_share < 0.02, "{:?}", ev.support);
+    let w = ev.warnings.iter().find(|w| w.contains("below 0.001")).unwrap_or_else(|| panic!("{:?}", ev.warnings));
+    assert!(w.contains("sensitive") && !w.contains("dominated"), "{w}");
 }
 
 #[test]
