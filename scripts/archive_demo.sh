@@ -2,7 +2,8 @@
 # The end of `make sim`: archives what the simulation left on the default topics (`archiver
 # run-once`: group `archiver`, keyspace `streamrec`), then prints three of the queries people run
 # in cqlsh (archiver/queries.cql, docs/ARCHIVER.md) with their output: the steps of an episode of
-# this simulation, the reward rate per day, the last archive runs. Writes the run's summary to
+# this simulation, its reward rate (per day when SIM_STARTED_AT, the run's start in seconds since
+# the epoch, is not given), the last archive runs. Writes the run's summary to
 # target/sim/archive.json. Needs the local stack up (scripts/sim.sh starts it).
 # ARCHIVE_QUERIES=0 archives only (no cqlsh queries; `make ope-fashion` runs it so).
 #   CASSANDRA_KEYSPACE=streamrec ARCHIVER_GROUP_ID=archiver scripts/archive_demo.sh
@@ -37,6 +38,7 @@ query() {
   q=${q//\'fashion-v1\/3f2a9c#17\'/\'$episode\'}
   q=${q//(\'2025-06-01\', \'2025-06-02\')/(\'$yesterday\', \'$today\')}
   q=${q//\'archiver\'/\'$GROUP\'}
+  q=${q//\'2025-06-01T12:00:00.000Z\'/\'$since\'}
   printf '%s' "$q"
 }
 
@@ -51,6 +53,7 @@ if [[ -z $episode ]] || ! cql "SELECT step FROM $KEYSPACE.steps WHERE episode_id
 fi
 today=$(date -u +%F)
 yesterday=$(date -u -d yesterday +%F 2> /dev/null || date -u -v-1d +%F)
+since=""
 
 show() { # title, query
   printf '\n==> %s\ncqlsh> %s\n' "$1" "$2"
@@ -59,7 +62,14 @@ show() { # title, query
 }
 show "every step of episode $episode: state (product, reward of the previous action), then the action (ps, policy)" \
   "$(query steps)"
-show "reward rate per day (one reward per answered step)" "$(query reward_rate)"
+if [[ -n ${SIM_STARTED_AT:-} ]]; then
+  # This run only: the scan starts at the run's first second inside the day partitions (the
+  # whole day, `reward_rate`, reads every state archived that day, RecoGym's included).
+  since=$(date -u -d "@$SIM_STARTED_AT" +%FT%T.000Z 2> /dev/null || date -u -r "$SIM_STARTED_AT" +%FT%T.000Z)
+  show "reward rate of this run (states archived since $since; one reward per answered step)" "$(query reward_rate_since)"
+else
+  show "reward rate per day (one reward per answered step)" "$(query reward_rate)"
+fi
 show "the last archive runs" "$(query last_runs)"
 echo
 echo "more queries: docs/ARCHIVER.md; cqlsh: $CQLSH 127.0.0.1 $CASSANDRA_PORT"

@@ -154,7 +154,7 @@ case $TRANSPORT in
     "$bin/streamrec-sim" prom-report --prometheus-url "$prometheus" --start "$started_at" --out "$out/prometheus.png"
     echo
     echo "==> archiving the run into Cassandra"
-    scripts/archive_demo.sh
+    SIM_STARTED_AT=$started_at scripts/archive_demo.sh
     ;;
   memory)
     echo "==> streamrec-sim memory: $EPISODES episodes on $DATASET, policy $POLICY, bounded channels"

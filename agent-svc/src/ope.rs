@@ -50,7 +50,8 @@ pub struct OpeArgs {
     #[arg(long, env = "OPE_UNTIL")]
     pub until: Option<humantime::Timestamp>,
     /// RecoGym: the archived run the target is trained on (RecoGym's protocol: train on a
-    /// logging run's logs); default: the evaluated run itself.
+    /// logging run's logs); default: the evaluated run itself, which makes the estimates of a
+    /// target that learns optimistic (warned).
     #[arg(long, env = "OPE_TRAIN_ENV_ID")]
     pub train_env_id: Option<String>,
     /// Bootstrap replicates (episodes drawn with replacement).
@@ -402,7 +403,13 @@ async fn recogym(
         &rows,
         &decisions,
     );
-    let evaluation = ope::evaluate(&rows, &config(args))?;
+    let mut evaluation = ope::evaluate(&rows, &config(args))?;
+    if log.is_some() && args.train_env_id.as_ref().is_none_or(|id| id == &args.env_id) {
+        evaluation.warnings.push(format!(
+            "{} learnt from the evaluated run itself, so it is judged on the clicks it was fitted to: the estimates are optimistic (+4% to +16% on RecoGym, docs/OPE.md); train it on another run with --train-env-id",
+            kind.name()
+        ));
+    }
     if let Some(path) = &args.export {
         export(path, args, &target_name, &rows, &q_all, &evaluation)?;
     }

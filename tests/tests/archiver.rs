@@ -335,6 +335,11 @@ async fn simulation_archived_once_second_run_changes_nothing_and_the_documented_
     let action_day = day_of(actions[0].ts_ms);
     let state_days: BTreeSet<String> = states.iter().map(|s| day_of(s.ts_ms)).collect();
     let days = format!("({})", state_days.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", "));
+    // From the second answered step on (by time): reward_rate_since must leave out the first.
+    let mut answered: Vec<&_> = states.iter().filter(|m| m.step > 0 && m.attempt == 0).collect();
+    answered.sort_by_key(|m| m.ts_ms);
+    let since_ms = answered[1].ts_ms;
+    let since = archiver::dates::format_ts(since_ms);
     let fill = |q: &str| {
         q.replace("streamrec.", &format!("{}.", a.keyspace))
             .replace("'fashion-v1/3f2a9c#17'", &format!("'{episode}'"))
@@ -343,6 +348,8 @@ async fn simulation_archived_once_second_run_changes_nothing_and_the_documented_
             .replace("'A1B2C3'", &format!("'{user}'"))
             .replace("'archiver'", &format!("'{}'", a.group))
             .replace("'fashion_action'", &format!("'{}'", a.topics.action))
+            .replace("'fashion_state'", &format!("'{}'", a.topics.state))
+            .replace("'2025-06-01T12:00:00.000Z'", &format!("'{since}'"))
     };
     let q = |name: &str| fill(queries.get(name).unwrap_or_else(|| panic!("queries.cql has no {name} query")));
 
@@ -367,6 +374,18 @@ async fn simulation_archived_once_second_run_changes_nothing_and_the_documented_
     let rewards: f64 = per_day.iter().map(|(r, n)| r * n).sum();
     assert_eq!(steps_total as u64, sim.steps, "one reward per answered step: {rates:?}");
     assert!((rewards / steps_total - sim.reward_rate).abs() < 1e-3, "{rates:?} vs the env's {}", sim.reward_rate);
+
+    let since_rates = cqlsh_rows(&q("reward_rate_since"));
+    let later: Vec<&&_> = answered.iter().filter(|m| m.ts_ms >= since_ms).collect();
+    let since_steps: f64 = since_rates.iter().map(|r| r[2].parse::<f64>().unwrap_or(f64::NAN)).sum();
+    let since_rewards: f64 = since_rates
+        .iter()
+        .map(|r| r[1].parse::<f64>().unwrap_or(f64::NAN) * r[2].parse::<f64>().unwrap_or(f64::NAN))
+        .sum();
+    assert_eq!(since_steps as usize, later.len(), "the answered steps from {since} on: {since_rates:?}");
+    assert!(later.len() < answered.len(), "the first answered step is before {since}");
+    let expected: f64 = later.iter().map(|m| m.reward).sum();
+    assert!((since_rewards - expected).abs() < 1e-3 * later.len() as f64, "{since_rates:?} vs {expected}");
 
     let user_episodes = cqlsh_rows(&q("user_episodes"));
     let of_user: BTreeSet<&str> = states.iter().filter(|m| &m.user_id == user).map(|m| m.episode_id.as_str()).collect();
