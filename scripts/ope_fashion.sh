@@ -10,7 +10,8 @@
 #
 # Targets: random (uniform), popularity and cooccurrence (epsilon TARGET_EPSILON, trained on the
 # archive's fold 0 and evaluated on fold 1), and with DQN_CHECKPOINT=<dir> a DQN checkpoint
-# (greedy; the DQN_* settings of the run that wrote it).
+# (greedy; the DQN_* settings of the run that wrote it: DQN_PRESET defaults to `fashion`, as in
+# `make sim`).
 #
 # Writes target/ope-fashion/ope-fashion.json (every estimate, its error and interval width
 # against the truth), one <target>.json and <target>.png per target, and prints the table.
@@ -27,6 +28,8 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then
 fi
 
 export EPISODES=${EPISODES:-2000}
+# The network the checkpoint was written with: `make sim`'s default (scripts/sim.sh).
+export DQN_PRESET=${DQN_PRESET:-fashion}
 scripts/libtorch.sh
 cargo build --release --locked -p env-svc -p agent-svc -p sim -p archiver
 bin=${CARGO_TARGET_DIR:-target}/release
