@@ -13,12 +13,18 @@
 # (greedy; the DQN_* settings of the run that wrote it: DQN_PRESET defaults to `fashion`, as in
 # `make sim`).
 #
+# LOGGING=dqn logs with the DQN checkpoint LOGGING_CHECKPOINT (default: DQN_CHECKPOINT) frozen
+# at epsilon LOGGING_EPSILON (`--learning frozen --frozen-epsilon`): the serving checkpoint's
+# traffic, on which DQN_CHECKPOINT (another checkpoint, or the same one served greedily) is
+# evaluated.
+#
 # Writes target/ope-fashion/ope-fashion.json (every estimate, its error and interval width
 # against the truth), one <target>.json and <target>.png per target, and prints the table.
 #
 #   make ope-fashion                                                # data/sample, 2000 episodes
 #   SIZE=full EPISODES=5000 make ope-fashion                        # the full-size generated set
 #   LOGGING=popularity LOGGING_EPSILON=0.5 TARGETS=random,popularity make ope-fashion
+#   SIZE=full EPISODES=5000 LOGGING=dqn LOGGING_EPSILON=0.5 TARGETS=random,popularity DQN_CHECKPOINT=<dir> make ope-fashion
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,8 +49,22 @@ out=target/ope-fashion
 mkdir -p "$out"
 rm -f "$out"/*.json "$out"/*.png
 
+logger=(LEARNING=local)
+if [[ $LOGGING == dqn ]]; then
+  logging_ckpt=${LOGGING_CHECKPOINT:-${DQN_CHECKPOINT:-}}
+  [[ -f $logging_ckpt/dqn.ckpt ]] || {
+    echo "ope-fashion: LOGGING=dqn serves LOGGING_CHECKPOINT (or DQN_CHECKPOINT), and '$logging_ckpt' holds no dqn.ckpt" >&2
+    exit 2
+  }
+  # make sim's replica reads <CHECKPOINTS>/replica-1; a frozen DQN writes nothing there.
+  rm -rf "$out/logger"
+  mkdir -p "$out/logger"
+  ln -s "$(cd "$logging_ckpt" && pwd -P)" "$out/logger/replica-1"
+  logger=(LEARNING=frozen AGENT_FROZEN_EPSILON="$LOGGING_EPSILON" CHECKPOINTS="$out/logger")
+  echo "==> the logging DQN: $logging_ckpt, frozen, epsilon $LOGGING_EPSILON"
+fi
 echo "==> logging: $LOGGING (epsilon $LOGGING_EPSILON), $EPISODES episodes of $DATASET through Kafka, archived"
-POLICY=$LOGGING AGENT_EPSILON=$LOGGING_EPSILON LEARNING=local ARCHIVE_QUERIES=0 scripts/sim.sh
+env "${logger[@]}" POLICY="$LOGGING" AGENT_EPSILON="$LOGGING_EPSILON" ARCHIVE_QUERIES=0 scripts/sim.sh
 env_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["env_id"])' target/sim/summary.json)
 echo "==> archived run: $env_id"
 

@@ -9,7 +9,8 @@
 # DQN_PRESET=paper runs the paper's network. It learns while it serves
 # and checkpoints into target/sim/checkpoints/<hash of the DQN_* settings and the dataset>, so
 # each `make sim` with the same settings and data goes on from where the last one stopped, and
-# other settings or data start from scratch. (agent-svc itself refuses a checkpoint of another
+# other settings or data start from scratch (CHECKPOINTS=<dir> names the folder instead).
+# (agent-svc itself refuses a checkpoint of another
 # network, action space or catalogue, so a clash is an error, never a silent mix.)
 # Either service failing fails the run: an agent that stops stops the env at once.
 set -euo pipefail
@@ -20,7 +21,8 @@ export DQN_PRESET=${DQN_PRESET:-fashion}
 TRANSPORT=${TRANSPORT:-kafka}
 # REPLICAS agent-svc replicas answer; with the DQN they only act, on the weights one learner
 # (`agent-svc learn`) publishes on the weights topic (LEARNING=shared), or each learns alone
-# (LEARNING=local, the way before the shared learner).
+# (LEARNING=local, the way before the shared learner), or serve the checkpoint as it is
+# (LEARNING=frozen: greedy, or exploring at AGENT_FROZEN_EPSILON).
 REPLICAS=${REPLICAS:-1}
 LEARNING=${LEARNING:-$([[ $POLICY == dqn ]] && echo shared || echo local)}
 if [[ $LEARNING == shared && $POLICY != dqn ]]; then
@@ -53,6 +55,9 @@ case $TRANSPORT in
     # The dataset's identity: its resolved path and each file's name, size and time.
     data_id=$(cd "$DATASET" && pwd -P && find . -maxdepth 1 -type f -printf '%f %s %T@\n' | sort)
     ckpt=$out/checkpoints/$({ env | grep '^DQN_' | sort; echo "$data_id"; echo "$LEARNING"; } | sha1sum | cut -c1-12)
+    # CHECKPOINTS=<dir> puts them there instead (`make ope-fashion LOGGING=dqn` starts a logging
+    # DQN from a copy of a checkpoint that way).
+    ckpt=${CHECKPOINTS:-$ckpt}
     echo "    checkpoints: $ckpt"
     # The weights topic is shared by every run: the learner and its replicas of these settings
     # and data publish and read under a model name of their own (a replica that took another

@@ -49,7 +49,7 @@ pub struct RunArgs {
     pub agent: AgentArgs,
     /// `local`: each replica learns alone from the steps it answers; `shared`: replicas only
     /// act, on the versions `agent-svc learn` publishes on the weights topic; `frozen`: serve
-    /// the checkpoint in `--checkpoint-dir` greedily, learning nothing (`shared` and `frozen`:
+    /// the checkpoint in `--checkpoint-dir` greedily (or at `--frozen-epsilon`), learning nothing (`shared` and `frozen`:
     /// `--policy dqn`).
     #[arg(long, env = "AGENT_LEARNING", value_enum, default_value_t = learn::Learning::Local)]
     pub learning: learn::Learning,
@@ -108,6 +108,11 @@ pub struct AgentArgs {
     /// and its offset resolved. Each try lasts up to `--message-timeout-ms`.
     #[arg(long, env = "AGENT_DELIVERY_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub delivery_attempts: u32,
+    /// `--learning frozen`: explore uniformly with this probability instead of serving the
+    /// checkpoint greedily (a logging policy for off-policy evaluation: every product keeps a
+    /// propensity of at least this over the number of products, logged with each action).
+    #[arg(long, env = "AGENT_FROZEN_EPSILON", default_value_t = 0.0)]
+    pub frozen_epsilon: f64,
     /// Hyperparameters of `--policy dqn` (all `--dqn-*` flags and `--checkpoint-dir`).
     #[command(flatten)]
     pub dqn: policies::DqnArgs,
@@ -156,7 +161,7 @@ impl AgentArgs {
             "--learning frozen found no checkpoint in --checkpoint-dir {}",
             self.dqn.checkpoint_dir.as_deref().map_or("(none given)".into(), |d| d.display().to_string())
         );
-        dqn.freeze()?;
+        dqn.freeze(self.frozen_epsilon)?;
         self.core_of(Ok(Box::new(dqn)))
     }
 

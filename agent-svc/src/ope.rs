@@ -63,9 +63,10 @@ pub struct OpeArgs {
     /// Coverage of the intervals.
     #[arg(long, env = "OPE_CONFIDENCE", default_value_t = 0.95)]
     pub confidence: f64,
-    /// A logged propensity below this, on an action the target takes, is warned about.
-    #[arg(long, env = "OPE_MIN_PROPENSITY", default_value_t = 1e-3)]
-    pub min_propensity: f64,
+    /// An importance weight above this (the logging policy gave the action less than 1/this of
+    /// the target's probability) is warned about, with the share of the weight such rows carry.
+    #[arg(long, env = "OPE_MAX_WEIGHT", default_value_t = 100.0)]
+    pub max_weight: f64,
     /// Fashion (replay user model only): also compute the target's true value on the same
     /// states from the dataset (`--dataset` and its flags: the data the run replayed), exactly:
     /// a recommendation pays 1 when the user reviews the product later.
@@ -277,7 +278,7 @@ fn config(args: &OpeArgs) -> ope::Config {
         bootstrap: args.bootstrap,
         seed: args.ope_seed,
         confidence: args.confidence,
-        min_propensity: args.min_propensity,
+        max_weight: args.max_weight,
     }
 }
 
@@ -619,7 +620,7 @@ fn fashion(args: &OpeArgs, episodes: Vec<ArchivedEpisode>) -> anyhow::Result<Ope
                 "ope --policy dqn evaluates a checkpoint and found none in --checkpoint-dir {}",
                 agent.dqn.checkpoint_dir.as_deref().map_or("(none given)".into(), |d| d.display().to_string())
             );
-            dqn.freeze()?;
+            dqn.freeze(0.0)?;
             (Some(Box::new(dqn)), 0.0, None)
         }
         _ => anyhow::bail!("policy {} does not serve fashion", kind.name()),

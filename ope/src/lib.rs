@@ -19,8 +19,8 @@
 //!
 //! Nothing is hidden: a row whose propensity is not a probability is refused and counted, the
 //! effective sample size `(Σw)² / Σw²` is reported, and [`Evaluation::warnings`] says when the
-//! target puts mass where the logging policy never acted or on tiny propensities, so nobody
-//! trusts an estimate without support. Pure: no I/O but the chart ([`plot`]).
+//! target puts mass where the logging policy never acted or on actions it gave a tiny share of
+//! the target's probability (heavy importance weights), so nobody trusts an estimate without support. Pure: no I/O but the chart ([`plot`]).
 
 pub mod plot;
 
@@ -184,13 +184,16 @@ pub struct Config {
     pub seed: u64,
     /// Coverage of the intervals, e.g. 0.95.
     pub confidence: f64,
-    /// A logged propensity below this, on an action the target takes, is "tiny" (warned).
-    pub min_propensity: f64,
+    /// A row whose importance weight exceeds this is "heavy" (warned): the logging policy gave
+    /// the action less than `1 / max_weight` of the target's probability. A weight, not a
+    /// propensity: over 97,694 products a uniformly explored action has a propensity of 5e-6
+    /// and is no problem when the target explores the same way (weight about 1).
+    pub max_weight: f64,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { bootstrap: 1000, seed: 1, confidence: 0.95, min_propensity: 1e-3 }
+        Self { bootstrap: 1000, seed: 1, confidence: 0.95, max_weight: 100.0 }
     }
 }
 
@@ -244,11 +247,10 @@ pub struct Support {
     pub mass_never_logged: f64,
     /// Actions the logging policy took at least once.
     pub actions_logged: u64,
-    /// Rows whose logged action the target takes while its propensity is below
-    /// [`Config::min_propensity`].
-    pub tiny_propensity_rows: u64,
+    /// Rows whose importance weight exceeds [`Config::max_weight`].
+    pub heavy_rows: u64,
     /// The share of the total importance weight those rows carry (0 when there are none).
-    pub tiny_propensity_weight_share: f64,
+    pub heavy_weight_share: f64,
 }
 
 /// Everything [`evaluate`] found.
@@ -335,7 +337,7 @@ pub fn evaluate(rows: &[Row], config: &Config) -> anyhow::Result<Evaluation> {
     let mut per_episode = vec![Sums::default(); episodes];
     let mut seen: Vec<u32> = Vec::new();
     let (mut used, mut refused) = (0u64, 0u64);
-    let (mut sw, mut sw2, mut max_w, mut matching, mut tiny, mut tiny_w, mut outside) =
+    let (mut sw, mut sw2, mut max_w, mut matching, mut heavy, mut heavy_w, mut outside) =
         (0.0, 0.0, 0.0_f64, 0u64, 0u64, 0.0, 0.0);
     for (i, r) in rows.iter().enumerate() {
         if !usable(r) {
@@ -358,10 +360,10 @@ pub fn evaluate(rows: &[Row], config: &Config) -> anyhow::Result<Evaluation> {
         max_w = max_w.max(w);
         if w > 0.0 {
             matching += 1;
-            if r.pscore < config.min_propensity {
-                tiny += 1;
-                tiny_w += w;
-            }
+        }
+        if w > config.max_weight {
+            heavy += 1;
+            heavy_w += w;
         }
     }
     ensure!(used > 0, "no usable logged decision ({refused} refused: propensity not in (0, 1] or a reward not finite)");
@@ -401,8 +403,8 @@ pub fn evaluate(rows: &[Row], config: &Config) -> anyhow::Result<Evaluation> {
         rows_matching: matching,
         mass_never_logged: outside / n,
         actions_logged: seen.len() as u64,
-        tiny_propensity_rows: tiny,
-        tiny_propensity_weight_share: if sw > 0.0 { tiny_w / sw } else { 0.0 },
+        heavy_rows: heavy,
+        heavy_weight_share: if sw > 0.0 { heavy_w / sw } else { 0.0 },
     };
     let warnings = warnings(&support, used, refused, config);
     Ok(Evaluation {
@@ -457,14 +459,15 @@ fn warnings(s: &Support, rows: u64, refused: u64, config: &Config) -> Vec<String
             100.0 * s.ess_fraction
         ));
     }
-    if s.tiny_propensity_rows > 0 {
+    if s.heavy_rows > 0 {
         out.push(format!(
-            "{} rows where the target takes an action the logging policy gave a probability below {} (largest weight {:.0}); they carry {:.1}% of the importance weight: IPS and DR {} them",
-            s.tiny_propensity_rows,
-            config.min_propensity,
+            "{} rows with an importance weight above {} (the logging policy gave the action less than 1/{} of the target's probability; largest weight {:.0}); they carry {:.1}% of the importance weight: IPS and DR {} them",
+            s.heavy_rows,
+            config.max_weight,
+            config.max_weight,
             s.max_weight,
-            100.0 * s.tiny_propensity_weight_share,
-            if s.tiny_propensity_weight_share >= 0.5 { "are dominated by" } else { "are sensitive to" }
+            100.0 * s.heavy_weight_share,
+            if s.heavy_weight_share >= 0.5 { "are dominated by" } else { "are sensitive to" }
         ));
     }
     if s.rows_matching > 0 && (s.mean_weight - 1.0).abs() > 0.1 && s.ess_fraction >= 0.01 {

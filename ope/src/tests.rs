@@ -149,7 +149,7 @@ fn unsupported_targets_and_bad_propensities_are_warned_and_counted() {
     assert!(all.contains("100.0% of its mass on actions the logging policy never took"), "{all}");
     assert!(all.contains("never takes a logged action"), "{all}");
 
-    // Tiny propensities on the target's action.
+    // Tiny propensities on the target's action: weight 10,000 on half the rows.
     let rows: Vec<Row> = (0..200)
         .map(|i| Row {
             episode: i,
@@ -162,33 +162,50 @@ fn unsupported_targets_and_bad_propensities_are_warned_and_counted() {
         })
         .collect();
     let ev = evaluate(&rows, &Config { bootstrap: 50, ..Config::default() }).unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(ev.support.tiny_propensity_rows, 100);
-    // Every matching row is a tiny one: they carry all the weight.
-    assert!((ev.support.tiny_propensity_weight_share - 1.0).abs() < 1e-12, "{:?}", ev.support);
+    assert_eq!(ev.support.heavy_rows, 100);
+    // Every matching row is a heavy one: they carry all the weight.
+    assert!((ev.support.heavy_weight_share - 1.0).abs() < 1e-12, "{:?}", ev.support);
     assert!(
-        ev.warnings.iter().any(|w| w.contains("below 0.001") && w.contains("100.0%") && w.contains("dominated")),
+        ev.warnings.iter().any(|w| w.contains("weight above 100") && w.contains("100.0%") && w.contains("dominated")),
         "{:?}",
         ev.warnings
     );
 
-    // A stochastic target that puts little mass on the tiny-propensity action: warned, but not
-    // called dominated (weight 0.0002 / 0.0001 = 2 on 1 row of 200, against weight ~1 elsewhere).
+    // A stochastic target that puts a little mass on the tiny-propensity action: warned, but not
+    // called dominated (weight 0.012 / 0.0001 = 120 on 1 row of 200, against ~0.99 on the others).
     let rows: Vec<Row> = (0..200)
         .map(|i| Row {
             episode: i,
             action: u32::from(i == 0),
             pscore: if i == 0 { 0.0001 } else { 0.9999 },
             reward: 1.0,
-            target: Dist::dense(&[0.9998, 0.0002]),
+            target: Dist::dense(&[0.988, 0.012]),
             q_logged: 0.5,
             q_target: 0.5,
         })
         .collect();
     let ev = evaluate(&rows, &Config { bootstrap: 50, ..Config::default() }).unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(ev.support.tiny_propensity_rows, 1);
-    assert!(ev.support.tiny_propensity_weight_share < 0.02, "{:?}", ev.support);
-    let w = ev.warnings.iter().find(|w| w.contains("below 0.001")).unwrap_or_else(|| panic!("{:?}", ev.warnings));
+    assert_eq!(ev.support.heavy_rows, 1);
+    assert!(ev.support.heavy_weight_share > 0.3 && ev.support.heavy_weight_share < 0.5, "{:?}", ev.support);
+    let w = ev.warnings.iter().find(|w| w.contains("weight above 100")).unwrap_or_else(|| panic!("{:?}", ev.warnings));
     assert!(w.contains("sensitive") && !w.contains("dominated"), "{w}");
+
+    // A tiny propensity is no warning when the target is as small there: uniform logging and a
+    // uniform target over 100,000 actions (propensity 1e-5, weight 1 everywhere).
+    let rows: Vec<Row> = (0..200)
+        .map(|i| Row {
+            episode: i,
+            action: i as u32,
+            pscore: 1e-5,
+            reward: 0.0,
+            target: Dist { k: 100_000, uniform: 1.0, points: Vec::new() },
+            q_logged: 0.0,
+            q_target: 0.0,
+        })
+        .collect();
+    let ev = evaluate(&rows, &Config { bootstrap: 50, ..Config::default() }).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(ev.support.heavy_rows, 0);
+    assert!(!ev.warnings.iter().any(|w| w.contains("weight above")), "{:?}", ev.warnings);
 }
 
 #[test]

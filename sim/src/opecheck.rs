@@ -242,7 +242,7 @@ pub async fn run(args: OpeCheckArgs) -> anyhow::Result<Vec<Comparison>> {
                 bootstrap: args.bootstrap,
                 ope_seed: 1,
                 confidence: 0.95,
-                min_propensity: 1e-3,
+                max_weight: 100.0,
                 truth: false,
                 json: None,
                 png: None,

@@ -82,7 +82,7 @@ async fn ope_on_the_archive_covers_the_ab_ctr_of_organic_count() {
     assert!((s.max_weight - 10.0).abs() < 1e-9, "{s:?}");
     assert!(s.ess_fraction > 0.07 && s.ess_fraction < 0.13, "{s:?}");
     assert!((s.mean_weight - 1.0).abs() < 0.15, "{s:?}");
-    assert!(s.mass_never_logged == 0.0 && s.tiny_propensity_rows == 0, "{s:?}");
+    assert!(s.mass_never_logged == 0.0 && s.heavy_rows == 0, "{s:?}");
     assert!(r.evaluation.warnings.is_empty(), "{:?}", r.evaluation.warnings);
 
     // Against the truth.

@@ -649,6 +649,8 @@ pub struct Dqn<S = StateMsg> {
     never_drop: bool,
     /// `--learning frozen`: evaluation mode for good, and no checkpoint written.
     frozen: bool,
+    /// `--frozen-epsilon`: the exploration rate of a frozen DQN (0: greedy).
+    frozen_epsilon: f64,
     _state: std::marker::PhantomData<fn(&S)>,
 }
 
@@ -730,6 +732,7 @@ impl<S: DqnState> Dqn<S> {
             serving: None,
             never_drop: false,
             frozen: false,
+            frozen_epsilon: 0.0,
             _state: std::marker::PhantomData,
         })
     }
@@ -1160,10 +1163,14 @@ impl<S: DqnState> Dqn<S> {
         format!("{n_actions}-{:016x}", xxhash_rust::xxh3::xxh3_64(cfg.as_bytes()))
     }
 
-    /// `--learning frozen`: serves the loaded checkpoint greedily, learns nothing and writes no
-    /// checkpoint.
-    pub fn freeze(&mut self) -> anyhow::Result<()> {
+    /// `--learning frozen`: serves the loaded checkpoint, learns nothing and writes no
+    /// checkpoint; greedily, or exploring uniformly with probability `epsilon` (a logging
+    /// policy for off-policy evaluation: every product keeps a propensity of at least
+    /// `epsilon / n_actions`).
+    pub fn freeze(&mut self, epsilon: f64) -> anyhow::Result<()> {
+        anyhow::ensure!((0.0..=1.0).contains(&epsilon), "a frozen DQN's epsilon must be in [0, 1], not {epsilon}");
         self.frozen = true;
+        self.frozen_epsilon = epsilon;
         Policy::<S>::set_eval(self, true)
     }
 
@@ -1201,9 +1208,11 @@ impl<S: DqnState> Dqn<S> {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Current exploration rate (0 in evaluation mode).
+    /// Current exploration rate (0 in evaluation mode; `--frozen-epsilon` when frozen).
     pub fn epsilon(&self) -> f64 {
-        if self.eval {
+        if self.frozen {
+            self.frozen_epsilon
+        } else if self.eval {
             0.0
         } else {
             self.args.epsilon(self.shared.eps_step.load(Ordering::Relaxed))

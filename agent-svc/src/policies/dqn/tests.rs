@@ -200,6 +200,22 @@ fn resumes_from_its_checkpoint_and_refuses_another_action_space() {
         "same ranking from the same weights"
     );
 
+    // Frozen at epsilon 0.5, a logging policy: the greedy product with probability 0.5 + 0.5/10,
+    // every other at 0.05, each answer carrying that propensity.
+    let mut logger = Dqn::<StateMsg>::new(&args, 6).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(logger.freeze(1.5).is_err(), "an epsilon outside [0, 1] is refused");
+    logger.freeze(0.5).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(logger.epsilon(), 0.5);
+    let greedy = before[0][0];
+    let answers: Vec<(u32, f64)> =
+        (0..400).flat_map(|_| logger.act(&refs[..1], &mut rng).unwrap_or_else(|e| panic!("{e:#}"))).collect();
+    for &(a, ps) in &answers {
+        let want = if a == greedy { 0.55 } else { 0.05 };
+        assert!((ps - want).abs() < 1e-9, "action {a} logged with {ps}, not {want}");
+    }
+    let share = answers.iter().filter(|(a, _)| *a == greedy).count() as f64 / answers.len() as f64;
+    assert!((share - 0.55).abs() < 0.1, "greedy share {share}");
+
     let file = checkpoint::file_in(dir.path());
     let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
     let mut other = Dqn::<StateMsg>::new(&args, 4).unwrap_or_else(|e| panic!("{e:#}"));
