@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # `make ope-fashion`: off-policy evaluation on the archive, checked against the exact truth on
 # the Amazon Fashion replay environment. A logging policy serves EPISODES episodes through Kafka
-# (`make sim` with POLICY=$LOGGING, AGENT_EPSILON=$LOGGING_EPSILON, LEARNING=local), the run is
-# archived in Cassandra (`archiver run-once`), then `agent-svc ope --env fashion --truth`
-# estimates each target's value from the archive (IPS, SNIPS, DM, DR, 95% bootstrap intervals
-# over episodes) and computes its true value on the same states from the dataset: under the
-# replay user model a recommendation pays 1 exactly when the user reviews the product later,
-# so any policy's value on the logged states is known.
+# (`make sim` with POLICY=$LOGGING, AGENT_EPSILON=$LOGGING_EPSILON, LEARNING=local; LOGGING=dqn
+# below), the run is archived in Cassandra (`archiver run-once`), then `agent-svc ope --env
+# fashion --truth` estimates each target's value from the archive (IPS, SNIPS, DM, DR, 95%
+# bootstrap intervals over episodes) and computes its true value on the same states from the
+# dataset: under the replay user model a recommendation pays 1 exactly when the user reviews the
+# product later, so any policy's value on the logged states is known.
 #
 # Targets: random (uniform), popularity and cooccurrence (epsilon TARGET_EPSILON, trained on the
 # archive's fold 0 and evaluated on fold 1), and with DQN_CHECKPOINT=<dir> a DQN checkpoint

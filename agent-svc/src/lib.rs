@@ -49,8 +49,8 @@ pub struct RunArgs {
     pub agent: AgentArgs,
     /// `local`: each replica learns alone from the steps it answers; `shared`: replicas only
     /// act, on the versions `agent-svc learn` publishes on the weights topic; `frozen`: serve
-    /// the checkpoint in `--checkpoint-dir` greedily (or at `--frozen-epsilon`), learning nothing (`shared` and `frozen`:
-    /// `--policy dqn`).
+    /// the checkpoint in `--checkpoint-dir` greedily (or exploring at `--frozen-epsilon`),
+    /// learning nothing (`shared` and `frozen`: `--policy dqn`).
     #[arg(long, env = "AGENT_LEARNING", value_enum, default_value_t = learn::Learning::Local)]
     pub learning: learn::Learning,
     #[command(flatten)]

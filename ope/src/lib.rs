@@ -20,7 +20,8 @@
 //! Nothing is hidden: a row whose propensity is not a probability is refused and counted, the
 //! effective sample size `(Σw)² / Σw²` is reported, and [`Evaluation::warnings`] says when the
 //! target puts mass where the logging policy never acted or on actions it gave a tiny share of
-//! the target's probability (heavy importance weights), so nobody trusts an estimate without support. Pure: no I/O but the chart ([`plot`]).
+//! the target's probability (heavy importance weights), so nobody trusts an estimate without
+//! support. Pure: no I/O but the chart ([`plot`]).
 
 pub mod plot;
 
