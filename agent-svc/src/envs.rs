@@ -25,6 +25,12 @@ pub fn policy_set(env: EnvKind) -> &'static [PolicyKind] {
 
 /// `agent-svc run`: builds the agent of `--env` and serves its states on `topics` until stopped.
 pub(crate) async fn serve(cfg: &RunArgs, topics: &Topics, shutdown: CancellationToken) -> anyhow::Result<AgentStats> {
+    anyhow::ensure!(
+        cfg.agent.frozen_epsilon == 0.0 || cfg.learning == Learning::Frozen,
+        "--frozen-epsilon {} is the exploration of --learning frozen, and this agent runs --learning {}",
+        cfg.agent.frozen_epsilon,
+        format!("{:?}", cfg.learning).to_lowercase()
+    );
     match cfg.stack.env {
         EnvKind::Fashion if cfg.learning == Learning::Shared => {
             let (inbox, follower) = crate::learn::start_follower(cfg)?;

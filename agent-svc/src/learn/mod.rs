@@ -62,8 +62,9 @@ pub enum Learning {
     Local,
     /// Replicas only act, on the weights `agent-svc learn` publishes on the weights topic.
     Shared,
-    /// Serve the DQN checkpoint in `--checkpoint-dir` greedily and learn nothing (evaluation,
-    /// A/B tests of a fixed model); refused when there is no checkpoint.
+    /// Serve the DQN checkpoint in `--checkpoint-dir` greedily (or exploring at
+    /// `--frozen-epsilon`: a logging policy) and learn nothing (evaluation, A/B tests of a fixed
+    /// model); refused when there is no checkpoint.
     Frozen,
 }
 
