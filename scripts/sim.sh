@@ -63,9 +63,13 @@ case $TRANSPORT in
     # and data publish and read under a model name of their own (a replica that took another
     # dataset's version would stop: one agent group serves one catalogue).
     export AGENT_WEIGHTS_MODEL="dqn-$(basename "$ckpt")"
-    # So is the learner's consumer group: a learner of other settings or data left its offsets
-    # behind in a run it did not finish, and its states are not this model's to learn.
-    export AGENT_LEARNER_GROUP_ID="agent-learner-$(basename "$ckpt")"
+    # The learner's consumer group is this run's own, and starts at the end of the step topics
+    # (AGENT_LEARNER_OFFSET_RESET latest): the learner learns from this run's steps, on top of
+    # its checkpoint. A group kept from run to run would first read every step published since
+    # its last commit: other runs of other datasets (a state of another catalogue stops the
+    # learner) and `make ope-fashion`'s logging runs.
+    export AGENT_LEARNER_GROUP_ID="agent-learner-$(basename "$ckpt")-$(date +%s%N | cut -c1-13)"
+    export AGENT_LEARNER_OFFSET_RESET=latest
     pids=()
     env_pid=""
     # Every process serves /metrics on a port of its own (SIM_METRICS_PORT and up), listed for
