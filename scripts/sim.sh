@@ -61,8 +61,18 @@ case $TRANSPORT in
     echo "    checkpoints: $ckpt"
     # The weights topic is shared by every run: the learner and its replicas of these settings
     # and data publish and read under a model name of their own (a replica that took another
-    # dataset's version would stop: one agent group serves one catalogue).
-    export AGENT_WEIGHTS_MODEL="dqn-$(basename "$ckpt")"
+    # dataset's version would stop: one agent group serves one catalogue). The name is the
+    # checkpoint's, kept beside it: a learner starting without a checkpoint (the first run, or
+    # after the folder was deleted to start over) takes a new one, or its replicas would first
+    # serve the newest version an earlier learner of the same settings left on the topic.
+    if [[ $LEARNING == shared ]]; then
+      if [[ ! -f $ckpt/learner/dqn.ckpt || ! -f $ckpt/weights-model ]]; then
+        mkdir -p "$ckpt"
+        echo "dqn-$(basename "$ckpt")-$(date +%s)" > "$ckpt/weights-model"
+      fi
+      AGENT_WEIGHTS_MODEL=$(cat "$ckpt/weights-model")
+      export AGENT_WEIGHTS_MODEL
+    fi
     # The learner's consumer group is this run's own, and starts at the end of the step topics
     # (AGENT_LEARNER_OFFSET_RESET latest): the learner learns from this run's steps, on top of
     # its checkpoint. A group kept from run to run would first read every step published since
