@@ -10,8 +10,8 @@
 # and checkpoints into target/sim/checkpoints/<hash of the DQN_* settings and the dataset>, so
 # each `make sim` with the same settings and data goes on from where the last one stopped, and
 # other settings or data start from scratch (CHECKPOINTS=<dir> names the folder instead).
-# (agent-svc itself refuses a checkpoint of another
-# network, action space or catalogue, so a clash is an error, never a silent mix.)
+# (agent-svc itself refuses a checkpoint of another network, action space or catalogue, so a
+# clash is an error, never a silent mix.)
 # Either service failing fails the run: an agent that stops stops the env at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
